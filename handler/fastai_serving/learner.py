@@ -1,0 +1,152 @@
+"""Load an exported fastai Learner for serving and say what kind of model it is."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelError
+
+SINGLE_LABEL = "classification"
+MULTI_LABEL = "multilabel_classification"
+REGRESSION = "regression"
+SEGMENTATION = "segmentation"
+
+
+class _NamingUnpickler(pickle.Unpickler):
+    """An Unpickler that turns a missing module into an error naming it.
+
+    fastai's `load_learner` reports a missing module as an `UnboundLocalError`
+    from deep inside fastai; this names the module and what to do about it.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ModuleNotFoundError, AttributeError) as error:
+            raise ModelError(
+                f"the exported Learner needs {module}.{name}, which cannot be imported "
+                f"({error}); pass the folder holding that module as the utils folder "
+                f"(make-archive --utils DIR)"
+            ) from None
+
+
+class _NamingPickleModule:
+    """The `pickle_module` torch.load takes: pickle, with the naming Unpickler."""
+
+    Unpickler = _NamingUnpickler
+    load = pickle.load
+    __name__ = "pickle"
+
+
+@dataclass
+class ServedLearner:
+    """A Learner ready for inference, with what a client needs to know about it."""
+
+    learn: Any
+    task: str
+    classes: list[str] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def describe(self) -> dict[str, Any]:
+        """The model's metadata: task, classes in output order, input kind."""
+        return {"task": self.task, "classes": self.classes, "input": "image"}
+
+
+def load_learner(
+    learner_path: str | Path,
+    device: str | torch.device = "cpu",
+    utils_dir: str | Path | None = None,
+) -> ServedLearner:
+    """Load `learner_path` (an `export.pkl`) onto `device`, ready to serve.
+
+    `utils_dir`, when given, is put on `sys.path` first: it holds the modules the
+    pickle refers to (custom transforms, label functions).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit notices raised by fastai's import
+        from fastai.learner import load_learner as fastai_load_learner
+
+    learner_path = Path(learner_path)
+    if not learner_path.is_file():
+        raise ModelError(f"no exported Learner at {learner_path}")
+    if utils_dir is not None and str(utils_dir) not in sys.path:
+        sys.path.insert(0, str(utils_dir))
+    device = torch.device(device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*insecure pickle.*")
+        try:
+            # Always onto the CPU first: fastai's own GPU choice ignores the device asked for.
+            learn = fastai_load_learner(learner_path, cpu=True, pickle_module=_NamingPickleModule)
+        except ModelError:
+            raise
+        except Exception as error:  # torch/fastai raise many kinds for a file that is no Learner
+            raise ModelError(
+                f"{learner_path.name} is not an exported fastai Learner "
+                f"({type(error).__name__}: {error})"
+            ) from None
+    if not hasattr(learn, "dls") or not hasattr(learn, "model"):
+        raise ModelError(f"{learner_path.name} holds a {type(learn).__name__}, not a fastai Learner")
+    _prepare_for_serving(learn, device)
+    task = task_of(learn)
+    return ServedLearner(learn=learn, task=task, classes=classes_of(learn, task), device=device)
+
+
+def _prepare_for_serving(learn: Any, device: torch.device) -> None:
+    """Eval mode on `device`, no progress bars, no DataLoader worker processes."""
+    from fastai.callback.progress import ProgressCallback
+
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
+    learn.dls.to(device)
+    learn.model.to(device)
+    learn.model.eval()
+
+
+def _target_transforms(learn: Any) -> list[Any]:
+    """The transforms of the target pipeline (the last one of the Datasets)."""
+    datasets = learn.dls.train_ds
+    pipelines = getattr(datasets, "tls", None) or []
+    return list(pipelines[-1].fs) if len(pipelines) > 1 else []
+
+
+def task_of(learn: Any) -> str:
+    """Which of the four served tasks the Learner does, from its target pipeline."""
+    names = {type(tfm).__name__ for tfm in _target_transforms(learn)}
+    names |= {getattr(tfm, "__qualname__", "") for tfm in _target_transforms(learn)}
+    if "MultiCategorize" in names or "OneHotEncode" in names:
+        return MULTI_LABEL
+    if "Categorize" in names:
+        return SINGLE_LABEL
+    if any(name.startswith("PILMask") for name in names):
+        return SEGMENTATION
+    if "RegressionSetup" in names:
+        return REGRESSION
+    return _task_from_loss(learn)
+
+
+def _task_from_loss(learn: Any) -> str:
+    """Fallback for Learners built without a DataBlock target: read the loss function."""
+    loss_name = type(learn.loss_func).__name__
+    if "BCE" in loss_name:
+        return MULTI_LABEL
+    if "CrossEntropy" in loss_name:
+        return SEGMENTATION if getattr(learn.loss_func, "axis", -1) == 1 else SINGLE_LABEL
+    return REGRESSION
+
+
+def classes_of(learn: Any, task: str) -> list[str]:
+    """Class names in output order (segmentation: the codes), or [] for regression."""
+    if task == REGRESSION:
+        return []
+    vocab = getattr(learn.dls, "vocab", None)
+    if vocab is None:
+        return []
+    if task == MULTI_LABEL and len(vocab) == 2 and isinstance(vocab[0], (list, tuple)):
+        vocab = vocab[-1]
+    return [str(name) for name in vocab]

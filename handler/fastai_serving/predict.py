@@ -1,0 +1,53 @@
+"""One batched forward pass over many images, as `learn.get_preds` does it."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .errors import BadInput
+from .images import DEFAULT_MAX_IMAGE_PIXELS, decode_image
+from .learner import ServedLearner
+
+DEFAULT_MAX_BATCH = 32
+
+# PIL releases the GIL while decoding, so a few threads decode a batch in parallel.
+_decoder_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode")
+
+
+@dataclass
+class Prediction:
+    """One instance's result: the model's activated output and its decoded meaning."""
+
+    output: torch.Tensor  # probabilities, scores, values, or the class-index mask
+    decoded: torch.Tensor  # class index, multi-label flags, values, or the mask
+
+
+def decode_images(
+    images_bytes: Sequence[bytes], names: Sequence[str], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> list[Image.Image | BadInput]:
+    """Decode every image in parallel; a bad one yields its `BadInput` in its place."""
+
+    def decode_one(pair: tuple[bytes, str]) -> Image.Image | BadInput:
+        try:
+            return decode_image(pair[0], pair[1], max_pixels)
+        except BadInput as error:
+            return error
+
+    return list(_decoder_pool.map(decode_one, zip(images_bytes, names)))
+
+
+def predict_images(
+    served: ServedLearner, images: Sequence[Image.Image], max_batch: int = DEFAULT_MAX_BATCH
+) -> list[Prediction]:
+    """Predict every image with one test DataLoader, `max_batch` images per forward pass."""
+    if not images:
+        return []
+    learn = served.learn
+    test_dl = learn.dls.test_dl(list(images), bs=max_batch, num_workers=0)
+    outputs, _, decoded = learn.get_preds(dl=test_dl, with_decoded=True)
+    return [Prediction(output=output, decoded=label) for output, label in zip(outputs, decoded)]

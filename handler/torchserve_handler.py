@@ -1,0 +1,111 @@
+"""TorchServe handler for exported fastai Learners: the thin adapter onto `fastai_serving`.
+
+TorchServe calls `initialize(context)` once per worker, then `handle(data, context)` for
+every batch: `data` holds one entry per client request. The four steps of TorchServe's
+handler contract map onto the engine-independent core:
+
+    preprocess   read each request's body and decode its images   (fastai_serving.batching)
+    inference    one batched forward pass for all of them          (fastai_serving.predict)
+    postprocess  one JSON body and HTTP status per request          (fastai_serving.responses)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
+from fastai_serving.learner import ServedLearner, load_learner
+from fastai_serving.payloads import PREDICT
+from fastai_serving.settings import HandlerSettings
+
+logger = logging.getLogger(__name__)
+
+# The shim names the TF Serving verb (predict, classify, regress) in this request header.
+VERB_HEADER = "x-fastai-serving-verb"
+JSON_CONTENT_TYPE = "application/json"
+
+
+class FastaiHandler:
+    """One per TorchServe worker: holds the Learner and answers batches."""
+
+    def __init__(self) -> None:
+        self.served: ServedLearner | None = None
+        self.settings = HandlerSettings()
+        self.context: Any = None
+        self.initialized = False
+
+    def initialize(self, context: Any) -> None:
+        """Load the archive's Learner once, on the device TorchServe gives this worker."""
+        properties = context.system_properties
+        model_dir = Path(properties["model_dir"])
+        model_config = context.model_yaml_config or {}
+        self.settings = HandlerSettings.from_mapping(model_config.get("handler"))
+        torch.set_num_threads(self._torch_threads(model_config))
+        serialized_file = context.manifest["model"]["serializedFile"]
+        utils_dir = model_dir / self.settings.utils_dir if self.settings.utils_dir else None
+        self.served = load_learner(model_dir / serialized_file, self._device(properties), utils_dir)
+        self.initialized = True
+        logger.info(
+            "fastai-serving loaded %s: task=%s classes=%d device=%s threads=%d",
+            serialized_file, self.served.task, len(self.served.classes), self.served.device,
+            torch.get_num_threads(),
+        )
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
+        """Answer one TorchServe batch: one response body per request, statuses set per request."""
+        self.context = context
+        if _header(context, 0, "describe") == "True":
+            return [json.dumps(self.served.describe()).encode()]
+        outcomes = self.preprocess(data)
+        results = self.inference(outcomes)
+        return self.postprocess(outcomes, results)
+
+    def preprocess(self, data: list[dict[str, Any]]) -> list[Any]:
+        """Read each request's body and decode its images (bad ones stand in for their request)."""
+        bodies = [
+            (row.get("body", row.get("data")), (_header(self.context, idx, VERB_HEADER) or PREDICT).lower())
+            for idx, row in enumerate(data)
+        ]
+        return prepare_requests(self.served, bodies, self.settings)
+
+    def inference(self, outcomes: list[Any]) -> list[Any]:
+        """One forward pass for every decoded image in the batch, split back per request."""
+        results = predict_requests(self.served, outcomes, self.settings.max_batch)
+        instances = sum(len(r) for r in results if isinstance(r, list))
+        logger.info("fastai-serving batch: requests=%d instances=%d", len(outcomes), instances)
+        return results
+
+    def postprocess(self, outcomes: list[Any], results: list[Any]) -> list[bytes]:
+        """A compact JSON body per request; a failed request gets its own 4xx/5xx status."""
+        bodies = []
+        for idx, (status, body) in enumerate(encode_responses(self.served, outcomes, results)):
+            if status != 200:
+                self.context.set_response_status(status, body["error"], idx)
+            self.context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+            bodies.append(json.dumps(body, separators=(",", ":")).encode())
+        return bodies
+
+    def _device(self, properties: dict[str, Any]) -> torch.device:
+        gpu_id = properties.get("gpu_id")
+        if torch.cuda.is_available() and gpu_id is not None:
+            return torch.device(f"cuda:{gpu_id}")
+        return torch.device("cpu")
+
+    def _torch_threads(self, model_config: dict[str, Any]) -> int:
+        """Cores ÷ workers: more threads than cores across workers collapses CPU throughput."""
+        if self.settings.torch_threads > 0:
+            return self.settings.torch_threads
+        workers = int(model_config.get("minWorkers") or 1)
+        return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _header(context: Any, idx: int, name: str) -> str | None:
+    """A request header, whatever its case."""
+    headers = context.get_all_request_header(idx) or {}
+    return next((value for key, value in headers.items() if key.lower() == name.lower()), None)

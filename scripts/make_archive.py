@@ -1,0 +1,141 @@
+"""Pack an exported fastai Learner into a TorchServe model archive (`<store>/<name>.mar`).
+
+The archive holds the Learner's pickle (under its own file name), our handler and its
+`fastai_serving` package, the optional utils folder of modules the pickle needs, and a
+model config with the batching, worker and timeout settings below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLER_DIR = ROOT / "handler"
+sys.path.insert(0, str(HANDLER_DIR))
+
+from fastai_serving.errors import ModelError  # noqa: E402
+from fastai_serving.learner import load_learner  # noqa: E402
+from fastai_serving.settings import HandlerSettings  # noqa: E402
+
+UTILS_DIR_IN_ARCHIVE = "model_utils"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+
+# Defaults tuned on a 2-core CPU (see README, "Performance"): one worker using every core;
+# up to 16 client requests per batch, gathered for at most 10 ms.
+DEFAULTS = {
+    "batch_size": 16,
+    "max_batch_delay": 10,
+    "min_workers": 1,
+    "max_workers": 1,
+    "response_timeout": 120,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="make-archive", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="model name: the URL's /predictions/<name>")
+    parser.add_argument("--learner", required=True, type=Path, help="the Learner's export.pkl")
+    parser.add_argument("--utils", type=Path, help="folder of Python modules the pickle needs")
+    parser.add_argument("--store", type=Path, default=ROOT / "model_store", help="where the .mar goes (default: model_store/)")
+    parser.add_argument("--version", default="1.0", help="model version (default: 1.0)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="client requests TorchServe gathers into one batch (default: %(default)s)")
+    parser.add_argument("--max-batch-delay", type=int, default=DEFAULTS["max_batch_delay"], help="ms TorchServe waits to fill a batch (default: %(default)s)")
+    parser.add_argument("--min-workers", type=int, default=DEFAULTS["min_workers"], help="worker processes at start (default: %(default)s)")
+    parser.add_argument("--max-workers", type=int, default=DEFAULTS["max_workers"], help="worker processes at most (default: %(default)s)")
+    parser.add_argument("--response-timeout", type=int, default=DEFAULTS["response_timeout"], help="seconds a batch may take before the worker is restarted (default: %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=HandlerSettings.max_batch, help="images per forward pass; bigger batches are chunked (default: %(default)s)")
+    parser.add_argument("--max-instances", type=int, default=HandlerSettings.max_instances, help="instances one request may carry (default: %(default)s)")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch threads per worker; 0: cores / workers (default)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, with a clear message, what would make a broken or surprising archive."""
+    if not NAME_PATTERN.match(args.name):
+        raise SystemExit(f"make-archive: --name {args.name!r}: use letters, digits, '_', '-' and '.'")
+    if not args.learner.is_file():
+        raise SystemExit(f"make-archive: --learner {args.learner}: no such file")
+    if args.utils is not None and not args.utils.is_dir():
+        raise SystemExit(f"make-archive: --utils {args.utils}: no such folder")
+    for flag in ("batch_size", "max_batch_delay", "min_workers", "max_workers", "response_timeout", "max_batch", "max_instances"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"make-archive: --{flag.replace('_', '-')} must be at least 1")
+    if args.max_workers < args.min_workers:
+        raise SystemExit("make-archive: --max-workers must be at least --min-workers")
+    archive = args.store / f"{args.name}.mar"
+    if archive.exists() and not args.force:
+        raise SystemExit(f"make-archive: {archive} exists; pass --force to overwrite it")
+
+
+def model_config(args: argparse.Namespace) -> dict:
+    """The archive's model config: TorchServe's batching and workers, then our handler's settings."""
+    return {
+        "minWorkers": args.min_workers,
+        "maxWorkers": args.max_workers,
+        "batchSize": args.batch_size,
+        "maxBatchDelay": args.max_batch_delay,
+        "responseTimeout": args.response_timeout,
+        "handler": {
+            "max_batch": args.max_batch,
+            "max_instances": args.max_instances,
+            "torch_threads": args.torch_threads,
+            "utils_dir": UTILS_DIR_IN_ARCHIVE if args.utils else "",
+        },
+    }
+
+
+def stage_extra_files(staging: Path, utils: Path | None) -> None:
+    """The handler's package and the user's utils folder, laid out as in the archive."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(HANDLER_DIR / "fastai_serving", staging / "fastai_serving", ignore=ignore)
+    if utils is not None:
+        shutil.copytree(utils, staging / UTILS_DIR_IN_ARCHIVE, ignore=ignore)
+
+
+def make_archive(args: argparse.Namespace) -> Path:
+    check_args(args)
+    try:
+        served = load_learner(args.learner, "cpu", args.utils.resolve() if args.utils else None)
+    except ModelError as error:
+        raise SystemExit(f"make-archive: {error}") from None
+    print(f"make-archive: {args.learner.name}: {served.task}, {len(served.classes)} classes")
+    args.store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="make-archive-") as tmp:
+        staging = Path(tmp) / "extra"
+        stage_extra_files(staging, args.utils)
+        config_file = Path(tmp) / "model-config.yaml"
+        config_file.write_text(yaml.safe_dump(model_config(args), sort_keys=False))
+        command = [
+            sys.executable, "-c", "from model_archiver.model_packaging import generate_model_archive as g; g()",
+            "--model-name", args.name,
+            "--version", args.version,
+            "--serialized-file", str(args.learner),
+            "--handler", str(HANDLER_DIR / "torchserve_handler.py"),
+            "--extra-files", str(staging),
+            "--config-file", str(config_file),
+            "--export-path", str(args.store),
+            "--force",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"make-archive: torch-model-archiver failed:\n{result.stderr or result.stdout}")
+    archive = args.store / f"{args.name}.mar"
+    print(f"make-archive: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
+    return archive
+
+
+def main(argv: list[str] | None = None) -> None:
+    make_archive(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
