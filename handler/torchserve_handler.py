@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
 from fastai_serving.learner import ServedLearner, load_learner
 from fastai_serving.payloads import PREDICT
@@ -53,7 +52,10 @@ class FastaiHandler:
         self.initialized = True
         logger.info(
             "fastai-serving loaded %s: task=%s classes=%d device=%s threads=%d",
-            serialized_file, self.served.task, len(self.served.classes), self.served.device,
+            serialized_file,
+            self.served.task,
+            len(self.served.classes),
+            self.served.device,
             torch.get_num_threads(),
         )
 
@@ -78,7 +80,9 @@ class FastaiHandler:
         """One forward pass for every decoded image in the batch, split back per request."""
         results = predict_requests(self.served, outcomes, self.settings.max_batch)
         instances = sum(len(r) for r in results if isinstance(r, list))
-        logger.info("fastai-serving batch: requests=%d instances=%d", len(outcomes), instances)
+        failed = sum(isinstance(r, Exception) for r in results)
+        # One line per batch: how many client requests shared it (the tests read it).
+        logger.info("fastai-serving batch: requests=%d instances=%d failed=%d", len(outcomes), instances, failed)
         return results
 
     def postprocess(self, outcomes: list[Any], results: list[Any]) -> list[bytes]:

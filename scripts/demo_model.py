@@ -23,7 +23,7 @@ def write_digit_images(folder: Path) -> Path:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    for index, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+    for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
         class_dir = folder / str(label)
         class_dir.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray((pixels * 255 / 16).astype(np.uint8), mode="L")
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     export_path, accuracy_value = train_digits(args.out, args.epochs)
     print(
-        f"demo model: {export_path}, validation accuracy {accuracy_value:.3f}; "
-        f"sample images in {args.out / 'samples'}"
+        f"demo model: {export_path}, validation accuracy {accuracy_value:.3f}; sample images in {args.out / 'samples'}"
     )
     sys.stdout.flush()
 

@@ -44,16 +44,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", required=True, help="model name: the URL's /predictions/<name>")
     parser.add_argument("--learner", required=True, type=Path, help="the Learner's export.pkl")
     parser.add_argument("--utils", type=Path, help="folder of Python modules the pickle needs")
-    parser.add_argument("--store", type=Path, default=ROOT / "model_store", help="where the .mar goes (default: model_store/)")
+    parser.add_argument(
+        "--store", type=Path, default=ROOT / "model_store", help="where the .mar goes (default: model_store/)"
+    )
     parser.add_argument("--version", default="1.0", help="model version (default: 1.0)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="client requests TorchServe gathers into one batch (default: %(default)s)")
-    parser.add_argument("--max-batch-delay", type=int, default=DEFAULTS["max_batch_delay"], help="ms TorchServe waits to fill a batch (default: %(default)s)")
-    parser.add_argument("--min-workers", type=int, default=DEFAULTS["min_workers"], help="worker processes at start (default: %(default)s)")
-    parser.add_argument("--max-workers", type=int, default=DEFAULTS["max_workers"], help="worker processes at most (default: %(default)s)")
-    parser.add_argument("--response-timeout", type=int, default=DEFAULTS["response_timeout"], help="seconds a batch may take before the worker is restarted (default: %(default)s)")
-    parser.add_argument("--max-batch", type=int, default=HandlerSettings.max_batch, help="images per forward pass; bigger batches are chunked (default: %(default)s)")
-    parser.add_argument("--max-instances", type=int, default=HandlerSettings.max_instances, help="instances one request may carry (default: %(default)s)")
-    parser.add_argument("--torch-threads", type=int, default=0, help="torch threads per worker; 0: cores / workers (default)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULTS["batch_size"],
+        help="client requests TorchServe gathers into one batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-delay",
+        type=int,
+        default=DEFAULTS["max_batch_delay"],
+        help="ms TorchServe waits to fill a batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-workers",
+        type=int,
+        default=DEFAULTS["min_workers"],
+        help="worker processes at start (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=DEFAULTS["max_workers"],
+        help="worker processes at most (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--response-timeout",
+        type=int,
+        default=DEFAULTS["response_timeout"],
+        help="seconds a batch may take before the worker is restarted (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=HandlerSettings.max_batch,
+        help="images per forward pass; bigger batches are chunked (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-instances",
+        type=int,
+        default=HandlerSettings.max_instances,
+        help="instances one request may carry (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="torch threads per worker; 0: cores / workers (default)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     return parser.parse_args(argv)
 
@@ -66,7 +105,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"make-archive: --learner {args.learner}: no such file")
     if args.utils is not None and not args.utils.is_dir():
         raise SystemExit(f"make-archive: --utils {args.utils}: no such folder")
-    for flag in ("batch_size", "max_batch_delay", "min_workers", "max_workers", "response_timeout", "max_batch", "max_instances"):
+    for flag in (
+        "batch_size",
+        "max_batch_delay",
+        "min_workers",
+        "max_workers",
+        "response_timeout",
+        "max_batch",
+        "max_instances",
+    ):
         if getattr(args, flag) < 1:
             raise SystemExit(f"make-archive: --{flag.replace('_', '-')} must be at least 1")
     if args.max_workers < args.min_workers:
@@ -115,14 +162,23 @@ def make_archive(args: argparse.Namespace) -> Path:
         config_file = Path(tmp) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config(args), sort_keys=False))
         command = [
-            sys.executable, "-c", "from model_archiver.model_packaging import generate_model_archive as g; g()",
-            "--model-name", args.name,
-            "--version", args.version,
-            "--serialized-file", str(args.learner),
-            "--handler", str(HANDLER_DIR / "torchserve_handler.py"),
-            "--extra-files", str(staging),
-            "--config-file", str(config_file),
-            "--export-path", str(args.store),
+            sys.executable,
+            "-c",
+            "from model_archiver.model_packaging import generate_model_archive as g; g()",
+            "--model-name",
+            args.name,
+            "--version",
+            args.version,
+            "--serialized-file",
+            str(args.learner),
+            "--handler",
+            str(HANDLER_DIR / "torchserve_handler.py"),
+            "--extra-files",
+            str(staging),
+            "--config-file",
+            str(config_file),
+            "--export-path",
+            str(args.store),
             "--force",
         ]
         result = subprocess.run(command, capture_output=True, text=True)

@@ -24,12 +24,23 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-store", type=Path, default=ROOT / "model_store", help="folder of .mar archives (default: model_store/)")
-    parser.add_argument("--config", type=Path, default=ROOT / "config.properties", help="TorchServe config (default: config.properties)")
+    parser.add_argument(
+        "--model-store", type=Path, default=ROOT / "model_store", help="folder of .mar archives (default: model_store/)"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=ROOT / "config.properties", help="TorchServe config (default: config.properties)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address of the inference API (default: 127.0.0.1)")
     parser.add_argument("--inference-port", type=int, default=8080, help="TorchServe inference API (default: 8080)")
-    parser.add_argument("--management-port", type=int, default=8081, help="TorchServe management API, always on 127.0.0.1 (default: 8081)")
-    parser.add_argument("--metrics-port", type=int, default=8082, help="TorchServe metrics API, on 127.0.0.1 (default: 8082)")
+    parser.add_argument(
+        "--management-port",
+        type=int,
+        default=8081,
+        help="TorchServe management API, always on 127.0.0.1 (default: 8081)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=8082, help="TorchServe metrics API, on 127.0.0.1 (default: 8082)"
+    )
     parser.add_argument("--log-dir", type=Path, default=ROOT / "logs", help="TorchServe's log files (default: logs/)")
     return parser.parse_args(argv)
 
@@ -38,10 +49,15 @@ def torchserve_command(args: argparse.Namespace) -> list[str]:
     torchserve = Path(sys.executable).parent / "torchserve"
     return [
         str(torchserve) if torchserve.exists() else "torchserve",
-        "--start", "--foreground", "--ncs",
-        "--model-store", str(args.model_store),
-        "--ts-config", str(args.config),
-        "--log-config", str(ROOT / "log4j2.xml"),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--model-store",
+        str(args.model_store),
+        "--ts-config",
+        str(args.config),
+        "--log-config",
+        str(ROOT / "log4j2.xml"),
     ]
 
 

@@ -8,8 +8,9 @@ request's bad input fails that request alone; the others are still answered.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -102,7 +103,7 @@ def encode_responses(
 ) -> list[tuple[int, dict[str, Any]]]:
     """(HTTP status, JSON body) per request, in order."""
     responses = []
-    for outcome, result in zip(outcomes, results):
+    for outcome, result in zip(outcomes, results, strict=True):
         if isinstance(result, Exception):
             responses.append((getattr(result, "status", 500), {"error": str(result)}))
         else:

@@ -30,16 +30,14 @@ def decode_image(
             image = Image.open(io.BytesIO(image_bytes))
             width, height = image.size
             if width * height > max_pixels:
-                raise BadInput(
-                    f"{where} is {width}x{height} pixels, over the limit of {max_pixels} pixels"
-                )
+                raise BadInput(f"{where} is {width}x{height} pixels, over the limit of {max_pixels} pixels")
             image.load()
     except BadInput:
         raise
     except UnidentifiedImageError:
         raise BadInput(f"{where} is not an image this server can decode") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadInput(f"{where} is too large to decode") from None
+        raise BadInput(f"{where} is over the limit of {max_pixels} pixels") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise BadInput(f"{where} could not be decoded: {error}") from None
     try:

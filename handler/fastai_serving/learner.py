@@ -88,8 +88,7 @@ def load_learner(
             raise
         except Exception as error:  # torch/fastai raise many kinds for a file that is no Learner
             raise ModelError(
-                f"{learner_path.name} is not an exported fastai Learner "
-                f"({type(error).__name__}: {error})"
+                f"{learner_path.name} is not an exported fastai Learner ({type(error).__name__}: {error})"
             ) from None
     if not hasattr(learn, "dls") or not hasattr(learn, "model"):
         raise ModelError(f"{learner_path.name} holds a {type(learn).__name__}, not a fastai Learner")
@@ -115,15 +114,19 @@ def _target_transforms(learn: Any) -> list[Any]:
     return list(pipelines[-1].fs) if len(pipelines) > 1 else []
 
 
+def _mask_codes(learn: Any) -> Any:
+    """The `AddMaskCodes` item transform a MaskBlock adds, or None."""
+    return next((tfm for tfm in learn.dls.after_item.fs if type(tfm).__name__ == "AddMaskCodes"), None)
+
+
 def task_of(learn: Any) -> str:
     """Which of the four served tasks the Learner does, from its target pipeline."""
     names = {type(tfm).__name__ for tfm in _target_transforms(learn)}
-    names |= {getattr(tfm, "__qualname__", "") for tfm in _target_transforms(learn)}
     if "MultiCategorize" in names or "OneHotEncode" in names:
         return MULTI_LABEL
     if "Categorize" in names:
         return SINGLE_LABEL
-    if any(name.startswith("PILMask") for name in names):
+    if _mask_codes(learn) is not None:
         return SEGMENTATION
     if "RegressionSetup" in names:
         return REGRESSION
@@ -144,6 +147,9 @@ def classes_of(learn: Any, task: str) -> list[str]:
     """Class names in output order (segmentation: the codes), or [] for regression."""
     if task == REGRESSION:
         return []
+    if task == SEGMENTATION:
+        codes = getattr(_mask_codes(learn), "codes", None)
+        return [str(code) for code in codes] if codes is not None else []
     vocab = getattr(learn.dls, "vocab", None)
     if vocab is None:
         return []

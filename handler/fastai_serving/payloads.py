@@ -131,8 +131,8 @@ def _image_bytes(value: Any, where: str) -> bytes:
         value = value["b64"]
     if not isinstance(value, str):
         raise BadInput(
-            f"{where} must be an image as {{\"b64\": \"<base64>\"}} or "
-            f"{{\"image_bytes\": {{\"b64\": \"<base64>\"}}}}, not {_json_type(value)}"
+            f'{where} must be an image as {{"b64": "<base64>"}} or '
+            f'{{"image_bytes": {{"b64": "<base64>"}}}}, not {_json_type(value)}'
         )
     return decode_base64(value, where)
 

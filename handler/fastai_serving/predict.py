@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -38,7 +38,7 @@ def decode_images(
         except BadInput as error:
             return error
 
-    return list(_decoder_pool.map(decode_one, zip(images_bytes, names)))
+    return list(_decoder_pool.map(decode_one, zip(images_bytes, names, strict=True)))
 
 
 def predict_images(
@@ -50,4 +50,4 @@ def predict_images(
     learn = served.learn
     test_dl = learn.dls.test_dl(list(images), bs=max_batch, num_workers=0)
     outputs, _, decoded = learn.get_preds(dl=test_dl, with_decoded=True)
-    return [Prediction(output=output, decoded=label) for output, label in zip(outputs, decoded)]
+    return [Prediction(output=output, decoded=label) for output, label in zip(outputs, decoded, strict=True)]

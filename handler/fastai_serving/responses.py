@@ -6,7 +6,7 @@ from typing import Any
 
 from .errors import BadInput
 from .learner import MULTI_LABEL, REGRESSION, SEGMENTATION, SINGLE_LABEL, ServedLearner
-from .payloads import CLASSIFY, COLUMNS, EXAMPLES, RAW, REGRESS, ROWS, SINGLE, Payload
+from .payloads import CLASSIFY, EXAMPLES, RAW, REGRESS, ROWS, SINGLE, Payload
 from .predict import Prediction
 
 # signature_name values: probabilities (TF Serving's default name, or none), or the

@@ -6,8 +6,9 @@ travel with the archive and survive a reload.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .payloads import DEFAULT_MAX_INSTANCES
@@ -23,12 +24,14 @@ class HandlerSettings:
     utils_dir: str = ""  # folder inside the archive holding the modules the pickle needs
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> "HandlerSettings":
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> HandlerSettings:
         """Settings from a mapping (the model config's `handler:` section); unknown keys are ignored."""
         values = values or {}
         known = {field.name: field.type for field in fields(cls)}
-        return cls(**{
-            name: (str(values[name]) if known[name] == "str" else int(values[name]))
-            for name in known
-            if name in values and values[name] is not None
-        })
+        return cls(
+            **{
+                name: (str(values[name]) if known[name] == "str" else int(values[name]))
+                for name in known
+                if name in values and values[name] is not None
+            }
+        )

@@ -1,0 +1,92 @@
+"""Fixtures: real Learners made by the tests, archived by scripts/make-archive, served by a real TorchServe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "handler"))
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+import learners  # noqa: E402
+from servers import TorchServe  # noqa: E402
+
+# Models the session's TorchServe serves: name -> (builder, make-archive flags).
+# A long batch delay on "digits" makes concurrent test requests reliably share a batch.
+MODELS = {
+    "digits": (None, ["--max-batch-delay", "400", "--batch-size", "16"]),
+    "classifier": (learners.make_classifier, []),
+    "multilabel": (learners.make_multilabel, []),
+    "regressor": (learners.make_regressor, []),
+    "segmenter": (learners.make_segmenter, []),
+    "with_utils": (learners.make_learner_needing_utils, ["--utils", str(learners.UTILS_DIR)]),
+}
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> Path:
+    """The README's demo: digits from scikit-learn, trained offline. Returns its folder."""
+    from demo_model import train_digits
+
+    out = tmp_path_factory.mktemp("demo")
+    _, accuracy = train_digits(out)
+    assert accuracy > 0.9, f"demo model trained to only {accuracy:.3f} accuracy"
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_learners(tmp_path_factory, demo_model) -> dict[str, Path]:
+    """Every test model's export.pkl, by model name."""
+    paths = {"digits": demo_model / "export.pkl"}
+    for name, (builder, _) in MODELS.items():
+        if builder is not None:
+            paths[name] = builder(tmp_path_factory.mktemp(name))
+    return paths
+
+
+def make_archive(name: str, learner: Path, store: Path, *flags: str) -> subprocess.CompletedProcess:
+    """Run the real scripts/make-archive."""
+    command = [
+        str(ROOT / "scripts" / "make-archive"),
+        "--name",
+        name,
+        "--learner",
+        str(learner),
+        "--store",
+        str(store),
+        *flags,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, exported_learners) -> Path:
+    store = tmp_path_factory.mktemp("model_store")
+    for name, (_, flags) in MODELS.items():
+        result = make_archive(name, exported_learners[name], store, *flags)
+        assert result.returncode == 0, result.stderr
+    return store
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory, model_store):
+    server = TorchServe(model_store=model_store, log_dir=tmp_path_factory.mktemp("torchserve-logs"))
+    server.start(list(MODELS))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def loaded_learners(exported_learners):
+    """The same Learners loaded in-process, for comparing with what the server answers."""
+    from fastai_serving.learner import load_learner
+
+    return {
+        name: load_learner(path, utils_dir=learners.UTILS_DIR if name == "with_utils" else None)
+        for name, path in exported_learners.items()
+    }

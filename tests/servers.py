@@ -1,0 +1,102 @@
+"""Start the real servers for end-to-end tests: TorchServe through scripts/serve, on free loopback ports."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class TorchServe:
+    """A running `scripts/serve` and the URLs of its APIs."""
+
+    model_store: Path
+    log_dir: Path
+    inference_port: int = field(default_factory=free_port)
+    management_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def inference(self) -> str:
+        return f"http://127.0.0.1:{self.inference_port}"
+
+    @property
+    def management(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    def start(self, models: list[str], timeout_s: float = 300) -> TorchServe:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                str(ROOT / "scripts" / "serve"),
+                "--model-store",
+                str(self.model_store),
+                "--log-dir",
+                str(self.log_dir),
+                "--inference-port",
+                str(self.inference_port),
+                "--management-port",
+                str(self.management_port),
+                "--metrics-port",
+                str(self.metrics_port),
+            ],
+            stdout=open(self.log_dir / "serve.out", "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready(models, timeout_s)
+        return self
+
+    def ready(self, model: str) -> bool:
+        try:
+            response = requests.get(f"{self.management}/models/{model}", timeout=2)
+            workers = [w for version in response.json() for w in version.get("workers", [])]
+            return any(w["status"] == "READY" for w in workers)
+        except (requests.RequestException, ValueError, TypeError, KeyError):
+            return False
+
+    def wait_ready(self, models: list[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"scripts/serve exited with {self.process.returncode}:\n{self.log_tail()}")
+            if all(self.ready(model) for model in models):
+                return
+            time.sleep(1)
+        raise TimeoutError(f"models {models} not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def model_log(self) -> str:
+        path = self.log_dir / "model_log.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = ""
+        for name in ("serve.out", "model_log.log"):
+            path = self.log_dir / name
+            if path.exists():
+                text += f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) + "\n"
+        return text
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
