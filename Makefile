@@ -1,0 +1,27 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Both install first.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: help install demo serve test lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install:  ## Java 17 (if missing) and the Python environment in .venv/
+	@scripts/install
+
+demo: install  ## build model_store/digits.mar (the demo model, trained offline) if missing
+	@scripts/build-demo
+
+serve: demo  ## install, build the demo, and serve every archive in model_store/
+	@scripts/serve
+
+test: install  ## run the whole test suite (starts real TorchServe servers)
+	@$(PYTHON) -m pytest
+
+lint: install  ## ruff
+	@$(PYTHON) -m ruff check handler shim scripts tests
+
+clean:  ## remove build output, logs and archives (keeps .venv/)
+	rm -rf build logs model_store/*.mar
