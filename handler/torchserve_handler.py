@@ -48,14 +48,17 @@ class FastaiHandler:
         torch.set_num_threads(self._torch_threads(model_config))
         serialized_file = context.manifest["model"]["serializedFile"]
         utils_dir = model_dir / self.settings.utils_dir if self.settings.utils_dir else None
-        self.served = load_learner(model_dir / serialized_file, self._device(properties), utils_dir)
+        self.served = load_learner(
+            model_dir / serialized_file, self._device(properties), utils_dir, self.settings.precision
+        )
         self.initialized = True
         logger.info(
-            "fastai-serving loaded %s: task=%s classes=%d device=%s threads=%d",
+            "fastai-serving loaded %s: task=%s classes=%d device=%s precision=%s threads=%d",
             serialized_file,
             self.served.task,
             len(self.served.classes),
             self.served.device,
+            self.served.precision,
             torch.get_num_threads(),
         )
 

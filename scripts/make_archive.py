@@ -22,7 +22,7 @@ HANDLER_DIR = ROOT / "handler"
 sys.path.insert(0, str(HANDLER_DIR))
 
 from fastai_serving.errors import ModelError  # noqa: E402
-from fastai_serving.learner import load_learner  # noqa: E402
+from fastai_serving.learner import FP32, PRECISIONS, load_learner  # noqa: E402
 from fastai_serving.settings import HandlerSettings  # noqa: E402
 
 UTILS_DIR_IN_ARCHIVE = "model_utils"
@@ -93,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--torch-threads", type=int, default=0, help="torch threads per worker; 0: cores / workers (default)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=FP32,
+        help="bf16: the fast path, bfloat16 autocast + channels-last, on CPUs with AVX512-BF16/AMX and on GPUs "
+        "(argmax checked against fp32 by make bench); default fp32",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     return parser.parse_args(argv)
 
@@ -136,6 +143,7 @@ def model_config(args: argparse.Namespace) -> dict:
             "max_instances": args.max_instances,
             "torch_threads": args.torch_threads,
             "utils_dir": UTILS_DIR_IN_ARCHIVE if args.utils else "",
+            "precision": args.precision,
         },
     }
 

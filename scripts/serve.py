@@ -1,8 +1,8 @@
-"""Serve every archive in a model store with TorchServe, in the foreground.
+"""Serve every archive in a model store: TorchServe, and the TF-Serving shim in front of it.
 
-Starts TorchServe with the project's config.properties and log4j2.xml, prints each
-model once it has a ready worker, stops cleanly on Ctrl-C or SIGTERM, and exits
-non-zero if TorchServe dies on its own.
+Starts TorchServe (config.properties, log4j2.xml) and the shim (gunicorn, port 8501), prints
+each model once it has a ready worker, stops both cleanly on Ctrl-C or SIGTERM, and exits
+non-zero as soon as either dies on its own.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,48 +25,46 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model-store", type=Path, default=ROOT / "model_store", help="folder of .mar archives (default: model_store/)"
-    )
-    parser.add_argument(
-        "--config", type=Path, default=ROOT / "config.properties", help="TorchServe config (default: config.properties)"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address of the inference API (default: 127.0.0.1)")
-    parser.add_argument("--inference-port", type=int, default=8080, help="TorchServe inference API (default: 8080)")
-    parser.add_argument(
-        "--management-port",
-        type=int,
-        default=8081,
-        help="TorchServe management API, always on 127.0.0.1 (default: 8081)",
-    )
-    parser.add_argument(
-        "--metrics-port", type=int, default=8082, help="TorchServe metrics API, on 127.0.0.1 (default: 8082)"
-    )
-    parser.add_argument("--log-dir", type=Path, default=ROOT / "logs", help="TorchServe's log files (default: logs/)")
+    add = parser.add_argument
+    add("--model-store", type=Path, default=ROOT / "model_store", help="folder of .mar archives (default: model_store/)")
+    add("--config", type=Path, default=ROOT / "config.properties", help="TorchServe config (default: config.properties)")
+    add("--port", type=int, default=int(os.environ.get("FASTAI_SERVING_PORT", 8501)), help="the shim's port (default: 8501)")
+    add("--shim-host", default=os.environ.get("FASTAI_SERVING_HOST", "0.0.0.0"), help="the shim's address (default: 0.0.0.0)")
+    add("--default-model", default=os.environ.get("FASTAI_SERVING_DEFAULT_MODEL", ""),
+        help="model behind /analyze (default: the only archive in the store)")
+    add("--no-shim", action="store_true", help="serve TorchServe alone")
+    add("--host", default="127.0.0.1", help="address of TorchServe's inference API (default: 127.0.0.1)")
+    add("--inference-port", type=int, default=8080, help="TorchServe inference API (default: 8080)")
+    add("--management-port", type=int, default=8081, help="TorchServe management API, always on 127.0.0.1 (default: 8081)")
+    add("--metrics-port", type=int, default=8082, help="TorchServe metrics API, on 127.0.0.1 (default: 8082)")
+    add("--log-dir", type=Path, default=ROOT / "logs", help="TorchServe's log files (default: logs/)")
     return parser.parse_args(argv)
 
 
-def torchserve_command(args: argparse.Namespace) -> list[str]:
+def archive_model_names(model_store: Path) -> list[str]:
+    """The model names of the archives in the store, read from their manifests."""
+    names = []
+    for archive in sorted(model_store.glob("*.mar")):
+        try:
+            with zipfile.ZipFile(archive) as mar:
+                names.append(json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelName"])
+        except (zipfile.BadZipFile, KeyError, ValueError):
+            names.append(archive.stem)
+    return names
+
+
+def torchserve_process(args: argparse.Namespace) -> subprocess.Popen:
     torchserve = Path(sys.executable).parent / "torchserve"
-    return [
+    command = [
         str(torchserve) if torchserve.exists() else "torchserve",
-        "--start",
-        "--foreground",
-        "--ncs",
-        "--model-store",
-        str(args.model_store),
-        "--ts-config",
-        str(args.config),
-        "--log-config",
-        str(ROOT / "log4j2.xml"),
-    ]
-
-
-def torchserve_environment(args: argparse.Namespace) -> dict[str, str]:
-    """Addresses and log folder for this run; a private temp folder for TorchServe's pid file."""
+        "--start", "--foreground", "--ncs",
+        "--model-store", str(args.model_store),
+        "--ts-config", str(args.config),
+        "--log-config", str(ROOT / "log4j2.xml"),
+    ]  # fmt: skip
     run_dir = args.log_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    return {
+    environment = {
         **os.environ,
         "TS_INFERENCE_ADDRESS": f"http://{args.host}:{args.inference_port}",
         "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{args.management_port}",
@@ -78,6 +77,21 @@ def torchserve_environment(args: argparse.Namespace) -> dict[str, str]:
         "TMPDIR": str(run_dir),
         "TEMP": str(run_dir),
     }
+    return subprocess.Popen(command, env=environment, start_new_session=True)
+
+
+def shim_process(args: argparse.Namespace, default_model: str) -> subprocess.Popen:
+    environment = {
+        **os.environ,
+        "FASTAI_SERVING_UPSTREAM": f"http://127.0.0.1:{args.inference_port}",
+        "FASTAI_SERVING_MANAGEMENT": f"http://127.0.0.1:{args.management_port}",
+        "FASTAI_SERVING_DEFAULT_MODEL": default_model,
+        "FASTAI_SERVING_PORT": str(args.port),
+        "FASTAI_SERVING_HOST": args.shim_host,
+    }
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    command = [str(gunicorn) if gunicorn.exists() else "gunicorn", "-c", str(ROOT / "shim" / "gunicorn.conf.py"), "shim.wsgi:app"]
+    return subprocess.Popen(command, env=environment, cwd=ROOT, start_new_session=True)
 
 
 def ready_models(management_port: int) -> dict[str, bool]:
@@ -102,35 +116,52 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     args.model_store = args.model_store.resolve()
     args.log_dir = args.log_dir.resolve()
-    process = subprocess.Popen(torchserve_command(args), env=torchserve_environment(args), start_new_session=True)
+    models = archive_model_names(args.model_store)
+    default_model = args.default_model or (models[0] if len(models) == 1 else "")
+    processes = {"TorchServe": torchserve_process(args)}
+    if not args.no_shim:
+        processes["shim"] = shim_process(args, default_model)
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        print(f"serve: stopping TorchServe ({signal.Signals(signum).name})", flush=True)
-        _signal_group(process, signal.SIGTERM)
+        print(f"serve: stopping ({signal.Signals(signum).name})", flush=True)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
     announced: set[str] = set()
-    while process.poll() is None:
+    exited = None
+    while not stopping and exited is None:
+        exited = next((name for name, process in processes.items() if process.poll() is not None), None)
         for name, ready in ready_models(args.management_port).items():
             if ready and name not in announced:
                 announced.add(name)
-                print(f"serve: {name} ready at http://{args.host}:{args.inference_port}/predictions/{name}", flush=True)
-        time.sleep(1)
-    if not stopping:
-        print(f"serve: TorchServe exited on its own (code {process.returncode})", file=sys.stderr)
-        return process.returncode or 1
-    _wait_for_group(process, timeout_s=30)
+                _announce(args, name, default_model)
+        time.sleep(0.5)
+    for process in processes.values():
+        _signal_group(process, signal.SIGTERM)
+    for process in processes.values():
+        _wait_for_group(process, timeout_s=30)
+    if exited is not None:
+        print(f"serve: {exited} exited on its own (code {processes[exited].returncode}); stopped the rest", file=sys.stderr)
+        return processes[exited].returncode or 1
     return 0
 
 
+def _announce(args: argparse.Namespace, name: str, default_model: str) -> None:
+    where = f"http://{args.host}:{args.inference_port}/predictions/{name}"
+    if not args.no_shim:
+        shim = f"http://127.0.0.1:{args.port}"
+        where += f", {shim}/v1/models/{name}:predict" + (f", {shim}/analyze:predict" if name == default_model else "")
+    print(f"serve: {name} ready at {where}", flush=True)
+
+
 def _wait_for_group(process: subprocess.Popen, timeout_s: float) -> None:
-    """Let TorchServe and its workers shut down, then kill whatever is left."""
+    """Let a process group shut down, then kill whatever is left of it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        process.poll()
         try:
             os.killpg(process.pid, 0)
         except ProcessLookupError:

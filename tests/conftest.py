@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import learners  # noqa: E402
-from servers import TorchServe  # noqa: E402
+from servers import Servers  # noqa: E402
 
 # Models the session's TorchServe serves: name -> (builder, make-archive flags).
 # A long batch delay on "digits" makes concurrent test requests reliably share a batch.
@@ -75,7 +75,7 @@ def model_store(tmp_path_factory, exported_learners) -> Path:
 
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory, model_store):
-    server = TorchServe(model_store=model_store, log_dir=tmp_path_factory.mktemp("torchserve-logs"))
+    server = Servers(model_store=model_store, log_dir=tmp_path_factory.mktemp("torchserve-logs"), with_shim=False)
     server.start(list(MODELS))
     yield server
     server.stop()

@@ -1,4 +1,4 @@
-"""Start the real servers for end-to-end tests: TorchServe through scripts/serve, on free loopback ports."""
+"""Start the real servers for end-to-end tests: scripts/serve (TorchServe and the shim) on free loopback ports."""
 
 from __future__ import annotations
 
@@ -21,11 +21,14 @@ def free_port() -> int:
 
 
 @dataclass
-class TorchServe:
-    """A running `scripts/serve` and the URLs of its APIs."""
+class Servers:
+    """A running `scripts/serve`: TorchServe, and the shim unless `with_shim` is False."""
 
     model_store: Path
     log_dir: Path
+    with_shim: bool = True
+    default_model: str = ""
+    shim_port: int = field(default_factory=free_port)
     inference_port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -39,25 +42,28 @@ class TorchServe:
     def management(self) -> str:
         return f"http://127.0.0.1:{self.management_port}"
 
-    def start(self, models: list[str], timeout_s: float = 300) -> TorchServe:
+    @property
+    def shim(self) -> str:
+        return f"http://127.0.0.1:{self.shim_port}"
+
+    def start(self, models: list[str], timeout_s: float = 300) -> Servers:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                str(ROOT / "scripts" / "serve"),
-                "--model-store",
-                str(self.model_store),
-                "--log-dir",
-                str(self.log_dir),
-                "--inference-port",
-                str(self.inference_port),
-                "--management-port",
-                str(self.management_port),
-                "--metrics-port",
-                str(self.metrics_port),
-            ],
-            stdout=open(self.log_dir / "serve.out", "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        command = [
+            str(ROOT / "scripts" / "serve"),
+            "--model-store", str(self.model_store),
+            "--log-dir", str(self.log_dir),
+            "--inference-port", str(self.inference_port),
+            "--management-port", str(self.management_port),
+            "--metrics-port", str(self.metrics_port),
+            "--port", str(self.shim_port),
+            "--shim-host", "127.0.0.1",
+        ]  # fmt: skip
+        if self.default_model:
+            command += ["--default-model", self.default_model]
+        if not self.with_shim:
+            command.append("--no-shim")
+        with open(self.log_dir / "serve.out", "wb") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         self.wait_ready(models, timeout_s)
         return self
 
@@ -69,12 +75,20 @@ class TorchServe:
         except (requests.RequestException, ValueError, TypeError, KeyError):
             return False
 
+    def shim_ready(self, model: str) -> bool:
+        if not self.with_shim:
+            return True
+        try:
+            return requests.get(f"{self.shim}/v1/models/{model}", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
     def wait_ready(self, models: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"scripts/serve exited with {self.process.returncode}:\n{self.log_tail()}")
-            if all(self.ready(model) for model in models):
+            if all(self.ready(model) for model in models) and self.shim_ready(models[0]):
                 return
             time.sleep(1)
         raise TimeoutError(f"models {models} not ready after {timeout_s} s:\n{self.log_tail()}")

@@ -18,6 +18,9 @@ MULTI_LABEL = "multilabel_classification"
 REGRESSION = "regression"
 SEGMENTATION = "segmentation"
 
+FP32, BF16 = "fp32", "bf16"
+PRECISIONS = (FP32, BF16)
+
 
 class _NamingUnpickler(pickle.Unpickler):
     """An Unpickler that turns a missing module into an error naming it.
@@ -53,6 +56,7 @@ class ServedLearner:
     task: str
     classes: list[str] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = FP32
 
     def describe(self) -> dict[str, Any]:
         """The model's metadata: task, classes in output order, input kind."""
@@ -63,12 +67,17 @@ def load_learner(
     learner_path: str | Path,
     device: str | torch.device = "cpu",
     utils_dir: str | Path | None = None,
+    precision: str = FP32,
 ) -> ServedLearner:
     """Load `learner_path` (an `export.pkl`) onto `device`, ready to serve.
 
     `utils_dir`, when given, is put on `sys.path` first: it holds the modules the
-    pickle refers to (custom transforms, label functions).
+    pickle refers to (custom transforms, label functions). `precision` "bf16" is the
+    opt-in fast path: bfloat16 autocast and channels-last memory, where the device
+    has fast bfloat16 (it falls back to fp32, with a warning, where it has not).
     """
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit notices raised by fastai's import
         from fastai.learner import load_learner as fastai_load_learner
@@ -93,8 +102,21 @@ def load_learner(
     if not hasattr(learn, "dls") or not hasattr(learn, "model"):
         raise ModelError(f"{learner_path.name} holds a {type(learn).__name__}, not a fastai Learner")
     _prepare_for_serving(learn, device)
+    if precision == BF16 and not has_fast_bf16(device):
+        warnings.warn(f"{device} has no fast bfloat16; serving in fp32", stacklevel=2)
+        precision = FP32
+    if precision == BF16:
+        learn.model.to(memory_format=torch.channels_last)
     task = task_of(learn)
-    return ServedLearner(learn=learn, task=task, classes=classes_of(learn, task), device=device)
+    return ServedLearner(learn=learn, task=task, classes=classes_of(learn, task), device=device, precision=precision)
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """bfloat16 in hardware: AVX512-BF16 or AMX on a CPU, or a GPU that supports it."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def _prepare_for_serving(learn: Any, device: torch.device) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from PIL import Image
 
 from .errors import BadInput
 from .images import DEFAULT_MAX_IMAGE_PIXELS, decode_image
-from .learner import ServedLearner
+from .learner import BF16, ServedLearner
 
 DEFAULT_MAX_BATCH = 32
 
@@ -44,10 +45,26 @@ def decode_images(
 def predict_images(
     served: ServedLearner, images: Sequence[Image.Image], max_batch: int = DEFAULT_MAX_BATCH
 ) -> list[Prediction]:
-    """Predict every image with one test DataLoader, `max_batch` images per forward pass."""
+    """Predict every image with one test DataLoader, `max_batch` images per forward pass.
+
+    As `learn.get_preds(with_decoded=True)`, except that the loss function's activation and
+    decoding run in float32 after the forward pass, which may run in bfloat16.
+    """
     if not images:
         return []
+    from fastcore.basics import getcallable, noop
+
     learn = served.learn
     test_dl = learn.dls.test_dl(list(images), bs=max_batch, num_workers=0)
-    outputs, _, decoded = learn.get_preds(dl=test_dl, with_decoded=True)
+    with _precision(served):
+        raw_outputs, _ = learn.get_preds(dl=test_dl, act=noop)
+    outputs = getcallable(learn.loss_func, "activation")(raw_outputs.float())
+    decoded = getcallable(learn.loss_func, "decodes")(outputs)
     return [Prediction(output=output, decoded=label) for output, label in zip(outputs, decoded, strict=True)]
+
+
+def _precision(served: ServedLearner) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for the bf16 fast path; nothing for float32."""
+    if served.precision == BF16:
+        return torch.autocast(device_type=served.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

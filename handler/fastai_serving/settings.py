@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .learner import FP32
 from .payloads import DEFAULT_MAX_INSTANCES
 from .predict import DEFAULT_MAX_BATCH
 
@@ -22,6 +23,7 @@ class HandlerSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # width × height of one decoded image
     torch_threads: int = 0  # torch threads per worker; 0: the machine's cores ÷ the model's workers
     utils_dir: str = ""  # folder inside the archive holding the modules the pickle needs
+    precision: str = FP32  # "bf16": bfloat16 autocast + channels-last, where the device has fast bf16
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> HandlerSettings:

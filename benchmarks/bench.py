@@ -1,0 +1,312 @@
+"""Benchmark: fastai-serving against the ceiling and the in-process baselines, side by side, in one run.
+
+Rows (same Learner, same images, one run):
+  1 ceiling        the model's batched forward pass on already-decoded, normalised tensors
+  2 get_preds      fastai in-process: learn.get_preds over a test DataLoader of decoded images
+  3 predict loop   the naive baseline: learn.predict per image
+  4 original       the original fastai-serving method: one web server, each request's instances one batch
+  5 TorchServe     /predictions/<model> directly, chip-n-scale-shaped load
+  6 shim           the full path: the shim on :8501 in front of TorchServe, same load
+  (6 bf16)         row 6 with the archive's --precision bf16 fast path, when the CPU supports it
+
+Load for rows 4-6: CLIENTS concurrent clients, each sending requests of INSTANCES base64 tiles.
+Ratios, not absolute times, are what compare across machines. Not a test: run `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "handler"), str(ROOT / "tests"), str(Path(__file__).parent)]
+
+from servers import Servers, free_port  # noqa: E402
+from workload import make_learner, make_tiles  # noqa: E402
+
+
+@dataclass
+class Row:
+    name: str
+    images: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    note: str = ""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class PeakRss:
+    """Samples the summed RSS of some processes and their children until stopped."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids, self.peak, self._stop = pids, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in self.pids:
+                try:
+                    parent = psutil.Process(pid)
+                    total += sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)])
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+# --- In-process rows ------------------------------------------------------------------------
+
+
+def decoded_images(tiles: list[bytes]) -> list:
+    from fastai_serving.images import decode_image
+
+    return [decode_image(tile) for tile in tiles]
+
+
+def row_ceiling(served, tiles: list[bytes], batch: int) -> Row:
+    import torch
+
+    learn = served.learn
+    dl = learn.dls.test_dl(decoded_images(tiles), bs=batch, num_workers=0)
+    batches = [xb[0] for xb in dl]  # decoded, resized, normalised: only the forward pass is timed
+    with PeakRss([psutil.Process().pid]) as rss, torch.inference_mode():
+        learn.model(batches[0])  # warm-up
+        start = time.perf_counter()
+        for xb in batches:
+            learn.model(xb)
+        seconds = time.perf_counter() - start
+    return Row("1 ceiling: batched forward", len(tiles), seconds, peak_rss_mb=rss.peak_mb, note=f"batch {batch}")
+
+
+def row_get_preds(served, tiles: list[bytes], batch: int) -> Row:
+    learn = served.learn
+    with PeakRss([psutil.Process().pid]) as rss:
+        start = time.perf_counter()
+        images = decoded_images(tiles)
+        learn.get_preds(dl=learn.dls.test_dl(images, bs=batch, num_workers=0))
+        seconds = time.perf_counter() - start
+    return Row("2 fastai get_preds", len(tiles), seconds, peak_rss_mb=rss.peak_mb, note="decode + test_dl, in-process")
+
+
+def row_predict_loop(served, tiles: list[bytes]) -> Row:
+    from fastai.vision.all import PILImage
+
+    learn, latencies = served.learn, []
+    with PeakRss([psutil.Process().pid]) as rss, learn.no_bar():
+        start = time.perf_counter()
+        for tile in tiles:
+            began = time.perf_counter()
+            learn.predict(PILImage.create(tile))
+            latencies.append((time.perf_counter() - began) * 1000)
+        seconds = time.perf_counter() - start
+    return Row("3 learn.predict loop", len(tiles), seconds, latencies, rss.peak_mb, "one image at a time")
+
+
+# --- HTTP rows ----------------------------------------------------------------------------------
+
+
+def request_body(tiles: list[bytes]) -> bytes:
+    return json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(t).decode()}} for t in tiles]}).encode()
+
+
+def run_load(url: str, tiles: list[bytes], clients: int, instances: int, requests_per_client: int, headers=None) -> tuple:
+    """CLIENTS threads each POST their requests; returns (seconds, latencies in ms, images answered)."""
+    bodies = [request_body([tiles[(i * instances + k) % len(tiles)] for k in range(instances)]) for i in range(clients)]
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> int:
+        session = requests.Session()
+        answered = 0
+        for _ in range(requests_per_client):
+            began = time.perf_counter()
+            response = session.post(url, data=bodies[index], headers=headers or {}, timeout=600)
+            elapsed = (time.perf_counter() - began) * 1000
+            response.raise_for_status()
+            answered += len(response.json()["predictions"])
+            with lock:
+                latencies.append(elapsed)
+        return answered
+
+    client(0)  # warm-up: first request loads lazy state everywhere
+    latencies.clear()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answered = sum(pool.map(client, range(clients)))
+    return time.perf_counter() - start, latencies, answered
+
+
+def row_original(export_path: Path, tiles, clients, instances, per_client) -> Row:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "original_server.py"), str(export_path), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", process)
+        with PeakRss([process.pid]) as rss:
+            seconds, latencies, answered = run_load(
+                f"http://127.0.0.1:{port}/analyze:predict", tiles, clients, instances, per_client
+            )
+        return Row("4 original method (Flask)", answered, seconds, latencies, rss.peak_mb, "one request at a time")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} server exited with {process.returncode}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def rows_served(servers: Servers, tiles, clients, instances, per_client, label: str = "") -> list[Row]:
+    pids = [servers.process.pid]
+    with PeakRss(pids) as rss:
+        seconds, latencies, answered = run_load(
+            f"{servers.inference}/predictions/bench", tiles, clients, instances, per_client,
+            headers={"Content-Type": "application/json"},
+        )
+    direct = Row(f"5 TorchServe direct{label}", answered, seconds, latencies, rss.peak_mb, "TorchServe + worker")
+    with PeakRss(pids) as rss:
+        seconds, latencies, answered = run_load(f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client)
+    full = Row(f"6 shim -> TorchServe{label}", answered, seconds, latencies, rss.peak_mb, "shim + TorchServe + worker")
+    return [direct, full]
+
+
+def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float, float]:
+    """p50 of one-image requests, TorchServe direct and through the shim, sent one at a time."""
+    body = request_body([tile])
+    session = requests.Session()
+
+    def p50(url: str, headers: dict) -> float:
+        times = []
+        for _ in range(count):
+            began = time.perf_counter()
+            session.post(url, data=body, headers=headers, timeout=60).raise_for_status()
+            times.append((time.perf_counter() - began) * 1000)
+        return statistics.median(times)
+
+    direct = p50(f"{servers.inference}/predictions/bench", {"Content-Type": "application/json"})
+    shim = p50(f"{servers.shim}/analyze:predict", {})
+    return direct, shim
+
+
+# --- The table ------------------------------------------------------------------------------------
+
+
+def print_table(rows: list[Row], machine: str) -> None:
+    ceiling = rows[0].images_per_s
+    naive = next(r for r in rows if r.name.startswith("3")).images_per_s
+    header = f"| {'row':<30} | {'images/s':>8} | {'p50 ms':>8} | {'p99 ms':>8} | {'peak RSS MB':>11} | {'÷ row 1':>7} | {'÷ row 3':>7} |"
+    print(f"\n{machine}\n")
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    for row in rows:
+        print(
+            f"| {row.name:<30} | {row.images_per_s:8.1f} | {row.percentile(0.5):8.0f} | {row.percentile(0.99):8.0f} "
+            f"| {row.peak_rss_mb:11.0f} | {row.images_per_s / ceiling:7.2f} | {row.images_per_s / naive:7.2f} |"
+        )
+
+
+def machine_description(device: str) -> str:
+    import platform
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{cpu}, {psutil.cpu_count()} cores, torch {torch.__version__}, device {device}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short mode (under 2 minutes)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--instances", type=int, default=8)
+    args = parser.parse_args(argv)
+    images = 32 if args.quick else 128
+    per_client = 1 if args.quick else 3
+    batch = 16
+
+    from fastai_serving.learner import load_learner
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        tmp = Path(tmp)
+        export_path = make_learner(tmp / "learner")
+        tiles = make_tiles(images)
+        served = load_learner(export_path, args.device)
+        rows = [row_ceiling(served, tiles, batch), row_get_preds(served, tiles, batch)]
+        rows.append(row_predict_loop(served, tiles[: max(8, images // 4)]))
+        del served
+        rows.append(row_original(export_path, tiles, args.clients, args.instances, per_client))
+        overhead = None
+        for precision in ["fp32", "bf16"]:
+            store = tmp / f"store-{precision}"
+            command = [str(ROOT / "scripts" / "make-archive"), "--name", "bench", "--learner", str(export_path),
+                       "--store", str(store), "--max-batch", str(args.clients * args.instances)]
+            if precision == "bf16":
+                command += ["--precision", "bf16"]
+            subprocess.run(command, check=True, capture_output=True)
+            servers = Servers(model_store=store, log_dir=tmp / f"logs-{precision}").start(["bench"])
+            try:
+                label = "" if precision == "fp32" else " bf16"
+                rows += rows_served(servers, tiles, args.clients, args.instances, per_client, label)
+                if precision == "fp32":
+                    overhead = one_image_overhead(servers, tiles[0], 10 if args.quick else 30)
+            finally:
+                servers.stop()
+        print_table(rows, machine_description(args.device))
+        print(
+            f"\nload: {args.clients} clients x {args.instances} instances per request; "
+            f"one-image p50: TorchServe {overhead[0]:.1f} ms, shim {overhead[1]:.1f} ms "
+            f"(shim adds {overhead[1] - overhead[0]:.1f} ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()
