@@ -118,14 +118,15 @@ def make_segmenter(folder: Path) -> Path:
 
 
 def make_learner_needing_utils(folder: Path) -> Path:
-    """A classifier whose pipeline holds a transform from tests/fixtures/utils (`tile_utils.Invert`)."""
+    """A classifier whose pipeline holds transforms from tests/fixtures/utils (`tile_utils`):
+    one inverts images, one raises on 13×13 images (a model that fails on some input)."""
     from fastai.vision.all import Resize
 
     sys.path.insert(0, str(UTILS_DIR))
     try:
-        from tile_utils import Invert
+        from tile_utils import FailOnOddSize, Invert
 
-        return make_classifier(folder, item_tfms=[Resize(SIZE), Invert()])
+        return make_classifier(folder, item_tfms=[FailOnOddSize(), Resize(SIZE), Invert()])
     finally:
         sys.path.remove(str(UTILS_DIR))
 

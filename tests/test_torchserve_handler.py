@@ -278,3 +278,18 @@ def test_odd_but_valid_images_are_served(torchserve):
         image.save(buffer, format="PNG")
         response = requests.put(predict_url(torchserve, "digits"), data=buffer.getvalue(), timeout=60)
         assert response.status_code == 200, (name, response.text)
+
+
+def test_an_input_that_breaks_the_model_fails_only_its_own_request(torchserve, exported_learners, loaded_learners):
+    good = sample_images(exported_learners["with_utils"], 4)
+    breaking = io.BytesIO()
+    Image.new("RGB", (13, 13), "white").save(breaking, format="PNG")
+    url = predict_url(torchserve, "with_utils")
+    calls = [lambda image=image: requests.put(url, data=image, timeout=60) for image in good]
+    calls.append(lambda: requests.put(url, data=breaking.getvalue(), timeout=60))
+    responses = concurrently(calls)
+    assert [r.status_code for r in responses] == [200] * 4 + [500]
+    assert "the model failed on this request's input" in responses[-1].json()["error"]
+    for image, response in zip(good, responses, strict=False):
+        assert response.json()["prediction"] == in_process(loaded_learners["with_utils"], image)[0]
+    assert requests.put(url, data=good[0], timeout=60).status_code == 200

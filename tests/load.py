@@ -1,0 +1,105 @@
+"""A checked load: concurrent requests of mixed sizes whose every answer is compared with its own expectation.
+
+Used by the short load tests in the suite and by `make soak`. Each image's expected
+probabilities are computed in-process from the same Learner; a response must carry, in
+order, exactly its own request's predictions: none swapped, dropped or duplicated.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import requests
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    images: int = 0
+    errors: dict[int, int] = field(default_factory=dict)  # HTTP status (0: no answer) -> count
+    mismatches: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def p99_ms(self) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan")
+
+    def summary(self) -> str:
+        return (
+            f"{self.requests} requests, {self.images} images in {self.seconds:.1f} s; "
+            f"errors {self.errors or 0}; mismatched predictions {len(self.mismatches)}; p99 {self.p99_ms():.0f} ms"
+        )
+
+
+def expected_probabilities(served, images: list[bytes]) -> list[list[float]]:
+    """What the Learner answers in-process for each image."""
+    from fastai_serving.predict import decode_images, predict_images
+
+    decoded = decode_images(images, [f"image {i}" for i in range(len(images))])
+    return [p.output.tolist() for p in predict_images(served, decoded)]
+
+
+def run_checked_load(
+    url: str,
+    images: list[bytes],
+    expected: list[list[float]],
+    clients: int = 8,
+    max_instances: int = 32,
+    duration_s: float | None = None,
+    requests_per_client: int = 10,
+    seed: int = 0,
+    tolerance: float = 1e-4,
+    timeout_s: float = 120,
+) -> LoadResult:
+    """`clients` threads send requests of 1..max_instances random images until their count or the duration is done."""
+    encoded = [base64.b64encode(image).decode() for image in images]
+    result, lock = LoadResult(), threading.Lock()
+    deadline = time.monotonic() + duration_s if duration_s else None
+
+    def client(index: int) -> None:
+        rng, session, sent = random.Random(seed * 1000 + index), requests.Session(), 0
+        while (deadline is None and sent < requests_per_client) or (deadline is not None and time.monotonic() < deadline):
+            chosen = [rng.randrange(len(images)) for _ in range(rng.randint(1, max_instances))]
+            body = json.dumps({"instances": [{"image_bytes": {"b64": encoded[i]}} for i in chosen]})
+            began = time.perf_counter()
+            try:
+                response = session.post(url, data=body, timeout=timeout_s)
+                status = response.status_code
+            except requests.RequestException:
+                status = 0
+            elapsed = (time.perf_counter() - began) * 1000
+            problems = _compare(response.json(), chosen, expected, tolerance) if status == 200 else []
+            with lock:
+                result.requests += 1
+                result.latencies_ms.append(elapsed)
+                if status != 200:
+                    result.errors[status] = result.errors.get(status, 0) + 1
+                else:
+                    result.images += len(chosen)
+                result.mismatches += [f"client {index} request {sent}: {p}" for p in problems]
+            sent += 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _compare(body: dict, chosen: list[int], expected: list[list[float]], tolerance: float) -> list[str]:
+    predictions = body.get("predictions", [])
+    if len(predictions) != len(chosen):
+        return [f"{len(predictions)} predictions for {len(chosen)} instances"]
+    return [
+        f"instance {position} (image {image}) answered {prediction[:3]}..., expected {expected[image][:3]}..."
+        for position, (image, prediction) in enumerate(zip(chosen, predictions, strict=True))
+        if len(prediction) != len(expected[image])
+        or max(abs(a - b) for a, b in zip(prediction, expected[image], strict=True)) > tolerance
+    ]
