@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--inference-port", type=int, default=8080, help="TorchServe inference API (default: 8080)")
     add("--management-port", type=int, default=8081, help="TorchServe management API, always on 127.0.0.1 (default: 8081)")
     add("--metrics-port", type=int, default=8082, help="TorchServe metrics API, on 127.0.0.1 (default: 8082)")
+    add("--grpc-ports", type=int, nargs=2, default=(7070, 7071), metavar=("INFERENCE", "MANAGEMENT"),
+        help="TorchServe's gRPC APIs, unused here but always started, on 127.0.0.1 (default: 7070 7071)")
     add("--log-dir", type=Path, default=ROOT / "logs", help="TorchServe's log files (default: logs/)")
     return parser.parse_args(argv)
 
@@ -69,6 +71,8 @@ def torchserve_process(args: argparse.Namespace) -> subprocess.Popen:
         "TS_INFERENCE_ADDRESS": f"http://{args.host}:{args.inference_port}",
         "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{args.management_port}",
         "TS_METRICS_ADDRESS": f"http://127.0.0.1:{args.metrics_port}",
+        "TS_GRPC_INFERENCE_PORT": str(args.grpc_ports[0]),
+        "TS_GRPC_MANAGEMENT_PORT": str(args.grpc_ports[1]),
         "LOG_LOCATION": str(args.log_dir),
         "METRICS_LOCATION": str(args.log_dir),
         # TorchServe keeps its pid file (TMPDIR) and its worker sockets (TEMP) in the temp

@@ -24,6 +24,7 @@ class LoadResult:
     images: int = 0
     errors: dict[int, int] = field(default_factory=dict)  # HTTP status (0: no answer) -> count
     mismatches: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # what went wrong where no answer came
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -69,11 +70,12 @@ def run_checked_load(
             chosen = [rng.randrange(len(images)) for _ in range(rng.randint(1, max_instances))]
             body = json.dumps({"instances": [{"image_bytes": {"b64": encoded[i]}} for i in chosen]})
             began = time.perf_counter()
+            failure = ""
             try:
                 response = session.post(url, data=body, timeout=timeout_s)
                 status = response.status_code
-            except requests.RequestException:
-                status = 0
+            except requests.RequestException as error:
+                status, failure = 0, f"client {index} request {sent}: {error!r}"
             elapsed = (time.perf_counter() - began) * 1000
             problems = _compare(response.json(), chosen, expected, tolerance) if status == 200 else []
             with lock:
@@ -84,6 +86,7 @@ def run_checked_load(
                 else:
                     result.images += len(chosen)
                 result.mismatches += [f"client {index} request {sent}: {p}" for p in problems]
+                result.failures += [failure] if failure else []
             sent += 1
 
     start = time.perf_counter()

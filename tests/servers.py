@@ -32,6 +32,7 @@ class Servers:
     inference_port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    grpc_ports: tuple[int, int] = field(default_factory=lambda: (free_port(), free_port()))
     process: subprocess.Popen | None = None
 
     @property
@@ -55,6 +56,7 @@ class Servers:
             "--inference-port", str(self.inference_port),
             "--management-port", str(self.management_port),
             "--metrics-port", str(self.metrics_port),
+            "--grpc-ports", str(self.grpc_ports[0]), str(self.grpc_ports[1]),
             "--port", str(self.shim_port),
             "--shim-host", "127.0.0.1",
         ]  # fmt: skip

@@ -155,13 +155,11 @@ def test_learner_needing_a_utils_module_is_served(torchserve, exported_learners,
 # --- Batching --------------------------------------------------------------------------------
 
 
-def test_concurrent_requests_share_one_handler_batch(torchserve, demo_model):
-    images = [(demo_model / "samples" / f"{d}.png").read_bytes() for d in range(8)]
+def test_concurrent_requests_share_one_handler_batch(torchserve, exported_learners):
+    images = sample_images(exported_learners["classifier"], 8)
     before = len(batch_lines(torchserve))
-    calls = [
-        lambda image=image: requests.put(predict_url(torchserve, "digits"), data=image, timeout=60) for image in images
-    ]
-    responses = concurrently(calls)
+    url = predict_url(torchserve, "classifier")
+    responses = concurrently([lambda image=image: requests.put(url, data=image, timeout=60) for image in images])
     assert [r.status_code for r in responses] == [200] * 8
     new_batches = batch_lines(torchserve)[before:]
     assert {"requests": 8, "instances": 8, "failed": 0} in new_batches, new_batches
@@ -178,20 +176,20 @@ def test_requests_with_many_instances_are_split_back_in_order(torchserve, demo_m
     assert answered == digits
 
 
-def test_a_bad_image_fails_only_its_own_request_in_a_shared_batch(torchserve, demo_model):
-    good = [(demo_model / "samples" / f"{d}.png").read_bytes() for d in range(5)]
+def test_a_bad_image_fails_only_its_own_request_in_a_shared_batch(torchserve, exported_learners, loaded_learners):
+    good = sample_images(exported_learners["classifier"], 5)
     garbage = b"this is not an image at all"
+    url = predict_url(torchserve, "classifier")
     before = len(batch_lines(torchserve))
-    calls = [
-        lambda image=image: requests.put(predict_url(torchserve, "digits"), data=image, timeout=60) for image in good
-    ]
-    calls.append(lambda: requests.put(predict_url(torchserve, "digits"), data=garbage, timeout=60))
+    calls = [lambda image=image: requests.put(url, data=image, timeout=60) for image in good]
+    calls.append(lambda: requests.put(url, data=garbage, timeout=60))
     responses = concurrently(calls)
     assert [r.status_code for r in responses] == [200] * 5 + [400]
     assert "not an image" in responses[-1].json()["error"]
     assert {"requests": 6, "instances": 5, "failed": 1} in batch_lines(torchserve)[before:]
-    after = requests.put(predict_url(torchserve, "digits"), data=good[0], timeout=60)
-    assert after.status_code == 200
+    for image, response in zip(good, responses, strict=False):
+        assert response.json()["prediction"] == in_process(loaded_learners["classifier"], image)[0]
+    assert requests.put(url, data=good[0], timeout=60).status_code == 200
 
 
 # --- Body forms and errors answered by the handler --------------------------------------------
