@@ -33,7 +33,6 @@ def main() -> int:
     import subprocess
 
     from demo_model import train_digits
-
     from fastai_serving.learner import load_learner
 
     duration_s = float(os.environ.get("SOAK_S", 300))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
 from fastai_serving.learner import ServedLearner, load_learner
 from fastai_serving.payloads import PREDICT

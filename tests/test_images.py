@@ -8,9 +8,10 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from fastai_serving.errors import BadInput
 from fastai_serving.images import decode_image
-from PIL import Image
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:

@@ -6,6 +6,7 @@ import json
 import zipfile
 
 import yaml
+
 from conftest import make_archive
 from learners import UTILS_DIR
 

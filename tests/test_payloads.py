@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from fastai_serving.errors import BadInput
 from fastai_serving.payloads import CLASSIFY, COLUMNS, EXAMPLES, RAW, ROWS, SINGLE, read_payload
 

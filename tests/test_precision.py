@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+
 from fastai_serving.learner import BF16, FP32, has_fast_bf16, load_learner
 from fastai_serving.predict import decode_images, predict_images
 

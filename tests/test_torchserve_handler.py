@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import requests
 import torch
-from fastai_serving.learner import ServedLearner
 from PIL import Image
+
+from fastai_serving.learner import ServedLearner
 
 
 def b64(data: bytes) -> str:
