@@ -1,0 +1,39 @@
+"""TorchServe's answer to a prediction, as the shim's answer: bodies passed through, errors mapped."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Response
+
+from shim.errors import ShimError
+from shim.upstream import UpstreamAnswer
+
+JSON = "application/json"
+
+
+def relay(answer: UpstreamAnswer, model: str) -> Response:
+    """200s and the handler's own {"error"} answers pass through as they are; TorchServe's errors are mapped."""
+    if answer.status == 200:
+        return Response(answer.body, status=200, mimetype=JSON)
+    document = _json(answer.body)
+    if isinstance(document, dict) and "error" in document:  # the handler's: 400 bad input, 500 model failure
+        return Response(answer.body, status=answer.status, mimetype=JSON)
+    message = str(document.get("message", "")) if isinstance(document, dict) else ""
+    if answer.status == 404:
+        raise ShimError(404, f"model {model!r} not found" if "Model not found" in message or not message
+                        else f"model {model!r}: {message}")
+    if answer.status == 413:
+        raise ShimError(413, "request body over TorchServe's size limit")
+    if answer.status in (408, 504):
+        raise ShimError(504, f"model {model!r} did not answer in time")
+    if "Worker died" in message:
+        raise ShimError(503, f"the worker serving {model!r} died and was not back in time; retry")
+    raise ShimError(503, f"model {model!r} cannot serve right now ({answer.status}); retry later")
+
+
+def _json(body: bytes):
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None

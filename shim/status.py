@@ -1,0 +1,70 @@
+"""TorchServe's model descriptions as TF Serving's status and metadata bodies, and URL versions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from shim.errors import ShimError
+from shim.upstream import has_ready_worker
+
+DIGITS = re.compile(r"^[0-9]+$")
+
+
+def tf_version(torchserve_version: str) -> str:
+    """TF Serving's integer version for TorchServe's "1.0" (a version that is not N or N.0 stays as it is)."""
+    match = re.fullmatch(r"([0-9]+)(?:\.0+)?", torchserve_version)
+    return match.group(1) if match else torchserve_version
+
+
+def resolve_version(url_version: str, descriptions: list[dict[str, Any]], model: str) -> str:
+    """The TorchServe version ("2.0") that a URL's /versions/2 names; 404 when none does."""
+    if not DIGITS.match(url_version):
+        raise ShimError(400, f"version {url_version!r} is not a number: use /versions/<digits>")
+    for description in descriptions:
+        if tf_version(str(description.get("modelVersion", ""))) == str(int(url_version)):
+            return str(description["modelVersion"])
+    raise ShimError(404, f"model {model!r} has no version {url_version}")
+
+
+def status_body(model: str, descriptions: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """TF Serving's model_version_status (plus KServe v1's name and ready); 200 only when it can serve."""
+    statuses = []
+    for description in descriptions:
+        ready = has_ready_worker(description)
+        statuses.append({
+            "version": tf_version(str(description.get("modelVersion", ""))),
+            "state": "AVAILABLE" if ready else "LOADING",
+            "status": {
+                "error_code": "OK" if ready else "UNAVAILABLE",
+                "error_message": "" if ready else "no worker is ready yet",
+            },
+        })
+    ready = any(status["state"] == "AVAILABLE" for status in statuses)
+    return (200 if ready else 503), {"model_version_status": statuses, "name": model, "ready": ready}
+
+
+def metadata_body(model: str, version: str, described: dict[str, Any]) -> dict[str, Any]:
+    """TF Serving's metadata shape, with the fastai facts a client needs (task, classes, input)."""
+    classes = described.get("classes", [])
+    outputs = {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": str(len(classes) or -1)}]}}
+    image_input = {
+        "image_bytes": {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "image_bytes:0"}
+    }
+    signatures = {
+        "serving_default": {
+            "inputs": image_input,
+            "outputs": {"probabilities" if classes else "outputs": {**outputs, "name": "outputs:0"}},
+            "method_name": "tensorflow/serving/predict",
+        }
+    }
+    if described.get("task") in ("classification", "multilabel_classification"):
+        signatures["classes"] = {
+            "inputs": image_input,
+            "outputs": {"classes": {"dtype": "DT_INT64", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "classes:0"}},
+            "method_name": "tensorflow/serving/predict",
+        }
+    return {
+        "model_spec": {"name": model, "signature_name": "", "version": tf_version(version)},
+        "metadata": {"signature_def": {"signature_def": signatures}, "fastai": described},
+    }

@@ -1,0 +1,114 @@
+"""The one client of TorchServe: inference over a pooled connection, and the management calls."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from shim.errors import ShimError
+from shim.settings import Settings
+
+VERB_HEADER = "x-fastai-serving-verb"  # read by handler/torchserve_handler.py
+CONNECT_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    status: int
+    body: bytes
+    content_type: str
+
+
+class TorchServeClient:
+    """Talks to TorchServe's inference and management APIs with bounded timeouts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(16, settings.threads * 2))
+        self.session.mount("http://", adapter)
+
+    # --- inference ----------------------------------------------------------------------------
+
+    def predict(self, model: str, version: str | None, body: bytes, verb: str) -> UpstreamAnswer:
+        """One upstream request; after a worker death, one retry once a worker is ready again."""
+        deadline = time.monotonic() + self.settings.predict_timeout_s
+        answer = self._post_prediction(model, version, body, verb, deadline)
+        if _worker_died(answer) and self._wait_for_ready_worker(model, version, deadline):
+            answer = self._post_prediction(model, version, body, verb, deadline)
+        return answer
+
+    def _post_prediction(self, model: str, version: str | None, body: bytes, verb: str, deadline: float) -> UpstreamAnswer:
+        url = f"{self.settings.upstream}/predictions/{model}" + (f"/{version}" if version else "")
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            response = self.session.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json", VERB_HEADER: verb},
+                timeout=(CONNECT_TIMEOUT_S, remaining),
+            )
+        except requests.Timeout:
+            raise ShimError(504, f"model {model!r} did not answer within {self.settings.predict_timeout_s:.0f} s") from None
+        except requests.ConnectionError:
+            raise ShimError(503, "TorchServe is unreachable; retry later") from None
+        return UpstreamAnswer(response.status_code, response.content, response.headers.get("Content-Type", ""))
+
+    def _wait_for_ready_worker(self, model: str, version: str | None, deadline: float) -> bool:
+        give_up = min(deadline, time.monotonic() + self.settings.retry_after_worker_death_s)
+        while time.monotonic() < give_up:
+            try:
+                if any(has_ready_worker(v) for v in self.versions(model, version)):
+                    return True
+            except ShimError:
+                pass
+            time.sleep(0.5)
+        return False
+
+    # --- management ---------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return [entry["modelName"] for entry in self._management_get("/models").get("models", [])]
+
+    def versions(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        """TorchServe's description of every version of `model` (or of one version)."""
+        return self._management_get(f"/models/{model}/{version or 'all'}", model=model)
+
+    def described(self, model: str, version: str) -> dict[str, Any]:
+        """The handler's own description of the model (task, classes, input kind)."""
+        entries = self._management_get(
+            f"/models/{model}/{version}", model=model, params={"customized": "true"}, timeout=self.settings.predict_timeout_s
+        )
+        metadata = entries[0].get("customizedMetadata", {}) if entries else {}
+        return json.loads(metadata) if isinstance(metadata, str) else metadata
+
+    def _management_get(self, path: str, model: str | None = None, params=None, timeout: float | None = None) -> Any:
+        try:
+            response = self.session.get(
+                f"{self.settings.management}{path}",
+                params=params,
+                timeout=(CONNECT_TIMEOUT_S, timeout or self.settings.status_timeout_s),
+            )
+        except requests.Timeout:
+            raise ShimError(503, "TorchServe's management API did not answer in time") from None
+        except requests.ConnectionError:
+            raise ShimError(503, "TorchServe is unreachable; retry later") from None
+        if response.status_code == 404:
+            raise ShimError(404, f"model {model!r} not found" if model else "not found")
+        if response.status_code != 200:
+            raise ShimError(503, f"TorchServe's management API answered {response.status_code}")
+        return response.json()
+
+
+def has_ready_worker(version_description: dict[str, Any]) -> bool:
+    return any(worker.get("status") == "READY" for worker in version_description.get("workers", []))
+
+
+def _worker_died(answer: UpstreamAnswer) -> bool:
+    """TorchServe answers requests in flight when their worker dies with 507 'Worker died.'"""
+    return answer.status in (503, 507) and b"Worker died" in answer.body
