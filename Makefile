@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help install demo serve test lint clean
+.PHONY: help install demo serve test bench soak lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,6 +19,12 @@ serve: demo  ## install, build the demo, and serve every archive in model_store/
 
 test: install  ## run the whole test suite (starts real TorchServe servers)
 	@$(PYTHON) -m pytest
+
+bench: install  ## benchmark table: ceiling, in-process baselines, TorchServe, the shim (QUICK=1: short mode)
+	@$(PYTHON) benchmarks/bench.py $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE))
+
+soak: install  ## minutes of checked load through the shim (SOAK_S=seconds, default 300)
+	@SOAK_S=$(or $(SOAK_S),300) $(PYTHON) benchmarks/soak.py
 
 lint: install  ## ruff
 	@$(PYTHON) -m ruff check handler shim scripts tests

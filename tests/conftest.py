@@ -75,7 +75,8 @@ def model_store(tmp_path_factory, exported_learners) -> Path:
 
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory, model_store):
-    server = Servers(model_store=model_store, log_dir=tmp_path_factory.mktemp("torchserve-logs"), with_shim=False)
+    """scripts/serve on free loopback ports: TorchServe with every test model, and the shim ("digits" by default)."""
+    server = Servers(model_store=model_store, log_dir=tmp_path_factory.mktemp("servers-logs"), default_model="digits")
     server.start(list(MODELS))
     yield server
     server.stop()

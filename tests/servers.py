@@ -116,3 +116,32 @@ class Servers:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+
+def start_shim(log_dir: Path, **settings: str) -> tuple[subprocess.Popen, str]:
+    """The real shim alone under gunicorn, with FASTAI_SERVING_* settings; returns (process, base URL)."""
+    import os
+
+    port = free_port()
+    environment = {
+        **os.environ,
+        "FASTAI_SERVING_HOST": "127.0.0.1",
+        "FASTAI_SERVING_PORT": str(port),
+        **{f"FASTAI_SERVING_{name.upper()}": value for name, value in settings.items()},
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "shim.out", "wb") as output:
+        process = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(ROOT / "shim" / "gunicorn.conf.py"), "shim.wsgi:app"],
+            cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"{url}/openapi.yaml", timeout=1)
+            return process, url
+        except requests.RequestException:
+            time.sleep(0.3)
+    process.kill()
+    raise TimeoutError(f"the shim did not start: {(log_dir / 'shim.out').read_text()}")
