@@ -6,8 +6,8 @@ Rows (same Learner, same images, one run):
   3 predict loop   the naive baseline: learn.predict per image
   4 original       the original fastai-serving method: one web server, each request's instances one batch
   5 TorchServe     /predictions/<model> directly, chip-n-scale-shaped load
-  6 shim           the full path: the shim on :8501 in front of TorchServe, same load
-  (6 bf16)         row 6 with the archive's --precision bf16 fast path, when the CPU supports it
+  6 shim           the full path: the shim on :8501 in front of TorchServe, same load (default archive)
+  6a, 6b           row 6 with --no-channels-last (fastai's plain fp32) and with --precision bf16
 
 Load for rows 4-6: CLIENTS concurrent clients, each sending requests of INSTANCES base64 tiles.
 Ratios, not absolute times, are what compare across machines. Not a test: run `make bench`.
@@ -203,18 +203,23 @@ def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 120) -> N
     raise TimeoutError(url)
 
 
-def rows_served(servers: Servers, tiles, clients, instances, per_client, label: str = "") -> list[Row]:
-    pids = [servers.process.pid]
-    with PeakRss(pids) as rss:
-        seconds, latencies, answered = run_load(
-            f"{servers.inference}/predictions/bench", tiles, clients, instances, per_client,
-            headers={"Content-Type": "application/json"},
-        )
-    direct = Row(f"5 TorchServe direct{label}", answered, seconds, latencies, rss.peak_mb, "TorchServe + worker")
+VARIANT_ROWS = {"contiguous": "6a shim, --no-channels-last", "bf16": "6b shim, --precision bf16"}
+
+
+def rows_served(servers: Servers, tiles, clients, instances, per_client, key: str) -> list[Row]:
+    """Rows 5 and 6 for the default archive; one shim row for a variant archive."""
+    pids, rows = [servers.process.pid], []
+    if key == "default":
+        with PeakRss(pids) as rss:
+            seconds, latencies, answered = run_load(
+                f"{servers.inference}/predictions/bench", tiles, clients, instances, per_client,
+                headers={"Content-Type": "application/json"},
+            )
+        rows.append(Row("5 TorchServe direct", answered, seconds, latencies, rss.peak_mb))
     with PeakRss(pids) as rss:
         seconds, latencies, answered = run_load(f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client)
-    full = Row(f"6 shim -> TorchServe{label}", answered, seconds, latencies, rss.peak_mb, "shim + TorchServe + worker")
-    return [direct, full]
+    rows.append(Row(VARIANT_ROWS.get(key, "6 shim -> TorchServe"), answered, seconds, latencies, rss.peak_mb))
+    return rows
 
 
 def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float, float]:
@@ -233,6 +238,40 @@ def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float
     direct = p50(f"{servers.inference}/predictions/bench", {"Content-Type": "application/json"})
     shim = p50(f"{servers.shim}/analyze:predict", {})
     return direct, shim
+
+
+def served_probabilities(servers: Servers, tiles: list[bytes]) -> list[list[float]]:
+    """Every tile's probabilities through the shim, 8 tiles per request."""
+    probabilities = []
+    for start in range(0, len(tiles), 8):
+        response = requests.post(f"{servers.shim}/analyze:predict", data=request_body(tiles[start:start + 8]), timeout=120)
+        response.raise_for_status()
+        probabilities += response.json()["predictions"]
+    return probabilities
+
+
+def print_targets(rows: list[Row], overhead: tuple[float, float], answers: dict[str, list[list[float]]]) -> None:
+    """The issue's targets, as ratios from this run."""
+    speed = {row.name.split()[0]: row.images_per_s for row in rows}
+    fp32, bf16 = answers["contiguous"], answers["bf16"]
+    agree = sum(max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__) for a, b in zip(fp32, bf16, strict=True))
+    largest = max(abs(x - y) for a, b in zip(fp32, bf16, strict=True) for x, y in zip(a, b, strict=True))
+    checks = [
+        ("row 6 / row 2 (fastai get_preds)", speed["6"] / speed["2"], ">= 0.9"),
+        ("row 6 / row 1 (ceiling)", speed["6"] / speed["1"], ">= 0.8"),
+        ("row 6 / row 3 (predict loop)", speed["6"] / speed["3"], "> 1"),
+        ("row 6 / row 4 (original method)", speed["6"] / speed["4"], "> 1"),
+        ("shim's added p50, one image (ms)", overhead[1] - overhead[0], "<= 2"),
+        ("row 6b bf16 / row 6a plain fp32", speed["6b"] / speed["6a"], ">= 1.8"),
+        ("row 6b bf16 / row 6 fp32 channels-last", speed["6b"] / speed["6"], "(default is already faster)"),
+        ("row 6 channels-last / row 6a plain fp32", speed["6"] / speed["6a"], "(default's gain)"),
+        ("bf16 argmax agreement with fp32", agree / len(fp32), ">= 0.99"),
+        ("channels-last largest probability difference", max(abs(x - y) for a, b in zip(fp32, answers["default"], strict=True) for x, y in zip(a, b, strict=True)), "(stated)"),
+        ("bf16 largest probability difference", largest, "(stated)"),
+    ]
+    print("\n| target | this run | wanted |\n|---|---|---|")
+    for name, value, wanted in checks:
+        print(f"| {name} | {value:.3f} | {wanted} |")
 
 
 # --- The table ------------------------------------------------------------------------------------
@@ -270,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instances", type=int, default=8)
     args = parser.parse_args(argv)
     images = 32 if args.quick else 128
-    per_client = 1 if args.quick else 3
+    per_client = 2 if args.quick else 6
     batch = 16
 
     from fastai_serving.learner import load_learner
@@ -284,19 +323,18 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row_predict_loop(served, tiles[: max(8, images // 4)]))
         del served
         rows.append(row_original(export_path, tiles, args.clients, args.instances, per_client))
-        overhead = None
-        for precision in ["fp32", "bf16"]:
-            store = tmp / f"store-{precision}"
+        overhead, answers = None, {}
+        # The default archive (fp32, channels-last) gives rows 5 and 6; two variants run through the shim too.
+        for key, flags in [("default", []), ("contiguous", ["--no-channels-last"]), ("bf16", ["--precision", "bf16"])]:
+            store = tmp / f"store-{key}"
             command = [str(ROOT / "scripts" / "make-archive"), "--name", "bench", "--learner", str(export_path),
-                       "--store", str(store), "--max-batch", str(args.clients * args.instances)]
-            if precision == "bf16":
-                command += ["--precision", "bf16"]
+                       "--store", str(store), *flags]
             subprocess.run(command, check=True, capture_output=True)
-            servers = Servers(model_store=store, log_dir=tmp / f"logs-{precision}").start(["bench"])
+            servers = Servers(model_store=store, log_dir=tmp / f"logs-{key}").start(["bench"])
             try:
-                label = "" if precision == "fp32" else " bf16"
-                rows += rows_served(servers, tiles, args.clients, args.instances, per_client, label)
-                if precision == "fp32":
+                rows += rows_served(servers, tiles, args.clients, args.instances, per_client, key)
+                answers[key] = served_probabilities(servers, tiles)
+                if key == "default":
                     overhead = one_image_overhead(servers, tiles[0], 10 if args.quick else 30)
             finally:
                 servers.stop()
@@ -306,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
             f"one-image p50: TorchServe {overhead[0]:.1f} ms, shim {overhead[1]:.1f} ms "
             f"(shim adds {overhead[1] - overhead[0]:.1f} ms)"
         )
+        print_targets(rows, overhead, answers)
 
 
 if __name__ == "__main__":

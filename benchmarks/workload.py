@@ -44,21 +44,21 @@ def make_learner(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     items = []
-    for index, tile in enumerate(make_tiles(len(CLASSES) * 8, seed=1)):
+    for index, tile in enumerate(make_tiles(len(CLASSES) * 16, seed=1)):
         path = folder / f"train_{index}.jpg"
         path.write_bytes(tile)
         items.append((path, CLASSES[index % len(CLASSES)]))
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock), get_x=ItemGetter(0), get_y=ItemGetter(1), item_tfms=Resize(MODEL_SIZE)
     )
-    dls = block.dataloaders(items, bs=4, num_workers=0)
+    dls = block.dataloaders(items, bs=8, num_workers=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         learn = vision_learner(dls, resnet34, pretrained=False)
         # A short training makes the model's answers confident, as a served model's are, so the
         # bf16 check compares real decisions rather than coin flips between near-equal classes.
         with learn.no_bar(), learn.no_logging():
-            learn.fit_one_cycle(3, 1e-3)
+            learn.fit_one_cycle(4, 1e-3)
     export_path = folder / "export.pkl"
     learn.export(export_path.resolve())
     return export_path

@@ -50,7 +50,11 @@ class FastaiHandler:
         serialized_file = context.manifest["model"]["serializedFile"]
         utils_dir = model_dir / self.settings.utils_dir if self.settings.utils_dir else None
         self.served = load_learner(
-            model_dir / serialized_file, self._device(properties), utils_dir, self.settings.precision
+            model_dir / serialized_file,
+            self._device(properties),
+            utils_dir,
+            self.settings.precision,
+            channels_last=bool(self.settings.channels_last),
         )
         self.initialized = True
         logger.info(

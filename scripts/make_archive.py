@@ -100,6 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bf16: the fast path, bfloat16 autocast + channels-last, on CPUs with AVX512-BF16/AMX and on GPUs "
         "(argmax checked against fp32 by make bench); default fp32",
     )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="store the model's weights channels-last: same results to float rounding, about 20%% faster "
+        "convolutions on CPU (default: on; --no-channels-last to turn off)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     return parser.parse_args(argv)
 
@@ -144,6 +151,7 @@ def model_config(args: argparse.Namespace) -> dict:
             "torch_threads": args.torch_threads,
             "utils_dir": UTILS_DIR_IN_ARCHIVE if args.utils else "",
             "precision": args.precision,
+            "channels_last": int(args.channels_last),
         },
     }
 

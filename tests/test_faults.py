@@ -1,7 +1,12 @@
-"""Faults under load: a killed worker, and nothing lost or hung while TorchServe recovers."""
+"""Faults under load: a worker killed mid-load loses nothing and hangs nothing; TorchServe restarts it.
+
+TorchServe answers requests in flight on a dying worker with 507 "Worker died"; the shim waits
+for the restarted worker and sends them again (inference is idempotent).
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import threading
@@ -29,7 +34,7 @@ def wait_until_ready(servers, model: str, timeout_s: float = 120) -> float:
 def test_a_worker_killed_mid_load_loses_no_request_and_is_restarted(torchserve, demo_model, loaded_learners):
     images = [(demo_model / "samples" / f"{d}.png").read_bytes() for d in range(10)]
     expected = expected_probabilities(loaded_learners["digits"], images)
-    url = f"{torchserve.inference}/predictions/digits"
+    url = f"{torchserve.shim}/v1/models/digits:predict"
     outcome = {}
     load = threading.Thread(
         target=lambda: outcome.setdefault(
@@ -45,9 +50,10 @@ def test_a_worker_killed_mid_load_loses_no_request_and_is_restarted(torchserve, 
     result = outcome["result"]
     assert result.mismatches == []
     assert result.failures == []
-    assert set(result.errors) <= {503, 507}, result.errors  # in-flight requests: TorchServe's "Worker died"
+    # Retried by the shim; 503 only if the worker were not back within FASTAI_SERVING_RETRY_S.
+    assert result.errors == {}, result.errors
     assert result.images > 0
     wait_until_ready(torchserve, "digits")
     assert victim not in worker_pids(torchserve, "digits")
-    after = requests.put(url, data=images[3], timeout=60)
+    after = requests.post(url, json={"image_bytes": base64.b64encode(images[3]).decode()}, timeout=60)
     assert after.status_code == 200 and after.json()["prediction"] == "3"

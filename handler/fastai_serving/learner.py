@@ -68,6 +68,7 @@ def load_learner(
     device: str | torch.device = "cpu",
     utils_dir: str | Path | None = None,
     precision: str = FP32,
+    channels_last: bool = False,
 ) -> ServedLearner:
     """Load `learner_path` (an `export.pkl`) onto `device`, ready to serve.
 
@@ -75,6 +76,8 @@ def load_learner(
     pickle refers to (custom transforms, label functions). `precision` "bf16" is the
     opt-in fast path: bfloat16 autocast and channels-last memory, where the device
     has fast bfloat16 (it falls back to fp32, with a warning, where it has not).
+    `channels_last` stores the model's weights channels-last in any precision: the same
+    results to float rounding (about 1e-6), faster convolutions on CPUs and recent GPUs.
     """
     if precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -105,7 +108,7 @@ def load_learner(
     if precision == BF16 and not has_fast_bf16(device):
         warnings.warn(f"{device} has no fast bfloat16; serving in fp32", stacklevel=2)
         precision = FP32
-    if precision == BF16:
+    if precision == BF16 or channels_last:
         learn.model.to(memory_format=torch.channels_last)
     task = task_of(learn)
     return ServedLearner(learn=learn, task=task, classes=classes_of(learn, task), device=device, precision=precision)

@@ -24,6 +24,7 @@ class HandlerSettings:
     torch_threads: int = 0  # torch threads per worker; 0: the machine's cores ÷ the model's workers
     utils_dir: str = ""  # folder inside the archive holding the modules the pickle needs
     precision: str = FP32  # "bf16": bfloat16 autocast + channels-last, where the device has fast bf16
+    channels_last: int = 1  # 1: the model's weights channels-last (about 20% faster on CPU, same results)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> HandlerSettings:

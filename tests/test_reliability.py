@@ -1,0 +1,110 @@
+"""Reliability through the shim: checked load, health while saturated, TorchServe down and back, security defaults."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+
+import psutil
+import requests
+
+from load import expected_probabilities, run_checked_load
+from servers import Servers, free_port, start_shim
+
+
+def digit_images(demo_model, count: int = 60) -> list[bytes]:
+    paths = sorted((demo_model / "images").rglob("*.png"), key=lambda p: int(p.stem))[:count]
+    return [path.read_bytes() for path in paths]
+
+
+def test_mixed_size_concurrent_load_answers_every_request_with_its_own_predictions(torchserve, demo_model, loaded_learners):
+    images = digit_images(demo_model)
+    expected = expected_probabilities(loaded_learners["digits"], images)
+    result = run_checked_load(
+        f"{torchserve.shim}/v1/models/digits:predict", images, expected, clients=8, max_instances=32, requests_per_client=6
+    )
+    assert result.requests == 48
+    assert result.errors == {} and result.failures == []
+    assert result.mismatches == []
+
+
+def test_analyze_answers_within_a_second_while_the_model_is_saturated(torchserve, demo_model, loaded_learners):
+    images = digit_images(demo_model, 20)
+    expected = expected_probabilities(loaded_learners["digits"], images)
+    outcome = {}
+    load = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "result",
+            run_checked_load(f"{torchserve.shim}/analyze:predict", images, expected, clients=12, max_instances=32, duration_s=8),
+        )
+    )
+    load.start()
+    time.sleep(1)
+    checks = []
+    while load.is_alive():
+        # A load balancer's check (chip-n-scale: every 30 s, 5 s timeout) must not wait behind inference.
+        checks.append(requests.get(f"{torchserve.shim}/analyze", timeout=1.0).status_code)
+        time.sleep(0.2)
+    load.join()
+    assert len(checks) >= 10 and set(checks) == {200}
+    assert outcome["result"].mismatches == [] and outcome["result"].errors == {}
+
+
+def test_torchserve_down_then_back_then_down(tmp_path, model_store, demo_model):
+    """The shim answers 503 while TorchServe is away and recovers by itself when it returns."""
+    backend = Servers(model_store=model_store, log_dir=tmp_path / "backend", with_shim=False)
+    process, shim = start_shim(
+        tmp_path / "shim", upstream=backend.inference, management=backend.management, default_model="digits"
+    )
+    body = {"instances": [{"b64": base64.b64encode((demo_model / "samples" / "8.png").read_bytes()).decode()}]}
+    try:
+        assert requests.get(f"{shim}/analyze", timeout=5).status_code == 503
+        assert requests.post(f"{shim}/analyze:predict", json=body, timeout=10).status_code == 503
+        backend.start(["digits"])
+        assert requests.get(f"{shim}/analyze", timeout=5).status_code == 200
+        answer = requests.post(f"{shim}/analyze:predict", json=body, timeout=60)
+        assert answer.status_code == 200 and max(range(10), key=answer.json()["predictions"][0].__getitem__) == 8
+        backend.stop()
+        assert requests.get(f"{shim}/analyze", timeout=5).status_code == 503
+        assert requests.post(f"{shim}/analyze:predict", json=body, timeout=10).status_code == 503
+    finally:
+        backend.stop()
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_management_and_metrics_are_not_reachable_through_the_shim(torchserve):
+    for path in ("/models", "/models/digits", "/metrics", "/ping", "/predictions/digits", "/api-description"):
+        response = requests.get(f"{torchserve.shim}{path}", timeout=5)
+        assert response.status_code == 404 and set(response.json()) == {"error"}
+    registering = requests.post(f"{torchserve.shim}/models?url=evil.mar", timeout=5)
+    assert registering.status_code == 404
+
+
+def test_torchserve_listens_on_loopback_only(torchserve):
+    java = [
+        p for p in psutil.Process(torchserve.process.pid).children(recursive=True)
+        if p.name() == "java"
+    ]  # fmt: skip
+    assert java, "no TorchServe frontend found under scripts/serve"
+    listening = [c for c in java[0].net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    ports = {c.laddr.port for c in listening}
+    assert {torchserve.inference_port, torchserve.management_port, torchserve.metrics_port, *torchserve.grpc_ports} <= ports
+    assert {c.laddr.ip for c in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+
+
+def test_metrics_are_prometheus_text_on_loopback(torchserve):
+    response = requests.get(f"http://127.0.0.1:{torchserve.metrics_port}/metrics", timeout=5)
+    assert response.status_code == 200 and "# TYPE" in response.text
+
+
+def test_a_port_nobody_listens_on_is_a_clean_503_not_a_hang(tmp_path):
+    nothing = f"http://127.0.0.1:{free_port()}"
+    process, shim = start_shim(tmp_path, upstream=nothing, management=nothing)
+    try:
+        response = requests.get(f"{shim}/analyze", timeout=5)
+        assert response.status_code == 503 and "unreachable" in response.json()["error"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
