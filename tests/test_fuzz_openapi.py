@@ -47,7 +47,8 @@ def schemathesis_run(spec: Path, base_url: str, examples: int) -> subprocess.Com
 @pytest.mark.parametrize("narrowed", [False, True], ids=["any-model", "served-models"])
 def test_fuzzed_requests_get_documented_answers_and_no_server_error(torchserve, tmp_path, narrowed):
     spec = narrowed_spec(tmp_path) if narrowed else SPEC
-    result = schemathesis_run(spec, torchserve.shim, examples=25)
+    # Narrowed, every case reaches a model's worker: fewer examples keep the run to about a minute.
+    result = schemathesis_run(spec, torchserve.shim, examples=12 if narrowed else 25)
     assert result.returncode == 0, result.stdout[-6000:]
     assert "Tested: 13" in result.stdout
 
