@@ -24,6 +24,7 @@ class LoadResult:
     images: int = 0
     errors: dict[int, int] = field(default_factory=dict)  # HTTP status (0: no answer) -> count
     mismatches: list[str] = field(default_factory=list)
+    answered_by: list[str] = field(default_factory=list)  # per 200 answer, in order: "expected" or "also_expected"
     failures: list[str] = field(default_factory=list)  # what went wrong where no answer came
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -58,8 +59,13 @@ def run_checked_load(
     seed: int = 0,
     tolerance: float = 1e-4,
     timeout_s: float = 120,
+    also_expected: list[list[float]] | None = None,
 ) -> LoadResult:
-    """`clients` threads send requests of 1..max_instances random images until their count or the duration is done."""
+    """`clients` threads send requests of 1..max_instances random images until their count or the duration is done.
+
+    With `also_expected` (another model version's predictions), an answer may match either
+    set, as a whole; `answered_by` records which.
+    """
     encoded = [base64.b64encode(image).decode() for image in images]
     result, lock = LoadResult(), threading.Lock()
     deadline = time.monotonic() + duration_s if duration_s else None
@@ -77,7 +83,12 @@ def run_checked_load(
             except requests.RequestException as error:
                 status, failure = 0, f"client {index} request {sent}: {error!r}"
             elapsed = (time.perf_counter() - began) * 1000
-            problems = _compare(response.json(), chosen, expected, tolerance) if status == 200 else []
+            problems, source = [], ""
+            if status == 200:
+                body = response.json()
+                problems, source = _compare(body, chosen, expected, tolerance), "expected"
+                if problems and also_expected is not None and not _compare(body, chosen, also_expected, tolerance):
+                    problems, source = [], "also_expected"
             with lock:
                 result.requests += 1
                 result.latencies_ms.append(elapsed)
@@ -85,6 +96,7 @@ def run_checked_load(
                     result.errors[status] = result.errors.get(status, 0) + 1
                 else:
                     result.images += len(chosen)
+                    result.answered_by.append(source)
                 result.mismatches += [f"client {index} request {sent}: {p}" for p in problems]
                 result.failures += [failure] if failure else []
             sent += 1
