@@ -120,8 +120,3 @@ def test_a_broken_archive_is_refused_and_the_old_version_keeps_serving(digits_se
     versions = requests.get(f"{digits_servers.management}/models/digits/all", timeout=5).json()
     assert [v["modelVersion"] for v in versions] == ["1.0"]
     assert not (digits_servers.model_store / "digits-v3.0.mar").exists()
-
-
-def test_labels_are_refused_with_a_clear_404(digits_servers):
-    response = requests.get(f"{digits_servers.shim}/v1/models/digits/labels/stable", timeout=5)
-    assert response.status_code == 404 and "label" in response.json()["error"]
