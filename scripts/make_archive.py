@@ -39,6 +39,18 @@ DEFAULTS = {
 }
 
 
+# The settings that are counts of at least 1: (flag, default, meaning).
+COUNT_FLAGS = [
+    ("--batch-size", DEFAULTS["batch_size"], "client requests TorchServe gathers into one batch"),
+    ("--max-batch-delay", DEFAULTS["max_batch_delay"], "ms TorchServe waits to fill a batch"),
+    ("--min-workers", DEFAULTS["min_workers"], "worker processes at start"),
+    ("--max-workers", DEFAULTS["max_workers"], "worker processes at most"),
+    ("--response-timeout", DEFAULTS["response_timeout"], "seconds a batch may take before the worker is restarted"),
+    ("--max-batch", HandlerSettings.max_batch, "images per forward pass; bigger batches are chunked"),
+    ("--max-instances", HandlerSettings.max_instances, "instances one request may carry"),
+]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make-archive", description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="model name: the URL's /predictions/<name>")
@@ -48,48 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--store", type=Path, default=ROOT / "model_store", help="where the .mar goes (default: model_store/)"
     )
     parser.add_argument("--version", default="1.0", help="model version (default: 1.0)")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULTS["batch_size"],
-        help="client requests TorchServe gathers into one batch (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-batch-delay",
-        type=int,
-        default=DEFAULTS["max_batch_delay"],
-        help="ms TorchServe waits to fill a batch (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--min-workers",
-        type=int,
-        default=DEFAULTS["min_workers"],
-        help="worker processes at start (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-workers",
-        type=int,
-        default=DEFAULTS["max_workers"],
-        help="worker processes at most (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--response-timeout",
-        type=int,
-        default=DEFAULTS["response_timeout"],
-        help="seconds a batch may take before the worker is restarted (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-batch",
-        type=int,
-        default=HandlerSettings.max_batch,
-        help="images per forward pass; bigger batches are chunked (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-instances",
-        type=int,
-        default=HandlerSettings.max_instances,
-        help="instances one request may carry (default: %(default)s)",
-    )
+    for flag, default, meaning in COUNT_FLAGS:
+        parser.add_argument(flag, type=int, default=default, help=f"{meaning} (default: %(default)s)")
     parser.add_argument(
         "--torch-threads", type=int, default=0, help="torch threads per worker; 0: cores / workers (default)"
     )
@@ -119,17 +91,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"make-archive: --learner {args.learner}: no such file")
     if args.utils is not None and not args.utils.is_dir():
         raise SystemExit(f"make-archive: --utils {args.utils}: no such folder")
-    for flag in (
-        "batch_size",
-        "max_batch_delay",
-        "min_workers",
-        "max_workers",
-        "response_timeout",
-        "max_batch",
-        "max_instances",
-    ):
-        if getattr(args, flag) < 1:
-            raise SystemExit(f"make-archive: --{flag.replace('_', '-')} must be at least 1")
+    for flag, _, _ in COUNT_FLAGS:
+        if getattr(args, flag[2:].replace("-", "_")) < 1:
+            raise SystemExit(f"make-archive: {flag} must be at least 1")
     if args.max_workers < args.min_workers:
         raise SystemExit("make-archive: --max-workers must be at least --min-workers")
     archive = args.store / f"{args.name}.mar"

@@ -135,14 +135,18 @@ def serve(args: argparse.Namespace) -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
     announced: set[str] = set()
-    exited = None
+    exited, next_look = None, 0.0
     while not stopping and exited is None:
         exited = next((name for name, process in processes.items() if process.poll() is not None), None)
-        for name, ready in ready_models(args.management_port).items():
-            if ready and name not in announced:
+        if time.monotonic() >= next_look:
+            models_ready = ready_models(args.management_port)
+            for name in sorted(n for n, ready in models_ready.items() if ready and n not in announced):
                 announced.add(name)
                 _announce(args, name, default_model)
-        time.sleep(0.5)
+            # Often until every model is up, then now and again (a reload may register more).
+            waiting = not models_ready or not all(models_ready.values())
+            next_look = time.monotonic() + (0.5 if waiting else 5.0)
+        time.sleep(0.2)
     for process in processes.values():
         _signal_group(process, signal.SIGTERM)
     for process in processes.values():

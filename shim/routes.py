@@ -95,8 +95,8 @@ def model_status(model: str, version: str | None) -> Response:
 def model_metadata(model: str, version: str | None) -> Response:
     client = shim().client
     if version is None:
-        (description,) = client.versions(model, version=None)[:1] or [{}]
-        torchserve_version = str(description.get("modelVersion", ""))
+        default_version = client.versions(model, version=None)  # TorchServe's default version alone
+        torchserve_version = str(default_version[0].get("modelVersion", "")) if default_version else ""
     else:
         torchserve_version = resolve_version(version, client.versions(model), model)
     described = shim().described(model, torchserve_version)

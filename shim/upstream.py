@@ -63,7 +63,7 @@ class TorchServeClient:
         give_up = min(deadline, time.monotonic() + self.settings.retry_after_worker_death_s)
         while time.monotonic() < give_up:
             try:
-                if any(has_ready_worker(v) for v in self.versions(model, version)):
+                if any(has_ready_worker(v) for v in self.versions(model, version or None)):
                     return True
             except ShimError:
                 pass
@@ -75,9 +75,9 @@ class TorchServeClient:
     def models(self) -> list[str]:
         return [entry["modelName"] for entry in self._management_get("/models").get("models", [])]
 
-    def versions(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
-        """TorchServe's description of every version of `model` (or of one version)."""
-        return self._management_get(f"/models/{model}/{version or 'all'}", model=model)
+    def versions(self, model: str, version: str | None = "all") -> list[dict[str, Any]]:
+        """TorchServe's description of every version of `model` ("all"), one version, or (None) the default one."""
+        return self._management_get(f"/models/{model}" + (f"/{version}" if version else ""), model=model)
 
     def described(self, model: str, version: str) -> dict[str, Any]:
         """The handler's own description of the model (task, classes, input kind)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,7 @@ def start_shim(log_dir: Path, **settings: str) -> tuple[subprocess.Popen, str]:
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "shim.out", "wb") as output:
         process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(ROOT / "shim" / "gunicorn.conf.py"), "shim.wsgi:app"],
+            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "shim" / "gunicorn.conf.py"), "shim.wsgi:app"],
             cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
