@@ -24,7 +24,7 @@ _decoder_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode")
 class Prediction:
     """One instance's result: the model's activated output and its decoded meaning."""
 
-    output: torch.Tensor  # probabilities, scores, values, or the class-index mask
+    output: torch.Tensor  # probabilities, scores or values (segmentation: per-pixel probabilities)
     decoded: torch.Tensor  # class index, multi-label flags, values, or the mask
 
 
