@@ -94,6 +94,11 @@ def test_torchserve_listens_on_loopback_only(torchserve):
     assert {c.laddr.ip for c in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
 
 
+def test_models_cannot_be_registered_from_a_remote_url(torchserve):
+    response = requests.post(f"{torchserve.management}/models?url=http://127.0.0.1:9/evil.mar", timeout=10)
+    assert response.status_code == 404 and "allowed URL" in response.json()["message"]
+
+
 def test_metrics_are_prometheus_text_on_loopback(torchserve):
     response = requests.get(f"http://127.0.0.1:{torchserve.metrics_port}/metrics", timeout=5)
     assert response.status_code == 200 and "# TYPE" in response.text
