@@ -1,7 +1,9 @@
-"""Faults under load: a worker killed mid-load loses nothing and hangs nothing; TorchServe restarts it.
+"""Faults under load: a worker killed mid-load hangs nothing and answers nothing wrong; TorchServe restarts it.
 
 TorchServe answers requests in flight on a dying worker with 507 "Worker died"; the shim waits
-for the restarted worker and sends them again (inference is idempotent).
+for the restarted worker and sends them again (inference is idempotent). If the worker dies
+while TorchServe is still gathering its next batch, TorchServe never answers the requests it
+had gathered (README, "Reliability"): the shim's predict timeout turns those into a clean 504.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 import requests
 
 from load import expected_probabilities, run_checked_load
+from servers import start_shim
 
 
 def worker_pids(servers, model: str) -> list[int]:
@@ -31,10 +34,14 @@ def wait_until_ready(servers, model: str, timeout_s: float = 120) -> float:
     raise TimeoutError(f"{model} had no READY worker {timeout_s} s after the kill")
 
 
-def test_a_worker_killed_mid_load_loses_no_request_and_is_restarted(torchserve, demo_model, loaded_learners):
+def test_a_worker_killed_mid_load_hangs_nothing_and_is_restarted(torchserve, demo_model, loaded_learners, tmp_path):
     images = [(demo_model / "samples" / f"{d}.png").read_bytes() for d in range(10)]
     expected = expected_probabilities(loaded_learners["digits"], images)
-    url = f"{torchserve.shim}/v1/models/digits:predict"
+    # A shim of its own with a 30 s predict timeout bounds the one case TorchServe never answers.
+    shim_process, shim = start_shim(
+        tmp_path, upstream=torchserve.inference, management=torchserve.management, predict_timeout_s="30"
+    )
+    url = f"{shim}/v1/models/digits:predict"
     outcome = {}
     load = threading.Thread(
         target=lambda: outcome.setdefault(
@@ -42,18 +49,23 @@ def test_a_worker_killed_mid_load_loses_no_request_and_is_restarted(torchserve, 
         )
     )
     (victim,) = worker_pids(torchserve, "digits")
-    load.start()
-    time.sleep(3)
-    os.kill(victim, signal.SIGKILL)
-    load.join(timeout=200)
+    try:
+        load.start()
+        time.sleep(3)
+        os.kill(victim, signal.SIGKILL)
+        load.join(timeout=200)
+    finally:
+        shim_process.terminate()
+        shim_process.wait(timeout=30)
     assert not load.is_alive(), "requests hung after the worker was killed"
     result = outcome["result"]
     assert result.mismatches == []
-    assert result.failures == []
-    # Retried by the shim; 503 only if the worker were not back within FASTAI_SERVING_RETRY_S.
-    assert result.errors == {}, result.errors
+    assert result.failures == []  # every request was answered, none waited out the client's timeout
+    # Retried by the shim, else a clean 503 (worker not back in time) or 504 (a gathered batch lost).
+    assert set(result.errors) <= {503, 504}, result.errors
+    assert sum(result.errors.values()) <= 8  # only requests in flight around the kill (4 clients, a retry each)
     assert result.images > 0
     wait_until_ready(torchserve, "digits")
     assert victim not in worker_pids(torchserve, "digits")
-    after = requests.post(url, json={"image_bytes": base64.b64encode(images[3]).decode()}, timeout=60)
+    after = requests.post(f"{torchserve.shim}/v1/models/digits:predict", json={"image_bytes": base64.b64encode(images[3]).decode()}, timeout=60)
     assert after.status_code == 200 and after.json()["prediction"] == "3"
