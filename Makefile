@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help install demo serve test bench soak lint clean
+.PHONY: help install demo serve test bench soak image-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ bench: install  ## benchmark table: ceiling, in-process baselines, TorchServe, t
 
 soak: install  ## minutes of checked load through the shim (SOAK_S=seconds, default 300)
 	@SOAK_S=$(or $(SOAK_S),300) $(PYTHON) benchmarks/soak.py
+
+image-check: demo  ## build the CPU image, run it, check a chip-n-scale request, remove it (minutes; not in make test)
+	@scripts/image-check $(if $(DOCKERFILE),--dockerfile $(DOCKERFILE))
 
 lint: install  ## ruff
 	@$(PYTHON) -m ruff check handler shim scripts tests
