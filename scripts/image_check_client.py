@@ -2,7 +2,7 @@
 
 Asks `GET /analyze` for TF Serving's model status, then posts what chip-n-scale's
 download-and-predict lambda posts (`requests.post(url, data=json.dumps({"instances": [...]}))`,
-no headers) with the demo's digit samples, and checks each answer against the same Learner's
+no headers) with sample images, and checks each answer against the same Learner's
 `learn.predict` run here, in-process. Exits non-zero, saying why, when anything differs.
 """
 
@@ -20,15 +20,16 @@ import requests
 PROBABILITY_TOLERANCE = 1e-4
 
 
-def in_process_probabilities(learner_path: Path, images: list[Path]) -> list[list[float]]:
-    """What `learn.predict` gives for each image, on this machine's own fastai."""
+def in_process_probabilities(learner_path: Path, images: list[Path]) -> tuple[list[str], list[list[float]]]:
+    """The Learner's classes, and what `learn.predict` gives for each image, on this machine's own fastai."""
     warnings.filterwarnings("ignore")
     from fastai.vision.all import PILImage, load_learner
 
     learn = load_learner(learner_path)
     learn.dls.num_workers = 0
     with learn.no_bar():
-        return [[float(p) for p in learn.predict(PILImage.create(image))[2]] for image in images]
+        probabilities = [[float(p) for p in learn.predict(PILImage.create(image))[2]] for image in images]
+    return [str(label) for label in learn.dls.vocab], probabilities
 
 
 def model_status(url: str) -> dict:
@@ -65,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="the container's shim, e.g. http://127.0.0.1:8501")
     parser.add_argument("--learner", type=Path, required=True, help="the export.pkl the image serves")
-    parser.add_argument("--samples", type=Path, required=True, help="folder of <digit>.png sample images")
+    parser.add_argument("--samples", type=Path, required=True, help="folder of PNGs; named <class>.png, argmax is checked too")
+    parser.add_argument("--utils", type=Path, help="the modules the Learner's pickle needs (the image's UTILS_DIR)")
     args = parser.parse_args(argv)
+    if args.utils:
+        sys.path.insert(0, str(args.utils.resolve()))
 
     images = sorted(args.samples.glob("*.png"), key=lambda path: path.stem)
     status = model_status(args.url)
@@ -74,16 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     if "AVAILABLE" not in states:
         raise SystemExit(f"GET /analyze: no AVAILABLE version in {status}")
     served = chip_n_scale_predict(args.url, images)
-    problems = differences(served, in_process_probabilities(args.learner, images))
+    classes, expected = in_process_probabilities(args.learner, images)
+    problems = differences(served, expected)
     for problem in problems:
         print(f"image-check: {problem}", file=sys.stderr)
-    digits = [int(image.stem) for image in images]
-    right = sum(max(range(len(p)), key=p.__getitem__) == digit for p, digit in zip(served, digits, strict=True))
-    print(
-        f"image-check: GET /analyze {states}; POST /analyze:predict with {len(images)} digit PNGs: "
-        f"{len(served)} predictions, {right}/{len(images)} argmax right, "
-        f"{'all equal to learn.predict within ' + str(PROBABILITY_TOLERANCE) if not problems else 'MISMATCHED'}"
-    )
+    summary = f"{len(served)} predictions"
+    if not problems and all(image.stem in classes for image in images):
+        right = sum(classes[p.index(max(p))] == image.stem for p, image in zip(served, images, strict=True))
+        summary += f", {right}/{len(images)} argmax right"
+    verdict = f"all equal to learn.predict within {PROBABILITY_TOLERANCE}" if not problems else "MISMATCHED"
+    print(f"image-check: GET /analyze {states}; POST /analyze:predict with {len(images)} PNGs: {summary}, {verdict}")
     return 1 if problems else 0
 
 
