@@ -17,19 +17,24 @@ from pathlib import Path
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "handler"))
+
+from fastai_serving.learner import load_learner  # noqa: E402
+
 PROBABILITY_TOLERANCE = 1e-4
 
 
-def in_process_probabilities(learner_path: Path, images: list[Path]) -> tuple[list[str], list[list[float]]]:
+def in_process_probabilities(
+    learner_path: Path, images: list[Path], utils_dir: Path | None
+) -> tuple[list[str], list[list[float]]]:
     """The Learner's classes, and what `learn.predict` gives for each image, on this machine's own fastai."""
-    warnings.filterwarnings("ignore")
-    from fastai.vision.all import PILImage, load_learner
+    from fastai.vision.all import PILImage
 
-    learn = load_learner(learner_path)
-    learn.dls.num_workers = 0
-    with learn.no_bar():
-        probabilities = [[float(p) for p in learn.predict(PILImage.create(image))[2]] for image in images]
-    return [str(label) for label in learn.dls.vocab], probabilities
+    served = load_learner(learner_path, utils_dir=utils_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probabilities = [[float(p) for p in served.learn.predict(PILImage.create(image))[2]] for image in images]
+    return served.classes, probabilities
 
 
 def model_status(url: str) -> dict:
@@ -69,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=Path, required=True, help="folder of PNGs; named <class>.png, argmax is checked too")
     parser.add_argument("--utils", type=Path, help="the modules the Learner's pickle needs (the image's UTILS_DIR)")
     args = parser.parse_args(argv)
-    if args.utils:
-        sys.path.insert(0, str(args.utils.resolve()))
 
     images = sorted(args.samples.glob("*.png"), key=lambda path: path.stem)
     status = model_status(args.url)
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if "AVAILABLE" not in states:
         raise SystemExit(f"GET /analyze: no AVAILABLE version in {status}")
     served = chip_n_scale_predict(args.url, images)
-    classes, expected = in_process_probabilities(args.learner, images)
+    classes, expected = in_process_probabilities(args.learner, images, args.utils.resolve() if args.utils else None)
     problems = differences(served, expected)
     for problem in problems:
         print(f"image-check: {problem}", file=sys.stderr)
