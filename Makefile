@@ -3,12 +3,12 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help install demo serve test bench soak image-check lint clean
+.PHONY: help install demo serve test test-fast bench soak image-check gpu-check lint format clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install:  ## Java 17 (if missing) and the Python environment in .venv/
+install:  ## Java 17 (if missing), the Python environment in .venv/, and this project's packages (editable)
 	@scripts/install
 
 demo: install  ## build model_store/digits.mar (the demo model, trained offline) if missing
@@ -17,10 +17,13 @@ demo: install  ## build model_store/digits.mar (the demo model, trained offline)
 serve: demo  ## install, build the demo, and serve every archive in model_store/
 	@scripts/serve
 
-test: install  ## run the whole test suite (starts real TorchServe servers)
+test: install  ## the whole test suite: in-process tests, then real TorchServe, shim and tools end to end
 	@$(PYTHON) -m pytest
 
-bench: install  ## benchmark table: ceiling, in-process baselines, TorchServe, the shim (QUICK=1: short mode)
+test-fast: install  ## the in-process tests alone: no server, no Java (under a minute)
+	@$(PYTHON) -m pytest -m "not e2e"
+
+bench: install  ## benchmark table: ceilings, in-process baselines, TorchServe, the shim (QUICK=1: short mode; DEVICE=cuda)
 	@$(PYTHON) benchmarks/bench.py $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE))
 
 soak: install  ## minutes of checked load through the shim (SOAK_S=seconds, default 300)
@@ -29,8 +32,14 @@ soak: install  ## minutes of checked load through the shim (SOAK_S=seconds, defa
 image-check: demo  ## build the CPU image, run it, check a chip-n-scale request, remove it (minutes; not in make test)
 	@scripts/image-check $(if $(DOCKERFILE),--dockerfile $(DOCKERFILE))
 
-lint: install  ## ruff
-	@$(PYTHON) -m ruff check handler shim scripts tests
+gpu-check: install  ## on a machine with an NVIDIA GPU: serve on it, compare with the CPU, print the GPU benchmark (not in CI)
+	@scripts/gpu-check
+
+lint: install  ## ruff check and ruff format --check over every Python folder
+	@$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
+
+format: install  ## ruff format and ruff check --fix
+	@$(PYTHON) -m ruff format . && $(PYTHON) -m ruff check --fix .
 
 clean:  ## remove build output, logs and archives (keeps .venv/)
 	rm -rf build logs model_store/*.mar

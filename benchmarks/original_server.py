@@ -24,9 +24,7 @@ def create_app(export_path: str) -> Flask:
     @app.post("/analyze:predict")
     def predict():
         instances = request.get_json(force=True)["instances"]
-        images = [
-            Image.open(io.BytesIO(base64.b64decode(i["image_bytes"]["b64"]))).convert("RGB") for i in instances
-        ]
+        images = [Image.open(io.BytesIO(base64.b64decode(i["image_bytes"]["b64"]))).convert("RGB") for i in instances]
         dl = learn.dls.test_dl(images, num_workers=0)
         with learn.no_bar():
             probabilities, _ = learn.get_preds(dl=dl)

@@ -20,14 +20,12 @@ from typing import Any
 import torch
 
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
+from fastai_serving.contract import PREDICT, VERB_HEADER
 from fastai_serving.learner import ServedLearner, load_learner
-from fastai_serving.payloads import PREDICT
 from fastai_serving.settings import HandlerSettings
 
 logger = logging.getLogger(__name__)
 
-# The shim names the TF Serving verb (predict, classify, regress) in this request header.
-VERB_HEADER = "x-fastai-serving-verb"
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -45,7 +43,7 @@ class FastaiHandler:
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         model_config = context.model_yaml_config or {}
-        self.settings = HandlerSettings.from_mapping(model_config.get("handler"))
+        self.settings = HandlerSettings.from_model_config(model_config)
         torch.set_num_threads(self._torch_threads(model_config))
         serialized_file = context.manifest["model"]["serializedFile"]
         utils_dir = model_dir / self.settings.utils_dir if self.settings.utils_dir else None
@@ -54,7 +52,7 @@ class FastaiHandler:
             self._device(properties),
             utils_dir,
             self.settings.precision,
-            channels_last=bool(self.settings.channels_last),
+            channels_last=self.settings.channels_last,
         )
         self.initialized = True
         logger.info(
@@ -98,7 +96,7 @@ class FastaiHandler:
         bodies = []
         for idx, (status, body) in enumerate(encode_responses(self.served, outcomes, results)):
             if status != 200:
-                self.context.set_response_status(status, body["error"], idx)
+                self.context.set_response_status(status, reason_phrase(body["error"]), idx)
             self.context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             bodies.append(json.dumps(body, separators=(",", ":")).encode())
         return bodies
@@ -115,6 +113,17 @@ class FastaiHandler:
             return self.settings.torch_threads
         workers = int(model_config.get("minWorkers") or 1)
         return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def reason_phrase(message: str) -> str:
+    """The message as an HTTP reason phrase: ASCII only.
+
+    TorchServe 0.12 frames a reason phrase by its length in characters but sends its UTF-8
+    bytes, so one non-ASCII character (a client's own key or signature name, quoted back)
+    breaks the frame and kills the worker, failing every request in its batch. The body keeps
+    the message as it is.
+    """
+    return message.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _header(context: Any, idx: int, name: str) -> str | None:

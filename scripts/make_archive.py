@@ -8,7 +8,6 @@ model config with the batching, worker and timeout settings below.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -17,75 +16,70 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-HANDLER_DIR = ROOT / "handler"
-sys.path.insert(0, str(HANDLER_DIR))
+import fastai_serving
+from fastai_serving import defaults
+from fastai_serving.contract import MODEL_NAME
+from fastai_serving.errors import ModelError
+from fastai_serving.learner import PRECISIONS, load_learner
+from fastai_serving.settings import HANDLER_KEY
+from fastai_serving_scripts import MODEL_STORE
 
-from fastai_serving.errors import ModelError  # noqa: E402
-from fastai_serving.learner import FP32, PRECISIONS, load_learner  # noqa: E402
-from fastai_serving.settings import HandlerSettings  # noqa: E402
-
+PACKAGE_DIR = Path(fastai_serving.__file__).resolve().parent  # the core, copied into the archive
+HANDLER_FILE = PACKAGE_DIR.parent / "torchserve_handler.py"  # TorchServe's entry point, beside it
 UTILS_DIR_IN_ARCHIVE = "model_utils"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
-
-# Defaults tuned on a 2-core CPU (see README, "Performance"): one worker using every core;
-# up to 16 client requests per batch, gathered for at most 10 ms.
-DEFAULTS = {
-    "batch_size": 16,
-    "max_batch_delay": 10,
-    "min_workers": 1,
-    "max_workers": 1,
-    "response_timeout": 120,
-}
-
 
 # The settings that are counts of at least 1: (flag, default, meaning).
 COUNT_FLAGS = [
-    ("--batch-size", DEFAULTS["batch_size"], "client requests TorchServe gathers into one batch"),
-    ("--max-batch-delay", DEFAULTS["max_batch_delay"], "ms TorchServe waits to fill a batch"),
-    ("--min-workers", DEFAULTS["min_workers"], "worker processes at start"),
-    ("--max-workers", DEFAULTS["max_workers"], "worker processes at most"),
-    ("--response-timeout", DEFAULTS["response_timeout"], "seconds a batch may take before the worker is restarted"),
-    ("--max-batch", HandlerSettings.max_batch, "images per forward pass; bigger batches are chunked"),
-    ("--max-instances", HandlerSettings.max_instances, "instances one request may carry"),
+    ("--batch-size", defaults.BATCH_SIZE, "client requests TorchServe gathers into one batch"),
+    ("--max-batch-delay", defaults.MAX_BATCH_DELAY_MS, "ms TorchServe waits to fill a batch"),
+    ("--min-workers", defaults.MIN_WORKERS, "worker processes at start"),
+    ("--max-workers", defaults.MAX_WORKERS, "worker processes at most"),
+    ("--response-timeout", defaults.RESPONSE_TIMEOUT_S, "seconds a batch may take before the worker is restarted"),
+    ("--max-batch", defaults.MAX_BATCH, "images per forward pass; a bigger batch is cut into passes of this size"),
+    ("--max-instances", defaults.MAX_INSTANCES, "instances one request may carry"),
 ]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="make-archive", description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="model name: the URL's /predictions/<name>")
     parser.add_argument("--learner", required=True, type=Path, help="the Learner's export.pkl")
     parser.add_argument("--utils", type=Path, help="folder of Python modules the pickle needs")
-    parser.add_argument(
-        "--store", type=Path, default=ROOT / "model_store", help="where the .mar goes (default: model_store/)"
-    )
-    parser.add_argument("--version", default="1.0", help="model version (default: 1.0)")
+    parser.add_argument("--store", type=Path, default=MODEL_STORE, help="where the .mar goes (default: model_store/)")
+    parser.add_argument("--version", default=defaults.MODEL_VERSION, help="model version (default: %(default)s)")
     for flag, default, meaning in COUNT_FLAGS:
         parser.add_argument(flag, type=int, default=default, help=f"{meaning} (default: %(default)s)")
     parser.add_argument(
-        "--torch-threads", type=int, default=0, help="torch threads per worker; 0: cores / workers (default)"
+        "--torch-threads",
+        type=int,
+        default=defaults.TORCH_THREADS,
+        help="torch threads per worker; 0: cores / workers (default)",
     )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default=FP32,
+        default=defaults.PRECISION,
         help="bf16: the fast path, bfloat16 autocast + channels-last, on CPUs with AVX512-BF16/AMX and on GPUs "
         "(argmax checked against fp32 by make bench); default fp32",
     )
     parser.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=defaults.CHANNELS_LAST,
         help="store the model's weights channels-last: same results to float rounding, about 20%% faster "
         "convolutions on CPU (default: on; --no-channels-last to turn off)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse, with a clear message, what would make a broken or surprising archive."""
-    if not NAME_PATTERN.match(args.name):
+    if not MODEL_NAME.match(args.name):
         raise SystemExit(f"make-archive: --name {args.name!r}: use letters, digits, '_', '-' and '.'")
     if not args.learner.is_file():
         raise SystemExit(f"make-archive: --learner {args.learner}: no such file")
@@ -109,13 +103,13 @@ def model_config(args: argparse.Namespace) -> dict:
         "batchSize": args.batch_size,
         "maxBatchDelay": args.max_batch_delay,
         "responseTimeout": args.response_timeout,
-        "handler": {
+        HANDLER_KEY: {
             "max_batch": args.max_batch,
             "max_instances": args.max_instances,
             "torch_threads": args.torch_threads,
             "utils_dir": UTILS_DIR_IN_ARCHIVE if args.utils else "",
             "precision": args.precision,
-            "channels_last": int(args.channels_last),
+            "channels_last": args.channels_last,
         },
     }
 
@@ -123,7 +117,7 @@ def model_config(args: argparse.Namespace) -> dict:
 def stage_extra_files(staging: Path, utils: Path | None) -> None:
     """The handler's package and the user's utils folder, laid out as in the archive."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(HANDLER_DIR / "fastai_serving", staging / "fastai_serving", ignore=ignore)
+    shutil.copytree(PACKAGE_DIR, staging / "fastai_serving", ignore=ignore)
     if utils is not None:
         shutil.copytree(utils, staging / UTILS_DIR_IN_ARCHIVE, ignore=ignore)
 
@@ -152,7 +146,7 @@ def make_archive(args: argparse.Namespace) -> Path:
             "--serialized-file",
             str(args.learner),
             "--handler",
-            str(HANDLER_DIR / "torchserve_handler.py"),
+            str(HANDLER_FILE),
             "--extra-files",
             str(staging),
             "--config-file",

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 import zipfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from fastai_serving import defaults
+from fastai_serving_scripts.serve import state_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,8 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--name", required=True, help="the model to swap")
     add("--archive", required=True, type=Path, help="the new version's .mar (make-archive --version V)")
-    add("--model-store", type=Path, default=ROOT / "model_store", help="TorchServe's model store (default: model_store/)")
-    add("--management", default="http://127.0.0.1:8081", help="TorchServe's management API (default: %(default)s)")
+    add("--model-store", type=Path, help="the server's model store (default: the one scripts/serve serves)")
+    add("--management", default=f"http://{defaults.LOOPBACK}:{defaults.MANAGEMENT_PORT}",
+        help="TorchServe's management API (default: %(default)s)")  # fmt: skip
     add("--ready-timeout", type=float, default=180, help="seconds the new version may take to get a ready worker")
     add("--drain", type=float, default=10, help="seconds requests already sent to the old version get to finish")
     add("--keep-old", action="store_true", help="keep the old version registered (not the default any more)")
@@ -39,6 +43,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 class ReloadError(RuntimeError):
     pass
+
+
+def served_model_store(management: str) -> Path | None:
+    """The model store of the scripts/serve whose TorchServe has this management API, if one runs here."""
+    port = urlsplit(management).port or defaults.MANAGEMENT_PORT
+    try:
+        state = json.loads(state_file(port).read_text())
+        os.kill(int(state["pid"]), 0)
+        return Path(state["model_store"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def model_store_for(requested: Path | None, management: str) -> Path:
+    """The folder reload copies the new archive into: it must be the one the server serves."""
+    served = served_model_store(management)
+    if requested is None:
+        if served is None:
+            raise ReloadError(
+                f"cannot tell which model store the server at {management} serves (no scripts/serve on this machine "
+                "says so): pass --model-store, the folder it was started with"
+            )
+        return served
+    if served is not None and requested.resolve() != served.resolve():
+        raise ReloadError(f"the server at {management} serves the model store {served}, not {requested}")
+    if not requested.is_dir():
+        raise ReloadError(f"--model-store {requested} is not a folder")
+    return requested
 
 
 def archive_identity(archive: Path) -> tuple[str, str]:
@@ -87,13 +119,14 @@ def reload(args: argparse.Namespace, say=print) -> None:
     if name != args.name:
         raise ReloadError(f"{args.archive} holds model {name!r}, not {args.name!r}")
     management = Management(args.management)
+    model_store = model_store_for(args.model_store, args.management)
     registered = {v["modelVersion"]: v for v in management.versions(name)}
     old_version = management.default_version(name)
     if new_version in registered:
         raise ReloadError(f"{name} version {new_version} is already registered: make the archive with a new --version")
     old_archive = registered[old_version].get("modelUrl", "")
 
-    target = args.model_store / f"{name}-v{new_version}.mar"
+    target = model_store / f"{name}-v{new_version}.mar"
     if args.archive.resolve() != target.resolve():
         shutil.copy2(args.archive, target)
     say(f"reload: registering {name} {new_version} beside {old_version}")
@@ -123,7 +156,7 @@ def reload(args: argparse.Namespace, say=print) -> None:
     response = management.call("DELETE", f"/models/{name}/{old_version}", timeout=120)
     if response.status_code != 200:
         raise ReloadError(f"{new_version} serves, but retiring {old_version} failed: {_message(response)}")
-    _retire_archive(args.model_store, old_archive)
+    _retire_archive(model_store, old_archive)
     say(f"reload: retired {name} {old_version}")
 
 

@@ -2,7 +2,7 @@
 
 Starts TorchServe (config.properties, log4j2.xml) and the shim (gunicorn, port 8501), prints
 each model once it has a ready worker, stops both cleanly on Ctrl-C or SIGTERM, and exits
-non-zero as soon as either dies on its own.
+non-zero as soon as either stops on its own (TorchServe's own `torchserve --stop` included).
 """
 
 from __future__ import annotations
@@ -13,46 +13,123 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from fastai_serving import defaults
+from fastai_serving_scripts import LOG_CONFIG, LOG_DIR, MODEL_STORE, TORCHSERVE_CONFIG
+from shim.settings import Settings, env_name
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SHIM_APP = ["-c", "python:shim.gunicorn_conf", "shim.wsgi:app"]
+STATE_FOLDER = "fastai-serving"  # in the temp folder: what each running serve serves, for scripts/reload
+
+
+def build_parser(shim: Settings) -> argparse.ArgumentParser:
+    """serve's flags; the shim's settings (FASTAI_SERVING_* variables) give the defaults of the shim's flags."""
+    parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--model-store", type=Path, default=MODEL_STORE, help="folder of .mar archives (default: model_store/)")
+    add("--config", type=Path, default=TORCHSERVE_CONFIG, help="TorchServe config (default: config.properties)")
+    add("--port", type=int, default=shim.port, help=f"the shim's port (default: {defaults.SHIM_PORT})")
+    add("--shim-host", default=shim.host, help=f"the shim's address (default: {defaults.SHIM_HOST})")
+    add(
+        "--default-model",
+        default=shim.default_model,
+        help="model behind /analyze (default: the only archive in the store)",
+    )
+    add("--no-shim", action="store_true", help="serve TorchServe alone")
+    add(
+        "--host",
+        default=defaults.LOOPBACK,
+        help=f"address of TorchServe's inference API (default: {defaults.LOOPBACK})",
+    )
+    add(
+        "--inference-port",
+        type=int,
+        default=defaults.INFERENCE_PORT,
+        help=f"TorchServe inference API (default: {defaults.INFERENCE_PORT})",
+    )
+    add(
+        "--management-port",
+        type=int,
+        default=defaults.MANAGEMENT_PORT,
+        help=f"TorchServe management API, always on {defaults.LOOPBACK} (default: {defaults.MANAGEMENT_PORT})",
+    )
+    add(
+        "--metrics-port",
+        type=int,
+        default=defaults.METRICS_PORT,
+        help=f"TorchServe metrics API, on {defaults.LOOPBACK} (default: {defaults.METRICS_PORT})",
+    )
+    add(
+        "--grpc-ports",
+        type=int,
+        nargs=2,
+        default=defaults.TORCHSERVE_GRPC_PORTS,
+        metavar=("INFERENCE", "MANAGEMENT"),
+        help="TorchServe's own gRPC APIs, unused here but always started, on 127.0.0.1 (default: %(default)s)",
+    )
+    add("--log-dir", type=Path, default=LOG_DIR, help="TorchServe's log files (default: logs/)")
+    add(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="where TorchServe keeps its pid file (default: the system temp folder, where `torchserve --stop` "
+        "looks); give each server its own to run several side by side",
+    )
+    return parser  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--model-store", type=Path, default=ROOT / "model_store", help="folder of .mar archives (default: model_store/)")
-    add("--config", type=Path, default=ROOT / "config.properties", help="TorchServe config (default: config.properties)")
-    add("--port", type=int, default=int(os.environ.get("FASTAI_SERVING_PORT", 8501)), help="the shim's port (default: 8501)")
-    add("--shim-host", default=os.environ.get("FASTAI_SERVING_HOST", "0.0.0.0"), help="the shim's address (default: 0.0.0.0)")
-    add("--default-model", default=os.environ.get("FASTAI_SERVING_DEFAULT_MODEL", ""),
-        help="model behind /analyze (default: the only archive in the store)")
-    add("--no-shim", action="store_true", help="serve TorchServe alone")
-    add("--host", default="127.0.0.1", help="address of TorchServe's inference API (default: 127.0.0.1)")
-    add("--inference-port", type=int, default=8080, help="TorchServe inference API (default: 8080)")
-    add("--management-port", type=int, default=8081, help="TorchServe management API, always on 127.0.0.1 (default: 8081)")
-    add("--metrics-port", type=int, default=8082, help="TorchServe metrics API, on 127.0.0.1 (default: 8082)")
-    add("--grpc-ports", type=int, nargs=2, default=(7070, 7071), metavar=("INFERENCE", "MANAGEMENT"),
-        help="TorchServe's gRPC APIs, unused here but always started, on 127.0.0.1 (default: 7070 7071)")
-    add("--log-dir", type=Path, default=ROOT / "logs", help="TorchServe's log files (default: logs/)")
-    return parser.parse_args(argv)
+    return build_parser(Settings.from_env()).parse_args(argv)
 
 
 def archive_model_names(model_store: Path) -> list[str]:
-    """The model names of the archives in the store, read from their manifests."""
+    """The model names of the archives in the store, read from their manifests, each once."""
     names = []
     for archive in sorted(model_store.glob("*.mar")):
         try:
             with zipfile.ZipFile(archive) as mar:
-                names.append(json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelName"])
+                name = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelName"]
         except (zipfile.BadZipFile, KeyError, ValueError):
-            names.append(archive.stem)
+            name = archive.stem
+        if name not in names:
+            names.append(name)
     return names
+
+
+def connectable(host: str) -> str:
+    """An address to reach a server bound to `host`: the wildcard addresses mean this machine's loopback."""
+    if host in ("0.0.0.0", ""):
+        return defaults.LOOPBACK
+    if host in ("::", "[::]"):
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def torchserve_environment(args: argparse.Namespace) -> dict[str, str]:
+    run_dir = args.log_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "TS_INFERENCE_ADDRESS": f"http://{args.host}:{args.inference_port}",
+        "TS_MANAGEMENT_ADDRESS": f"http://{defaults.LOOPBACK}:{args.management_port}",
+        "TS_METRICS_ADDRESS": f"http://{defaults.LOOPBACK}:{args.metrics_port}",
+        "TS_GRPC_INFERENCE_PORT": str(args.grpc_ports[0]),
+        "TS_GRPC_MANAGEMENT_PORT": str(args.grpc_ports[1]),
+        "LOG_LOCATION": str(args.log_dir),
+        "METRICS_LOCATION": str(args.log_dir),
+        # TorchServe's launcher keeps its pid file in the temp folder (TMPDIR first), where
+        # `torchserve --stop` finds it; its frontend keeps the workers' sockets in TEMP, a
+        # folder per server so that several never share a socket.
+        "TMPDIR": str(args.run_dir or tempfile.gettempdir()),
+        "TEMP": str(run_dir),
+    }
 
 
 def torchserve_process(args: argparse.Namespace) -> subprocess.Popen:
@@ -62,45 +139,48 @@ def torchserve_process(args: argparse.Namespace) -> subprocess.Popen:
         "--start", "--foreground", "--ncs",
         "--model-store", str(args.model_store),
         "--ts-config", str(args.config),
-        "--log-config", str(ROOT / "log4j2.xml"),
+        "--log-config", str(LOG_CONFIG),
     ]  # fmt: skip
-    run_dir = args.log_dir / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    environment = {
-        **os.environ,
-        "TS_INFERENCE_ADDRESS": f"http://{args.host}:{args.inference_port}",
-        "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{args.management_port}",
-        "TS_METRICS_ADDRESS": f"http://127.0.0.1:{args.metrics_port}",
-        "TS_GRPC_INFERENCE_PORT": str(args.grpc_ports[0]),
-        "TS_GRPC_MANAGEMENT_PORT": str(args.grpc_ports[1]),
-        "LOG_LOCATION": str(args.log_dir),
-        "METRICS_LOCATION": str(args.log_dir),
-        # TorchServe keeps its pid file (TMPDIR) and its worker sockets (TEMP) in the temp
-        # folder and refuses a second server beside them; a folder per run lets several
-        # run side by side (tests, other ports).
-        "TMPDIR": str(run_dir),
-        "TEMP": str(run_dir),
-    }
-    return subprocess.Popen(command, env=environment, start_new_session=True)
+    if args.run_dir:
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(command, env=torchserve_environment(args), start_new_session=True)
 
 
-def shim_process(args: argparse.Namespace, default_model: str) -> subprocess.Popen:
-    environment = {
-        **os.environ,
-        "FASTAI_SERVING_UPSTREAM": f"http://127.0.0.1:{args.inference_port}",
-        "FASTAI_SERVING_MANAGEMENT": f"http://127.0.0.1:{args.management_port}",
-        "FASTAI_SERVING_DEFAULT_MODEL": default_model,
-        "FASTAI_SERVING_PORT": str(args.port),
-        "FASTAI_SERVING_HOST": args.shim_host,
+def shim_environment(args: argparse.Namespace, default_model: str, models: list[str]) -> dict[str, str]:
+    torchserve = connectable(args.host)
+    settings = {
+        "upstream": f"http://{torchserve}:{args.inference_port}",
+        "management": f"http://{defaults.LOOPBACK}:{args.management_port}",
+        "default_model": default_model,
+        "port": str(args.port),
+        "host": args.shim_host,
     }
+    # Readiness waits for every archive in the store, unless the user named the models it waits for.
+    settings["ready_models"] = os.environ.get(env_name("ready_models")) or ",".join(models)
+    return {**os.environ, **{env_name(name): value for name, value in settings.items()}}
+
+
+def shim_process(args: argparse.Namespace, default_model: str, models: list[str]) -> subprocess.Popen:
     gunicorn = Path(sys.executable).parent / "gunicorn"
-    command = [str(gunicorn) if gunicorn.exists() else "gunicorn", "-c", str(ROOT / "shim" / "gunicorn.conf.py"), "shim.wsgi:app"]
-    return subprocess.Popen(command, env=environment, cwd=ROOT, start_new_session=True)
+    command = [str(gunicorn) if gunicorn.exists() else "gunicorn", *SHIM_APP]
+    return subprocess.Popen(command, env=shim_environment(args, default_model, models), start_new_session=True)
+
+
+def state_file(management_port: int) -> Path:
+    """Where a serve on this management port says what it serves (read by scripts/reload)."""
+    return Path(tempfile.gettempdir()) / STATE_FOLDER / f"serve-{management_port}.json"
+
+
+def write_state(args: argparse.Namespace) -> Path:
+    path = state_file(args.management_port)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": os.getpid(), "model_store": str(args.model_store)}))
+    return path
 
 
 def ready_models(management_port: int) -> dict[str, bool]:
     """Each registered model and whether it has a READY worker (TorchServe's /ping says Healthy too early)."""
-    base = f"http://127.0.0.1:{management_port}/models"
+    base = f"http://{defaults.LOOPBACK}:{management_port}/models"
     try:
         with urllib.request.urlopen(base, timeout=2) as response:
             names = [m["modelName"] for m in json.load(response)["models"]]
@@ -114,6 +194,16 @@ def ready_models(management_port: int) -> dict[str, bool]:
         return {}
 
 
+def why_it_ended(name: str, process: subprocess.Popen) -> str:
+    if name == "TorchServe":
+        # The launcher waits for TorchServe's Java frontend and exits 0 however that ended.
+        return (
+            "TorchServe stopped from outside (`torchserve --stop`, or its Java process was killed or failed: "
+            "see ts_log.log in the log folder)"
+        )
+    return f"the shim exited on its own (code {process.returncode})"
+
+
 def serve(args: argparse.Namespace) -> int:
     if not args.model_store.is_dir():
         print(f"serve: model store {args.model_store} is not a folder", file=sys.stderr)
@@ -124,7 +214,8 @@ def serve(args: argparse.Namespace) -> int:
     default_model = args.default_model or (models[0] if len(models) == 1 else "")
     processes = {"TorchServe": torchserve_process(args)}
     if not args.no_shim:
-        processes["shim"] = shim_process(args, default_model)
+        processes["shim"] = shim_process(args, default_model, models)
+    state = write_state(args)
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -136,31 +227,34 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(signum, stop)
     announced: set[str] = set()
     exited, next_look = None, 0.0
-    while not stopping and exited is None:
-        exited = next((name for name, process in processes.items() if process.poll() is not None), None)
-        if time.monotonic() >= next_look:
-            models_ready = ready_models(args.management_port)
-            for name in sorted(n for n, ready in models_ready.items() if ready and n not in announced):
-                announced.add(name)
-                _announce(args, name, default_model)
-            # Often until every model is up, then now and again (a reload may register more).
-            waiting = not models_ready or not all(models_ready.values())
-            next_look = time.monotonic() + (0.5 if waiting else 5.0)
-        time.sleep(0.2)
-    for process in processes.values():
-        _signal_group(process, signal.SIGTERM)
-    for process in processes.values():
-        _wait_for_group(process, timeout_s=30)
+    try:
+        while not stopping and exited is None:
+            exited = next((name for name, process in processes.items() if process.poll() is not None), None)
+            if time.monotonic() >= next_look:
+                models_ready = ready_models(args.management_port)
+                for name in sorted(n for n, ready in models_ready.items() if ready and n not in announced):
+                    announced.add(name)
+                    _announce(args, name, default_model)
+                # Often until every model is up, then now and again (a reload may register more).
+                waiting = not models_ready or not all(models_ready.values())
+                next_look = time.monotonic() + (0.5 if waiting else 5.0)
+            time.sleep(0.2)
+    finally:
+        for process in processes.values():
+            _signal_group(process, signal.SIGTERM)
+        for process in processes.values():
+            _wait_for_group(process, timeout_s=30)
+        state.unlink(missing_ok=True)
     if exited is not None:
-        print(f"serve: {exited} exited on its own (code {processes[exited].returncode}); stopped the rest", file=sys.stderr)
+        print(f"serve: {why_it_ended(exited, processes[exited])}; stopped the rest", file=sys.stderr)
         return processes[exited].returncode or 1
     return 0
 
 
 def _announce(args: argparse.Namespace, name: str, default_model: str) -> None:
-    where = f"http://{args.host}:{args.inference_port}/predictions/{name}"
+    where = f"http://{connectable(args.host)}:{args.inference_port}/predictions/{name}"
     if not args.no_shim:
-        shim = f"http://127.0.0.1:{args.port}"
+        shim = f"http://{defaults.LOOPBACK}:{args.port}"
         where += f", {shim}/v1/models/{name}:predict" + (f", {shim}/analyze:predict" if name == default_model else "")
     print(f"serve: {name} ready at {where}", flush=True)
 
@@ -185,5 +279,9 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
         pass
 
 
+def main(argv: list[str] | None = None) -> int:
+    return serve(parse_args(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(serve(parse_args()))
+    sys.exit(main())

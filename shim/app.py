@@ -4,32 +4,61 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Flask
 
 from shim.errors import ShimError, register_error_handlers
 from shim.routes import api
 from shim.settings import Settings
-from shim.upstream import TorchServeClient
+from shim.status import resolve_version
+from shim.upstream import TorchServeClient, has_ready_worker
 
+# What TorchServe serves changes only on a reload: the prediction path reads it from here
+# rather than asking the management API on every request. A name not found asks again at once.
+ROUTING_CACHE_S = 10.0
+# The handler's description of a model (classes) is read through a worker: asked rarely.
 METADATA_CACHE_S = 60.0
+
+Value = TypeVar("Value")
+
+
+class Expiring:
+    """A thread-safe cache whose entries go stale `ttl_s` seconds after they were loaded."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, load: Callable[[], Value], fresh: bool = False) -> Value:
+        """The cached value of `key`, or `load()` when there is none, it is stale, or `fresh` is asked for."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and not fresh and now - entry[0] < self.ttl_s:
+            return entry[1]
+        value = load()
+        with self._lock:
+            self._entries[key] = (now, value)
+        return value
 
 
 class Shim:
-    """What the routes share: the settings, the TorchServe client, and the metadata cache."""
+    """What the routes share: the settings, the TorchServe client, and what is cached from it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, client: TorchServeClient | None = None) -> None:
         self.settings = settings
-        self.client = TorchServeClient(settings)
-        self._described: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
+        self.client = client or TorchServeClient(settings)
+        self._routing = Expiring(ROUTING_CACHE_S)
+        self._described = Expiring(METADATA_CACHE_S)
 
     def default_model(self) -> str:
         """The model behind /analyze: the configured one, else the only one TorchServe serves."""
         if self.settings.default_model:
             return self.settings.default_model
-        models = self.client.models()
+        models = self._routing.get("models", self.client.models)
         if len(models) == 1:
             return models[0]
         raise ShimError(
@@ -38,25 +67,44 @@ class Shim:
             "(scripts/serve --default-model) or use /v1/models/<model>",
         )
 
+    def predict_version(self, model: str, url_version: str) -> str:
+        """The TorchServe version a prediction's /versions/<n> names, from the routing cache (asked again on a miss)."""
+        try:
+            return resolve_version(
+                url_version, self._routing.get(("versions", model), lambda: self.client.versions(model)), model
+            )
+        except ShimError as error:
+            if error.status != 404:
+                raise
+        return resolve_version(
+            url_version, self._routing.get(("versions", model), lambda: self.client.versions(model), fresh=True), model
+        )
+
     def described(self, model: str, version: str) -> dict[str, Any]:
         """The handler's description of a model version, cached: asking goes through a worker."""
-        key, now = (model, version), time.monotonic()
-        with self._lock:
-            cached = self._described.get(key)
-        if cached and now - cached[0] < METADATA_CACHE_S:
-            return cached[1]
-        described = self.client.described(model, version)
-        with self._lock:
-            self._described[key] = (now, described)
-        return described
+        return self._described.get((model, version), lambda: self.client.described(model, version))
+
+    def models_ready(self) -> dict[str, bool]:
+        """Each model the server's readiness waits for, and whether it has a ready worker (asked live)."""
+        wanted = self.settings.ready_model_names() or self.client.models()
+        ready = {}
+        for model in wanted:
+            try:
+                ready[model] = any(has_ready_worker(version) for version in self.client.versions(model))
+            except ShimError as error:
+                if error.status != 404:
+                    raise
+                ready[model] = False  # not registered (yet, or its archive failed to load)
+        return ready
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, client: TorchServeClient | None = None) -> Flask:
+    """The shim for `settings` (default: from the environment); `client` replaces the TorchServe client in tests."""
     settings = settings or Settings.from_env()
     app = Flask("fastai_serving_shim")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["fastai_serving"] = Shim(settings)
+    app.extensions["fastai_serving"] = Shim(settings, client)
     app.register_blueprint(api)
     register_error_handlers(app)
     return app

@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from fastai_serving.errors import ServingError
 
-class ShimError(Exception):
-    """An error with the HTTP status it is answered with; raised where it is detected."""
+
+class ShimError(ServingError):
+    """An error the shim detects (upstream down, a timeout): raised where detected, with its HTTP status."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(message, status)
 
 
-def error_response(status: int, message: str):
+def error_response(status: int, message: str) -> Response:
     response = jsonify({"error": message})
     response.status_code = status
     return response
 
 
 def register_error_handlers(app: Flask) -> None:
-    """Turn every error, ours or werkzeug's, into a JSON body; nothing leaks a stack trace."""
+    """Turn every error, ours, the body contract's or werkzeug's, into a JSON body; nothing leaks a stack trace."""
 
-    @app.errorhandler(ShimError)
-    def shim_error(error: ShimError):
+    @app.errorhandler(ServingError)
+    def serving_error(error: ServingError) -> Response:
         return error_response(error.status, error.message)
 
     @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException):
+    def http_error(error: HTTPException) -> Response:
         messages = {
             404: "no such route: see /openapi.yaml for the API",
             405: "method not allowed on this route",
@@ -38,6 +38,6 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(error.code or 500, messages.get(error.code, error.description or error.name))
 
     @app.errorhandler(Exception)
-    def unexpected(error: Exception):
+    def unexpected(error: Exception) -> Response:
         app.logger.exception("unexpected error")
         return error_response(500, "internal error in the shim")

@@ -1,21 +1,19 @@
-"""The shim's API, one function per route (the table in README.md, "The TF-Serving API")."""
+"""The routes, as TF Serving's REST API names them (see README, "The TF-Serving API")."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from importlib import resources
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from shim.bodies import check_body
+from fastai_serving.contract import PREDICT, VERBS, check_model_name, read_body
 from shim.errors import ShimError
 from shim.relay import relay
-from shim.status import metadata_body, resolve_version, status_body
+from shim.status import metadata_body, readiness_body, resolve_version, status_body
 
 api = Blueprint("api", __name__)
 
-OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
-VERBS = ("predict", "classify", "regress")
 MODEL_PATH = re.compile(
     r"^(?P<model>[^/:]+)"
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
@@ -27,33 +25,48 @@ def shim():
     return current_app.extensions["fastai_serving"]
 
 
+def json_answer(status: int, body: dict) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
 # --- /analyze: the original fastai-serving and chip-n-scale endpoint (the default model) ---------
 
 
 @api.post("/analyze:predict")
-def analyze_predict():
-    return predict(shim().default_model(), None, "predict")
+def analyze_predict() -> Response:
+    return predict(shim().default_model(), None, PREDICT)
 
 
 @api.get("/analyze")
-def analyze_status():
+def analyze_status() -> Response:
     return model_status(shim().default_model(), None)
 
 
 @api.get("/analyze/metadata")
-def analyze_metadata():
+def analyze_metadata() -> Response:
     return model_metadata(shim().default_model(), None)
+
+
+# --- The server's readiness: every model it serves can serve --------------------------------------
+
+
+@api.get("/ready")
+def ready() -> Response:
+    return json_answer(*readiness_body(shim().models_ready()))
 
 
 # --- /v1/models/...: TF Serving's REST API ------------------------------------------------------
 
 
 @api.route("/v1/models/<path:model_path>", methods=["GET", "POST"])
-def tf_serving(model_path: str):
+def tf_serving(model_path: str) -> Response:
     match = MODEL_PATH.match(model_path)
     if match is None:
         raise ShimError(404, f"no such route /v1/models/{model_path}: see /openapi.yaml for the API")
     model, version, verb = match["model"], match["version"], match["verb"]
+    check_model_name(model)
     if match["label"] is not None:
         raise ShimError(404, f"version label {match['label']!r} is not defined: use /versions/<number>")
     if verb is not None:
@@ -73,12 +86,11 @@ def tf_serving(model_path: str):
 
 
 def predict(model: str, version: str | None, verb: str) -> Response:
-    """Forward the body as it came (JSON whatever the Content-Type) in one upstream request."""
+    """Check the body's outer shape, then forward it as it came (JSON whatever the Content-Type) in one upstream request."""
     body = request.get_data(cache=False)
-    check_body(body, verb)
-    client = shim().client
-    torchserve_version = resolve_version(version, client.versions(model), model) if version else None
-    return relay(client.predict(model, torchserve_version, body, verb), model)
+    read_body(body, verb, raw_allowed=False)  # the handler reads it again, instance by instance
+    torchserve_version = shim().predict_version(model, version) if version else None
+    return relay(shim().client.predict(model, torchserve_version, body, verb), model)
 
 
 def model_status(model: str, version: str | None) -> Response:
@@ -86,10 +98,7 @@ def model_status(model: str, version: str | None) -> Response:
     if version is not None:
         wanted = resolve_version(version, descriptions, model)
         descriptions = [d for d in descriptions if str(d.get("modelVersion")) == wanted]
-    status, body = status_body(model, descriptions)
-    response = jsonify(body)
-    response.status_code = status
-    return response
+    return json_answer(*status_body(model, descriptions))
 
 
 def model_metadata(model: str, version: str | None) -> Response:
@@ -105,4 +114,4 @@ def model_metadata(model: str, version: str | None) -> Response:
 
 @api.get("/openapi.yaml")
 def openapi_document() -> Response:
-    return Response(OPENAPI_FILE.read_bytes(), mimetype="application/yaml")
+    return Response(resources.files("shim").joinpath("openapi.yaml").read_bytes(), mimetype="application/yaml")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from fastai_serving.contract import CLASSIFIERS, IMAGE_INPUT, check_url_version
 from shim.errors import ShimError
 from shim.upstream import has_ready_worker
-
-DIGITS = re.compile(r"^[0-9]+$")
 
 
 def tf_version(torchserve_version: str) -> str:
@@ -19,10 +18,10 @@ def tf_version(torchserve_version: str) -> str:
 
 def resolve_version(url_version: str, descriptions: list[dict[str, Any]], model: str) -> str:
     """The TorchServe version ("2.0") that a URL's /versions/2 names; 404 when none does."""
-    if not DIGITS.match(url_version):
-        raise ShimError(400, f"version {url_version!r} is not a number: use /versions/<digits>")
+    check_url_version(url_version)
+    wanted = str(int(url_version))
     for description in descriptions:
-        if tf_version(str(description.get("modelVersion", ""))) == str(int(url_version)):
+        if tf_version(str(description.get("modelVersion", ""))) == wanted:
             return str(description["modelVersion"])
     raise ShimError(404, f"model {model!r} has no version {url_version}")
 
@@ -32,16 +31,24 @@ def status_body(model: str, descriptions: list[dict[str, Any]]) -> tuple[int, di
     statuses = []
     for description in descriptions:
         ready = has_ready_worker(description)
-        statuses.append({
-            "version": tf_version(str(description.get("modelVersion", ""))),
-            "state": "AVAILABLE" if ready else "LOADING",
-            "status": {
-                "error_code": "OK" if ready else "UNAVAILABLE",
-                "error_message": "" if ready else "no worker is ready yet",
-            },
-        })
+        statuses.append(
+            {
+                "version": tf_version(str(description.get("modelVersion", ""))),
+                "state": "AVAILABLE" if ready else "LOADING",
+                "status": {
+                    "error_code": "OK" if ready else "UNAVAILABLE",
+                    "error_message": "" if ready else "no worker is ready yet",
+                },
+            }
+        )
     ready = any(status["state"] == "AVAILABLE" for status in statuses)
     return (200 if ready else 503), {"model_version_status": statuses, "name": model, "ready": ready}
+
+
+def readiness_body(models_ready: dict[str, bool]) -> tuple[int, dict[str, Any]]:
+    """The server's readiness: 200 when every model it waits for has a ready worker."""
+    ready = bool(models_ready) and all(models_ready.values())
+    return (200 if ready else 503), {"ready": ready, "models": models_ready}
 
 
 def metadata_body(model: str, version: str, described: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +56,7 @@ def metadata_body(model: str, version: str, described: dict[str, Any]) -> dict[s
     classes = described.get("classes", [])
     outputs = {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": str(len(classes) or -1)}]}}
     image_input = {
-        "image_bytes": {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "image_bytes:0"}
+        IMAGE_INPUT: {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": f"{IMAGE_INPUT}:0"}
     }
     signatures = {
         "serving_default": {
@@ -58,10 +65,12 @@ def metadata_body(model: str, version: str, described: dict[str, Any]) -> dict[s
             "method_name": "tensorflow/serving/predict",
         }
     }
-    if described.get("task") in ("classification", "multilabel_classification"):
+    if described.get("task") in CLASSIFIERS:
         signatures["classes"] = {
             "inputs": image_input,
-            "outputs": {"classes": {"dtype": "DT_INT64", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "classes:0"}},
+            "outputs": {
+                "classes": {"dtype": "DT_INT64", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "classes:0"}
+            },
             "method_name": "tensorflow/serving/predict",
         }
     return {

@@ -6,14 +6,15 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
 
+from fastai_serving.contract import VERB_HEADER
 from shim.errors import ShimError
 from shim.settings import Settings
 
-VERB_HEADER = "x-fastai-serving-verb"  # read by handler/torchserve_handler.py
 CONNECT_TIMEOUT_S = 2.0
 
 
@@ -21,7 +22,11 @@ CONNECT_TIMEOUT_S = 2.0
 class UpstreamAnswer:
     status: int
     body: bytes
-    content_type: str
+
+
+def model_path(model: str, version: str | None = None) -> str:
+    """`/<model>[/<version>]` with each segment escaped: no name or version can climb out of its route."""
+    return "/" + quote(model, safe="") + (f"/{quote(version, safe='')}" if version else "")
 
 
 class TorchServeClient:
@@ -43,8 +48,10 @@ class TorchServeClient:
             answer = self._post_prediction(model, version, body, verb, deadline)
         return answer
 
-    def _post_prediction(self, model: str, version: str | None, body: bytes, verb: str, deadline: float) -> UpstreamAnswer:
-        url = f"{self.settings.upstream}/predictions/{model}" + (f"/{version}" if version else "")
+    def _post_prediction(
+        self, model: str, version: str | None, body: bytes, verb: str, deadline: float
+    ) -> UpstreamAnswer:
+        url = f"{self.settings.upstream}/predictions{model_path(model, version)}"
         remaining = max(0.1, deadline - time.monotonic())
         try:
             response = self.session.post(
@@ -54,13 +61,15 @@ class TorchServeClient:
                 timeout=(CONNECT_TIMEOUT_S, remaining),
             )
         except requests.Timeout:
-            raise ShimError(504, f"model {model!r} did not answer within {self.settings.predict_timeout_s:.0f} s") from None
+            raise ShimError(
+                504, f"model {model!r} did not answer within {self.settings.predict_timeout_s:.0f} s"
+            ) from None
         except requests.ConnectionError:
             raise ShimError(503, "TorchServe is unreachable; retry later") from None
-        return UpstreamAnswer(response.status_code, response.content, response.headers.get("Content-Type", ""))
+        return UpstreamAnswer(response.status_code, response.content)
 
     def _wait_for_ready_worker(self, model: str, version: str | None, deadline: float) -> bool:
-        give_up = min(deadline, time.monotonic() + self.settings.retry_after_worker_death_s)
+        give_up = min(deadline, time.monotonic() + self.settings.retry_s)
         while time.monotonic() < give_up:
             try:
                 if any(has_ready_worker(v) for v in self.versions(model, version or None)):
@@ -77,12 +86,15 @@ class TorchServeClient:
 
     def versions(self, model: str, version: str | None = "all") -> list[dict[str, Any]]:
         """TorchServe's description of every version of `model` ("all"), one version, or (None) the default one."""
-        return self._management_get(f"/models/{model}" + (f"/{version}" if version else ""), model=model)
+        return self._management_get(f"/models{model_path(model, version)}", model=model)
 
     def described(self, model: str, version: str) -> dict[str, Any]:
         """The handler's own description of the model (task, classes, input kind)."""
         entries = self._management_get(
-            f"/models/{model}/{version}", model=model, params={"customized": "true"}, timeout=self.settings.predict_timeout_s
+            f"/models{model_path(model, version)}",
+            model=model,
+            params={"customized": "true"},
+            timeout=self.settings.predict_timeout_s,
         )
         metadata = entries[0].get("customizedMetadata", {}) if entries else {}
         return json.loads(metadata) if isinstance(metadata, str) else metadata

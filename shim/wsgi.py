@@ -1,4 +1,4 @@
-"""The WSGI entry point for gunicorn: `gunicorn -c shim/gunicorn.conf.py shim.wsgi:app`."""
+"""The WSGI entry point for gunicorn: `gunicorn -c python:shim.gunicorn_conf shim.wsgi:app`."""
 
 from shim.app import create_app
 from shim.settings import Settings

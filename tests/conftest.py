@@ -1,20 +1,17 @@
-"""Fixtures: real Learners made by the tests, archived by scripts/make-archive, served by a real TorchServe."""
+"""Fixtures: real Learners made by the tests, archived by scripts/make-archive, served by a real TorchServe.
+
+Tests that start servers or run the command-line tools are marked `e2e` (module-wide);
+`make test-fast` runs the rest, in-process, with no server and no Java.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "handler"))
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(Path(__file__).parent))
-
-import learners  # noqa: E402
-from servers import Servers  # noqa: E402
+from harness import learners
+from harness.servers import Servers, make_archive
 
 # Models the session's TorchServe serves: name -> (builder, make-archive flags).
 # A long batch delay on "classifier" makes concurrent test requests reliably share a batch.
@@ -31,7 +28,7 @@ MODELS = {
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory) -> Path:
     """The README's demo: digits from scikit-learn, trained offline. Returns its folder."""
-    from demo_model import train_digits
+    from harness.demo import train_digits
 
     out = tmp_path_factory.mktemp("demo")
     _, accuracy = train_digits(out)
@@ -40,28 +37,17 @@ def demo_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported_learners(tmp_path_factory, demo_model) -> dict[str, Path]:
+def small_learners(tmp_path_factory) -> dict[str, Path]:
+    """The small Learners of each task kind (seconds to train), by model name: their export.pkl."""
+    return {
+        name: builder(tmp_path_factory.mktemp(name)) for name, (builder, _) in MODELS.items() if builder is not None
+    }
+
+
+@pytest.fixture(scope="session")
+def exported_learners(small_learners, demo_model) -> dict[str, Path]:
     """Every test model's export.pkl, by model name."""
-    paths = {"digits": demo_model / "export.pkl"}
-    for name, (builder, _) in MODELS.items():
-        if builder is not None:
-            paths[name] = builder(tmp_path_factory.mktemp(name))
-    return paths
-
-
-def make_archive(name: str, learner: Path, store: Path, *flags: str) -> subprocess.CompletedProcess:
-    """Run the real scripts/make-archive."""
-    command = [
-        str(ROOT / "scripts" / "make-archive"),
-        "--name",
-        name,
-        "--learner",
-        str(learner),
-        "--store",
-        str(store),
-        *flags,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return {"digits": demo_model / "export.pkl", **small_learners}
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +77,11 @@ def loaded_learners(exported_learners):
         name: load_learner(path, utils_dir=learners.UTILS_DIR if name == "with_utils" else None)
         for name, path in exported_learners.items()
     }
+
+
+@pytest.fixture(scope="session")
+def digits_only_store(tmp_path_factory, exported_learners) -> Path:
+    """A model store with the demo model alone, for tests that start servers of their own."""
+    store = tmp_path_factory.mktemp("digits_store")
+    assert make_archive("digits", exported_learners["digits"], store).returncode == 0
+    return store

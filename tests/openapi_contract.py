@@ -21,6 +21,11 @@ def spec() -> dict:
     return yaml.safe_load(SPEC_FILE.read_text())
 
 
+def operation_count() -> int:
+    """How many operations (path and method) the document describes."""
+    return sum(len(operations) for operations in spec()["paths"].values())
+
+
 @cache
 def registry() -> Registry:
     return Registry().with_resource(SPEC_URI, Resource(contents=spec(), specification=DRAFT7))

@@ -12,34 +12,52 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from fastai_serving_scripts import PROJECT_ROOT
+
 DOCKERFILES = ["Dockerfile.cpu", "Dockerfile.gpu"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dockerfile_passes_hadolint(dockerfile):
     hadolint = Path(sys.executable).parent / "hadolint"
-    result = subprocess.run([str(hadolint), "--no-color", str(ROOT / dockerfile)], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(PROJECT_ROOT / dockerfile)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_optional_folder_args_default_to_folders_in_the_repository(dockerfile):
     """COPY needs a source that exists, so UTILS_DIR and EXTRA_CA_CERTS default to an empty folder."""
-    defaults = dict(re.findall(r"^ARG (UTILS_DIR|EXTRA_CA_CERTS)=(\S+)$", (ROOT / dockerfile).read_text(), re.M))
+    defaults = dict(
+        re.findall(r"^ARG (UTILS_DIR|EXTRA_CA_CERTS)=(\S+)$", (PROJECT_ROOT / dockerfile).read_text(), re.M)
+    )
     assert set(defaults) == {"UTILS_DIR", "EXTRA_CA_CERTS"}
     for folder in defaults.values():
-        assert (ROOT / folder).is_dir() and not list((ROOT / folder).glob("*.py")) and not list((ROOT / folder).glob("*.crt"))
+        assert (
+            (PROJECT_ROOT / folder).is_dir()
+            and not list((PROJECT_ROOT / folder).glob("*.py"))
+            and not list((PROJECT_ROOT / folder).glob("*.crt"))
+        )
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_image_starts_with_the_plain_install_and_serve_scripts(dockerfile):
-    text = (ROOT / dockerfile).read_text()
+    text = (PROJECT_ROOT / dockerfile).read_text()
     assert "scripts/install --runtime-only --python-only" in text and "scripts/install --java-only" in text
+    assert "scripts/install --project-only" in text
     assert re.search(r'^ENTRYPOINT \["tini", "--", "scripts/serve"', text, re.M)
     assert re.search(r"^USER 10001$", text, re.M) and re.search(r"^EXPOSE 8501$", text, re.M)
 
 
 def test_build_context_leaves_out_the_environment_and_build_output():
-    ignored = (ROOT / ".dockerignore").read_text().split()
+    ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "build", "model_store/*.mar"} <= set(ignored)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_healthcheck_asks_the_servers_readiness_which_needs_no_default_model(dockerfile):
+    healthcheck = next(
+        line for line in (PROJECT_ROOT / dockerfile).read_text().splitlines() if line.strip().startswith("CMD")
+    )
+    assert "/ready'" in healthcheck and "/analyze" not in healthcheck

@@ -14,10 +14,13 @@ import signal
 import threading
 import time
 
+import pytest
 import requests
 
-from load import expected_probabilities, run_checked_load
-from servers import start_shim
+from harness.load import expected_probabilities, run_checked_load
+from harness.servers import start_shim
+
+pytestmark = pytest.mark.e2e
 
 
 def worker_pids(servers, model: str) -> list[int]:
@@ -67,5 +70,9 @@ def test_a_worker_killed_mid_load_hangs_nothing_and_is_restarted(torchserve, dem
     assert result.images > 0
     wait_until_ready(torchserve, "digits")
     assert victim not in worker_pids(torchserve, "digits")
-    after = requests.post(f"{torchserve.shim}/v1/models/digits:predict", json={"image_bytes": base64.b64encode(images[3]).decode()}, timeout=60)
+    after = requests.post(
+        f"{torchserve.shim}/v1/models/digits:predict",
+        json={"image_bytes": base64.b64encode(images[3]).decode()},
+        timeout=60,
+    )
     assert after.status_code == 200 and after.json()["prediction"] == "3"

@@ -18,17 +18,23 @@ import pytest
 import requests
 import yaml
 
-from conftest import MODELS
+from openapi_contract import operation_count
+
+pytestmark = pytest.mark.e2e
 
 SPEC = Path(__file__).resolve().parent.parent / "shim" / "openapi.yaml"
 CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"
 
 
-def narrowed_spec(folder: Path) -> Path:
-    """The OpenAPI document with {model} and {version} limited to what the test servers serve."""
+def narrowed_spec(folder: Path, served_models: list[str]) -> Path:
+    """The OpenAPI document with {model} and {version} limited to what the test servers serve.
+
+    Not "classifier": it gathers each batch for 400 ms (for the batching tests), which would
+    make every generated request wait; "digits" is a classifier of the same kind.
+    """
     document = yaml.safe_load(SPEC.read_text())
     parameters = document["components"]["parameters"]
-    parameters["model"]["schema"] = {"type": "string", "enum": sorted(MODELS)}
+    parameters["model"]["schema"] = {"type": "string", "enum": sorted(set(served_models) - {"classifier"})}
     parameters["version"]["schema"] = {"type": "string", "enum": ["1"]}
     path = folder / "openapi-served-models.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -46,11 +52,12 @@ def schemathesis_run(spec: Path, base_url: str, examples: int) -> subprocess.Com
 
 @pytest.mark.parametrize("narrowed", [False, True], ids=["any-model", "served-models"])
 def test_fuzzed_requests_get_documented_answers_and_no_server_error(torchserve, tmp_path, narrowed):
-    spec = narrowed_spec(tmp_path) if narrowed else SPEC
+    served_models = list(requests.get(f"{torchserve.shim}/ready", timeout=10).json()["models"])
+    spec = narrowed_spec(tmp_path, served_models) if narrowed else SPEC
     # Narrowed, every case reaches a model's worker: fewer examples keep the run to about a minute.
     result = schemathesis_run(spec, torchserve.shim, examples=12 if narrowed else 25)
     assert result.returncode == 0, result.stdout[-6000:]
-    assert "Tested: 13" in result.stdout
+    assert f"Tested: {operation_count()}" in result.stdout
 
 
 def test_after_fuzzing_the_server_still_answers_correctly(torchserve, demo_model):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import zipfile
 
+import pytest
 import yaml
 
-from conftest import make_archive
-from learners import UTILS_DIR
+from harness.learners import UTILS_DIR
+from harness.servers import make_archive
+
+pytestmark = pytest.mark.e2e
 
 
 def test_archive_holds_the_learner_the_handler_and_its_settings(tmp_path, exported_learners):

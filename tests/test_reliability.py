@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
+import pytest
 import requests
 
-from load import expected_probabilities, run_checked_load
-from servers import Servers, free_port, start_shim
+from harness.load import expected_probabilities, run_checked_load
+from harness.servers import Servers, free_port, start_shim
+
+pytestmark = pytest.mark.e2e
 
 
 def digit_images(demo_model, count: int = 60) -> list[bytes]:
@@ -18,25 +25,34 @@ def digit_images(demo_model, count: int = 60) -> list[bytes]:
     return [path.read_bytes() for path in paths]
 
 
-def test_mixed_size_concurrent_load_answers_every_request_with_its_own_predictions(torchserve, demo_model, loaded_learners):
+def test_mixed_size_concurrent_load_answers_every_request_with_its_own_predictions(
+    torchserve, demo_model, loaded_learners
+):
     images = digit_images(demo_model)
     expected = expected_probabilities(loaded_learners["digits"], images)
     result = run_checked_load(
-        f"{torchserve.shim}/v1/models/digits:predict", images, expected, clients=8, max_instances=32, requests_per_client=6
+        f"{torchserve.shim}/v1/models/digits:predict",
+        images,
+        expected,
+        clients=8,
+        max_instances=32,
+        requests_per_client=6,
     )
     assert result.requests == 48
     assert result.errors == {} and result.failures == []
     assert result.mismatches == []
 
 
-def test_analyze_answers_within_a_second_while_the_model_is_saturated(torchserve, demo_model, loaded_learners):
+def test_health_checks_answer_within_a_second_while_the_model_is_saturated(torchserve, demo_model, loaded_learners):
     images = digit_images(demo_model, 20)
     expected = expected_probabilities(loaded_learners["digits"], images)
     outcome = {}
     load = threading.Thread(
         target=lambda: outcome.setdefault(
             "result",
-            run_checked_load(f"{torchserve.shim}/analyze:predict", images, expected, clients=12, max_instances=32, duration_s=8),
+            run_checked_load(
+                f"{torchserve.shim}/analyze:predict", images, expected, clients=12, max_instances=32, duration_s=8
+            ),
         )
     )
     load.start()
@@ -44,16 +60,21 @@ def test_analyze_answers_within_a_second_while_the_model_is_saturated(torchserve
     checks = []
     while load.is_alive():
         # A load balancer's check (chip-n-scale: every 30 s, 5 s timeout) must not wait behind inference.
-        checks.append(requests.get(f"{torchserve.shim}/analyze", timeout=1.0).status_code)
+        for route in ("/analyze", "/ready"):
+            checks.append(requests.get(f"{torchserve.shim}{route}", timeout=1.0).status_code)
         time.sleep(0.2)
     load.join()
-    assert len(checks) >= 10 and set(checks) == {200}
+    assert len(checks) >= 20 and set(checks) == {200}
     assert outcome["result"].mismatches == [] and outcome["result"].errors == {}
 
 
-def test_torchserve_down_then_back_then_down(tmp_path, model_store, demo_model):
-    """The shim answers 503 while TorchServe is away and recovers by itself when it returns."""
-    backend = Servers(model_store=model_store, log_dir=tmp_path / "backend", with_shim=False)
+def test_torchserve_down_then_back_then_stopped_with_its_own_command(tmp_path, digits_only_store, demo_model):
+    """The shim answers 503 while TorchServe is away and recovers by itself when it returns.
+
+    The second time TorchServe goes down it is stopped as its documentation says, with
+    `torchserve --stop`: that finds the server scripts/serve started, and serve says so and exits non-zero.
+    """
+    backend = Servers(model_store=digits_only_store, log_dir=tmp_path / "backend", with_shim=False)
     process, shim = start_shim(
         tmp_path / "shim", upstream=backend.inference, management=backend.management, default_model="digits"
     )
@@ -65,13 +86,23 @@ def test_torchserve_down_then_back_then_down(tmp_path, model_store, demo_model):
         assert requests.get(f"{shim}/analyze", timeout=5).status_code == 200
         answer = requests.post(f"{shim}/analyze:predict", json=body, timeout=60)
         assert answer.status_code == 200 and max(range(10), key=answer.json()["predictions"][0].__getitem__) == 8
-        backend.stop()
+        stopping = torchserve_stop(backend.run_dir)
+        assert "TorchServe has stopped" in stopping.stdout, stopping.stdout + stopping.stderr
+        assert backend.process.wait(timeout=60) != 0
+        assert "TorchServe stopped from outside (`torchserve --stop`" in (backend.log_dir / "serve.out").read_text()
         assert requests.get(f"{shim}/analyze", timeout=5).status_code == 503
         assert requests.post(f"{shim}/analyze:predict", json=body, timeout=10).status_code == 503
     finally:
         backend.stop()
         process.terminate()
         process.wait(timeout=30)
+
+
+def torchserve_stop(run_dir: Path) -> subprocess.CompletedProcess:
+    """TorchServe's own `torchserve --stop`, as a user runs it in the shell that would see serve's temp folder."""
+    torchserve = Path(sys.executable).parent / "torchserve"
+    environment = {**os.environ, "TMPDIR": str(run_dir)}
+    return subprocess.run([str(torchserve), "--stop"], capture_output=True, text=True, env=environment, timeout=120)
 
 
 def test_management_and_metrics_are_not_reachable_through_the_shim(torchserve):
@@ -90,7 +121,12 @@ def test_torchserve_listens_on_loopback_only(torchserve):
     assert java, "no TorchServe frontend found under scripts/serve"
     listening = [c for c in java[0].net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     ports = {c.laddr.port for c in listening}
-    assert {torchserve.inference_port, torchserve.management_port, torchserve.metrics_port, *torchserve.grpc_ports} <= ports
+    assert {
+        torchserve.inference_port,
+        torchserve.management_port,
+        torchserve.metrics_port,
+        *torchserve.grpc_ports,
+    } <= ports
     assert {c.laddr.ip for c in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
 
 

@@ -12,10 +12,12 @@ import json
 import numpy as np
 import pytest
 import requests
-from openapi_contract import assert_matches_spec
 from PIL import Image
 
-from servers import free_port, start_shim
+from harness.servers import free_port, start_shim
+from openapi_contract import assert_matches_spec
+
+pytestmark = pytest.mark.e2e
 
 
 def b64(data: bytes) -> str:
@@ -40,7 +42,9 @@ PREDICT = "/v1/models/{model}:predict"
 def test_chip_n_scale_request_gets_ten_probability_lists_in_order(torchserve, demo_model):
     # Exactly what chip-n-scale's download-and-predict lambda sends: no headers at all.
     payload = {"instances": [{"image_bytes": {"b64": b64(digit_png(demo_model, d))}} for d in range(10)]}
-    response = checked(requests.post(f"{torchserve.shim}/analyze:predict", data=json.dumps(payload)), "/analyze:predict")
+    response = checked(
+        requests.post(f"{torchserve.shim}/analyze:predict", data=json.dumps(payload), timeout=60), "/analyze:predict"
+    )
     assert response.status_code == 200
     predictions = response.json()["predictions"]
     assert len(predictions) == 10
@@ -56,18 +60,23 @@ def test_form_urlencoded_content_type_is_read_as_json(torchserve, demo_model):
         f"{torchserve.shim}/analyze:predict",
         data=json.dumps(payload),
         headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=60,
     )
     assert response.status_code == 200 and int(np.argmax(response.json()["predictions"][0])) == 6
 
 
 def test_classes_signature_answers_indices_like_the_original_server(torchserve, demo_model):
     payload = {"signature_name": "classes", "instances": [{"image_bytes": {"b64": b64(digit_png(demo_model, 1))}}]}
-    response = checked(requests.post(f"{torchserve.shim}/analyze:predict", data=json.dumps(payload)), "/analyze:predict")
+    response = checked(
+        requests.post(f"{torchserve.shim}/analyze:predict", data=json.dumps(payload), timeout=60), "/analyze:predict"
+    )
     assert response.json() == {"predictions": [1]}
 
 
 def test_one_image_shortcut_answers_the_label(torchserve, demo_model):
-    response = requests.post(f"{torchserve.shim}/analyze:predict", json={"image_bytes": b64(digit_png(demo_model, 9))})
+    response = requests.post(
+        f"{torchserve.shim}/analyze:predict", json={"image_bytes": b64(digit_png(demo_model, 9))}, timeout=60
+    )
     checked(response, "/analyze:predict")
     assert response.json()["prediction"] == "9" and len(response.json()["probabilities"]) == 10
 
@@ -77,26 +86,29 @@ def test_one_image_shortcut_answers_the_label(torchserve, demo_model):
 
 def test_row_form_with_unnamed_b64_instances(torchserve, demo_model):
     body = {"instances": [{"b64": b64(digit_png(demo_model, 2))}, {"b64": b64(digit_png(demo_model, 3))}]}
-    response = checked(requests.post(f"{torchserve.shim}/v1/models/digits:predict", json=body), PREDICT)
+    response = checked(requests.post(f"{torchserve.shim}/v1/models/digits:predict", json=body, timeout=60), PREDICT)
     assert [int(np.argmax(p)) for p in response.json()["predictions"]] == [2, 3]
 
 
 def test_columnar_form_answers_outputs(torchserve, demo_model):
     body = {"signature_name": "serving_default", "inputs": {"image_bytes": [{"b64": b64(digit_png(demo_model, 4))}]}}
-    response = checked(requests.post(f"{torchserve.shim}/v1/models/digits:predict", json=body), PREDICT)
+    response = checked(requests.post(f"{torchserve.shim}/v1/models/digits:predict", json=body, timeout=60), PREDICT)
     assert int(np.argmax(response.json()["outputs"][0])) == 4
 
 
 def test_a_version_in_the_url_reaches_that_version(torchserve, demo_model):
     body = {"instances": [{"b64": b64(digit_png(demo_model, 5))}]}
     url = f"{torchserve.shim}/v1/models/digits/versions/1:predict"
-    response = checked(requests.post(url, json=body), "/v1/models/{model}/versions/{version}:predict")
+    response = checked(requests.post(url, json=body, timeout=60), "/v1/models/{model}/versions/{version}:predict")
     assert int(np.argmax(response.json()["predictions"][0])) == 5
 
 
 def test_classify_answers_labels_and_scores(torchserve, demo_model):
     body = {"signature_name": "", "examples": [{"image_bytes": {"b64": b64(digit_png(demo_model, 7))}}]}
-    response = checked(requests.post(f"{torchserve.shim}/v1/models/digits:classify", json=body), "/v1/models/{model}:classify")
+    response = checked(
+        requests.post(f"{torchserve.shim}/v1/models/digits:classify", json=body, timeout=60),
+        "/v1/models/{model}:classify",
+    )
     (result,) = response.json()["results"]
     assert [label for label, _ in result] == [str(d) for d in range(10)]
     assert max(result, key=lambda pair: pair[1])[0] == "7"
@@ -105,14 +117,19 @@ def test_classify_answers_labels_and_scores(torchserve, demo_model):
 def test_regress_answers_one_value_per_example(torchserve, exported_learners):
     image = sorted((exported_learners["regressor"].parent / "images").glob("*.png"))[0].read_bytes()
     body = {"examples": [{"b64": b64(image)}, {"b64": b64(image)}]}
-    response = checked(requests.post(f"{torchserve.shim}/v1/models/regressor:regress", json=body), "/v1/models/{model}:regress")
+    response = checked(
+        requests.post(f"{torchserve.shim}/v1/models/regressor:regress", json=body, timeout=60),
+        "/v1/models/{model}:regress",
+    )
     values = response.json()["results"]
     assert len(values) == 2 and isinstance(values[0], float) and values[0] == pytest.approx(values[1], abs=1e-5)
 
 
 def test_segmentation_answers_a_class_index_mask(torchserve, exported_learners):
     image = sorted((exported_learners["segmenter"].parent / "images").glob("*.png"))[0].read_bytes()
-    response = requests.post(f"{torchserve.shim}/v1/models/segmenter:predict", json={"instances": [{"b64": b64(image)}]})
+    response = requests.post(
+        f"{torchserve.shim}/v1/models/segmenter:predict", json={"instances": [{"b64": b64(image)}]}, timeout=60
+    )
     checked(response, PREDICT)
     mask = np.array(response.json()["predictions"][0])
     assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 1}
@@ -130,7 +147,9 @@ def test_status_of_a_ready_model_is_available(torchserve):
         response = checked(requests.get(url, timeout=5), path, "GET")
         assert response.status_code == 200
         assert response.json() == {
-            "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}],
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ],
             "name": "digits",
             "ready": True,
         }
@@ -144,13 +163,23 @@ def test_metadata_tells_task_classes_and_input(torchserve):
     ]:
         body = checked(requests.get(url, timeout=30), path, "GET").json()
         assert body["model_spec"] == {"name": "digits", "signature_name": "", "version": "1"}
-        assert body["metadata"]["fastai"] == {"task": "classification", "classes": [str(d) for d in range(10)], "input": "image"}
+        assert body["metadata"]["fastai"] == {
+            "task": "classification",
+            "classes": [str(d) for d in range(10)],
+            "input": "image",
+            "precision": "fp32",
+        }
         assert "serving_default" in body["metadata"]["signature_def"]["signature_def"]
 
 
 def test_metadata_of_a_segmenter_names_its_codes(torchserve):
     body = requests.get(f"{torchserve.shim}/v1/models/segmenter/metadata", timeout=30).json()
-    assert body["metadata"]["fastai"] == {"task": "segmentation", "classes": ["background", "bright"], "input": "image"}
+    assert body["metadata"]["fastai"] == {
+        "task": "segmentation",
+        "classes": ["background", "bright"],
+        "input": "image",
+        "precision": "fp32",
+    }
 
 
 def test_the_openapi_document_is_served(torchserve):
@@ -175,14 +204,16 @@ def test_the_openapi_document_is_served(torchserve):
     ],
 )
 def test_malformed_requests_get_400_with_the_reason(torchserve, body, message):
-    response = checked(requests.post(f"{torchserve.shim}/v1/models/digits:predict", data=body), PREDICT)
+    response = checked(requests.post(f"{torchserve.shim}/v1/models/digits:predict", data=body, timeout=60), PREDICT)
     assert response.status_code == 400
     assert message in response.json()["error"]
 
 
 def test_classify_on_a_regression_model_is_a_400(torchserve, exported_learners):
     image = sorted((exported_learners["regressor"].parent / "images").glob("*.png"))[0].read_bytes()
-    response = requests.post(f"{torchserve.shim}/v1/models/regressor:classify", json={"examples": [{"b64": b64(image)}]})
+    response = requests.post(
+        f"{torchserve.shim}/v1/models/regressor:classify", json={"examples": [{"b64": b64(image)}]}, timeout=60
+    )
     assert response.status_code == 400 and "classifier" in response.json()["error"]
 
 
@@ -220,7 +251,9 @@ def test_a_wrong_method_gets_405_as_json(torchserve):
 
 def test_a_body_over_the_limit_gets_413_before_it_is_read(torchserve):
     too_big = b"{" + b" " * (64 * 1024 * 1024) + b"}"
-    response = checked(requests.post(f"{torchserve.shim}/analyze:predict", data=too_big, timeout=60), "/analyze:predict")
+    response = checked(
+        requests.post(f"{torchserve.shim}/analyze:predict", data=too_big, timeout=60), "/analyze:predict"
+    )
     assert response.status_code == 413 and "limit" in response.json()["error"]
 
 
@@ -228,7 +261,9 @@ def test_an_input_that_breaks_the_model_is_a_500_for_that_request_only(torchserv
     breaking = io.BytesIO()
     Image.new("RGB", (13, 13)).save(breaking, format="PNG")
     response = requests.post(
-        f"{torchserve.shim}/v1/models/with_utils:predict", json={"instances": [{"b64": b64(breaking.getvalue())}]}
+        f"{torchserve.shim}/v1/models/with_utils:predict",
+        json={"instances": [{"b64": b64(breaking.getvalue())}]},
+        timeout=60,
     )
     checked(response, PREDICT)
     assert response.status_code == 500 and "failed on this request" in response.json()["error"]
@@ -241,7 +276,9 @@ def test_a_model_without_ready_workers_is_503_on_status_and_predict(torchserve, 
         status = checked(requests.get(f"{torchserve.shim}/v1/models/regressor", timeout=5), "/v1/models/{model}", "GET")
         assert status.status_code == 503 and status.json()["ready"] is False
         image = sorted((exported_learners["regressor"].parent / "images").glob("*.png"))[0].read_bytes()
-        predict = requests.post(f"{torchserve.shim}/v1/models/regressor:predict", json={"instances": [{"b64": b64(image)}]})
+        predict = requests.post(
+            f"{torchserve.shim}/v1/models/regressor:predict", json={"instances": [{"b64": b64(image)}]}, timeout=60
+        )
         assert predict.status_code == 503 and "error" in predict.json()
     finally:
         requests.put(f"{scale}?min_worker=1&max_worker=1&synchronous=true", timeout=120).raise_for_status()
@@ -258,7 +295,9 @@ def test_an_upstream_timeout_is_a_504(torchserve, tmp_path, exported_learners):
     try:
         image = sorted((exported_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
         # "classifier" gathers each batch for 400 ms, far longer than this shim waits.
-        response = requests.post(f"{shim}/v1/models/classifier:predict", json={"instances": [{"b64": b64(image)}]})
+        response = requests.post(
+            f"{shim}/v1/models/classifier:predict", json={"instances": [{"b64": b64(image)}]}, timeout=60
+        )
         checked(response, PREDICT)
         assert response.status_code == 504 and "did not answer" in response.json()["error"]
     finally:
@@ -275,6 +314,31 @@ def test_torchserve_down_is_503_on_analyze_and_predict(tmp_path, demo_model):
         body = json.dumps({"instances": [{"image_bytes": {"b64": b64(digit_png(demo_model, 0))}}]})
         predict = checked(requests.post(f"{shim}/analyze:predict", data=body, timeout=10), "/analyze:predict")
         assert predict.status_code == 503 and "unreachable" in predict.json()["error"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_store_of_several_models_with_no_default_is_ready_and_analyze_says_how_to_choose(torchserve, tmp_path):
+    # The README's "Serve your own Learner" store (the demo beside the user's model), with no default named.
+    process, shim = start_shim(tmp_path, upstream=torchserve.inference, management=torchserve.management)
+    try:
+        ready = checked(requests.get(f"{shim}/ready", timeout=10), "/ready", "GET")
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        assert {"digits", "classifier", "segmenter"} <= set(ready.json()["models"])
+        analyze = checked(requests.get(f"{shim}/analyze", timeout=10), "/analyze", "GET")
+        assert analyze.status_code == 404 and "FASTAI_SERVING_DEFAULT_MODEL" in analyze.json()["error"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_ready_is_503_while_torchserve_is_down(tmp_path):
+    nothing_there = f"http://127.0.0.1:{free_port()}"
+    process, shim = start_shim(tmp_path, upstream=nothing_there, management=nothing_there)
+    try:
+        response = checked(requests.get(f"{shim}/ready", timeout=10), "/ready", "GET")
+        assert response.status_code == 503 and "unreachable" in response.json()["error"]
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -14,11 +14,11 @@ from typing import Any
 
 from PIL import Image
 
+from .contract import Body, check_answerable, image_bytes, read_body
 from .errors import BadInput
 from .learner import ServedLearner
-from .payloads import RAW, SINGLE, Payload, read_payload
 from .predict import Prediction, decode_images, predict_images
-from .responses import check_answerable, response_body
+from .responses import response_body
 from .settings import HandlerSettings
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 class PreparedRequest:
     """A request whose body was read and whose images all decoded."""
 
-    payload: Payload
+    body: Body
     images: list[Image.Image]
 
 
@@ -45,29 +45,27 @@ def prepare_requests(
     served: ServedLearner, bodies: Sequence[tuple[Any, str]], settings: HandlerSettings
 ) -> list[Outcome]:
     """Read each (body, verb) and decode its images; a failure stands in for its request."""
-    payloads: list[Payload | BadInput] = []
-    for body, verb in bodies:
+    readable: list[tuple[Body, list[bytes]] | BadInput] = []
+    for raw_body, verb in bodies:
         try:
-            payload = read_payload(body, verb, settings.max_instances)
-            check_answerable(served, payload)
-            payloads.append(payload)
+            body = read_body(raw_body, verb, max_instances=settings.max_instances)
+            check_answerable(served.task, body)
+            encoded = [image_bytes(value, body.instance_name(i)) for i, value in enumerate(body.instances)]
+            readable.append((body, encoded))
         except BadInput as error:
-            payloads.append(error)
-    readable = [p for p in payloads if isinstance(p, Payload)]
-    names = [
-        "the image" if p.form in (RAW, SINGLE) else f"instance {index}"
-        for p in readable
-        for index in range(len(p.instances))
-    ]
-    decoded = iter(decode_images([b for p in readable for b in p.instances], names, settings.max_image_pixels))
+            readable.append(error)
+    read = [entry for entry in readable if not isinstance(entry, BadInput)]
+    names = [body.instance_name(index) for body, encoded in read for index in range(len(encoded))]
+    decoded = iter(decode_images([b for _, encoded in read for b in encoded], names, settings.max_image_pixels))
     outcomes: list[Outcome] = []
-    for payload in payloads:
-        if isinstance(payload, BadInput):
-            outcomes.append(payload)
+    for entry in readable:
+        if isinstance(entry, BadInput):
+            outcomes.append(entry)
             continue
-        images = [next(decoded) for _ in payload.instances]
+        body, encoded = entry
+        images = [next(decoded) for _ in encoded]
         error = next((image for image in images if isinstance(image, BadInput)), None)
-        outcomes.append(error or PreparedRequest(payload=payload, images=images))
+        outcomes.append(error or PreparedRequest(body=body, images=images))
     return outcomes
 
 
@@ -82,7 +80,7 @@ def predict_requests(
     prepared = [o for o in outcomes if isinstance(o, PreparedRequest)]
     images = [image for request in prepared for image in request.images]
     try:
-        predictions = iter(predict_images(served, images, max_batch))
+        predictions = iter(_predict_counted(served, images, max_batch))
         per_request = {id(r): [next(predictions) for _ in r.images] for r in prepared}
     except Exception:
         logger.exception("batch of %d images failed; predicting its requests one by one", len(images))
@@ -90,9 +88,17 @@ def predict_requests(
     return [per_request[id(o)] if isinstance(o, PreparedRequest) else o for o in outcomes]
 
 
+def _predict_counted(served: ServedLearner, images: list[Image.Image], max_batch: int) -> list[Prediction]:
+    """The predictions of `images`, one each, or an error: never a result that could belong to another image."""
+    predictions = predict_images(served, images, max_batch)
+    if len(predictions) != len(images):
+        raise RuntimeError(f"{len(predictions)} predictions for {len(images)} images")
+    return predictions
+
+
 def _predict_alone(served: ServedLearner, request: PreparedRequest, max_batch: int) -> list[Prediction] | Exception:
     try:
-        return predict_images(served, request.images, max_batch)
+        return _predict_counted(served, request.images, max_batch)
     except Exception as error:
         logger.exception("prediction failed for one request")
         return PredictionFailed(f"the model failed on this request's input ({type(error).__name__})")
@@ -107,5 +113,5 @@ def encode_responses(
         if isinstance(result, Exception):
             responses.append((getattr(result, "status", 500), {"error": str(result)}))
         else:
-            responses.append((200, response_body(served, outcome.payload, result)))
+            responses.append((200, response_body(served, outcome.body, result)))
     return responses

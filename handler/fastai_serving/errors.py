@@ -1,12 +1,27 @@
-"""The one error type the core raises for a client's mistake."""
+"""The errors the core raises, each with the HTTP status a front answers it with."""
+
+from __future__ import annotations
 
 
-class BadInput(ValueError):
-    """A request the server cannot answer because of what the client sent (HTTP 400).
+class ServingError(Exception):
+    """An error a client is answered with: an HTTP status and a message it can act on.
 
-    The message says what was wrong and, where it applies, which instance, so the
-    client can act on it. It never carries a stack trace or a server path.
+    The message says what was wrong and, where it applies, which instance. It never
+    carries a stack trace or a server path. Fronts turn it into their own form (an HTTP
+    status and {"error": ...}, or a gRPC status) in one place each.
     """
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadInput(ServingError, ValueError):
+    """A request the server cannot answer because of what the client sent (HTTP 400, or 404 for a name)."""
 
     status = 400
 

@@ -7,20 +7,17 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from .defaults import MAX_IMAGE_PIXELS
 from .errors import BadInput
 
-# 64 megapixels: an 8192×8192 tile. A few-KB PNG can claim far more (a decompression
-# bomb); its size is read from the header and refused before any pixel is decoded.
-DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
-
-def decode_image(
-    image_bytes: bytes, where: str = "the image", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-) -> Image.Image:
+def decode_image(image_bytes: bytes, where: str = "the image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode `image_bytes` to an RGB image, as fastai's `PILImage.create` does.
 
     The pixels are taken as fastai took them in training (no EXIF rotation), so a
-    served answer equals `learn.predict`. `where` names the instance in errors.
+    served answer equals `learn.predict`. `where` names the instance in errors. A few-KB
+    PNG can claim billions of pixels (a decompression bomb): its size is read from the
+    header and refused before any pixel is decoded.
     """
     if not image_bytes:
         raise BadInput(f"{where} is empty: expected the bytes of a PNG, JPEG or other image")

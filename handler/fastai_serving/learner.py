@@ -11,12 +11,9 @@ from typing import Any
 
 import torch
 
+from . import defaults
+from .contract import MULTI_LABEL, REGRESSION, SEGMENTATION, SINGLE_LABEL
 from .errors import ModelError
-
-SINGLE_LABEL = "classification"
-MULTI_LABEL = "multilabel_classification"
-REGRESSION = "regression"
-SEGMENTATION = "segmentation"
 
 FP32, BF16 = "fp32", "bf16"
 PRECISIONS = (FP32, BF16)
@@ -59,16 +56,16 @@ class ServedLearner:
     precision: str = FP32
 
     def describe(self) -> dict[str, Any]:
-        """The model's metadata: task, classes in output order, input kind."""
-        return {"task": self.task, "classes": self.classes, "input": "image"}
+        """The model's metadata: task, classes in output order, input kind, and the precision it runs in."""
+        return {"task": self.task, "classes": self.classes, "input": "image", "precision": self.precision}
 
 
 def load_learner(
     learner_path: str | Path,
     device: str | torch.device = "cpu",
     utils_dir: str | Path | None = None,
-    precision: str = FP32,
-    channels_last: bool = False,
+    precision: str = defaults.PRECISION,
+    channels_last: bool = defaults.CHANNELS_LAST,
 ) -> ServedLearner:
     """Load `learner_path` (an `export.pkl`) onto `device`, ready to serve.
 
@@ -119,7 +116,9 @@ def has_fast_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(
+        getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
 
 
 def _prepare_for_serving(learn: Any, device: torch.device) -> None:

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from .defaults import MAX_BATCH, MAX_IMAGE_PIXELS
 from .errors import BadInput
-from .images import DEFAULT_MAX_IMAGE_PIXELS, decode_image
+from .images import decode_image
 from .learner import BF16, ServedLearner
-
-DEFAULT_MAX_BATCH = 16  # resnet34 at 224² on a 2-core CPU: 8-16 per pass ran fastest (32: -12%, 64: -22%)
 
 # PIL releases the GIL while decoding, so a few threads decode a batch in parallel.
 _decoder_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode")
@@ -29,7 +28,7 @@ class Prediction:
 
 
 def decode_images(
-    images_bytes: Sequence[bytes], names: Sequence[str], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    images_bytes: Sequence[bytes], names: Sequence[str], max_pixels: int = MAX_IMAGE_PIXELS
 ) -> list[Image.Image | BadInput]:
     """Decode every image in parallel; a bad one yields its `BadInput` in its place."""
 
@@ -43,7 +42,7 @@ def decode_images(
 
 
 def predict_images(
-    served: ServedLearner, images: Sequence[Image.Image], max_batch: int = DEFAULT_MAX_BATCH
+    served: ServedLearner, images: Sequence[Image.Image], max_batch: int = MAX_BATCH
 ) -> list[Prediction]:
     """Predict every image with one test DataLoader, `max_batch` images per forward pass.
 
@@ -56,14 +55,14 @@ def predict_images(
 
     learn = served.learn
     test_dl = learn.dls.test_dl(list(images), bs=max_batch, num_workers=0)
-    with _precision(served):
+    with precision_context(served):
         raw_outputs, _ = learn.get_preds(dl=test_dl, act=noop)
     outputs = getcallable(learn.loss_func, "activation")(raw_outputs.float())
     decoded = getcallable(learn.loss_func, "decodes")(outputs)
     return [Prediction(output=output, decoded=label) for output, label in zip(outputs, decoded, strict=True)]
 
 
-def _precision(served: ServedLearner) -> contextlib.AbstractContextManager:
+def precision_context(served: ServedLearner) -> contextlib.AbstractContextManager:
     """bfloat16 autocast for the bf16 fast path; nothing for float32."""
     if served.precision == BF16:
         return torch.autocast(device_type=served.device.type, dtype=torch.bfloat16)

@@ -4,47 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import BadInput
-from .learner import MULTI_LABEL, REGRESSION, SEGMENTATION, SINGLE_LABEL, ServedLearner
-from .payloads import CLASSIFY, EXAMPLES, RAW, REGRESS, ROWS, SINGLE, Payload
+from .contract import (
+    CLASS_INDEX_SIGNATURE,
+    CLASSIFY,
+    EXAMPLES,
+    MULTI_LABEL,
+    RAW,
+    ROWS,
+    SEGMENTATION,
+    SINGLE,
+    SINGLE_LABEL,
+    Body,
+)
+from .learner import ServedLearner
 from .predict import Prediction
 
-# signature_name values: probabilities (TF Serving's default name, or none), or the
-# original fastai-serving's answer, the predicted class index.
-PROBABILITIES_SIGNATURES = ("", "serving_default", "predict")
-CLASS_INDEX_SIGNATURE = "classes"
 
-
-def check_answerable(served: ServedLearner, payload: Payload) -> None:
-    """Refuse, before any inference, a request this model cannot answer."""
-    classifier = served.task in (SINGLE_LABEL, MULTI_LABEL)
-    if payload.verb == CLASSIFY and not classifier:
-        raise BadInput(f":classify needs a classifier; this model does {served.task} (use :predict)")
-    if payload.verb == REGRESS and served.task != REGRESSION:
-        raise BadInput(f":regress needs a regression model; this model does {served.task} (use :predict)")
-    signature = payload.signature_name
-    if signature == CLASS_INDEX_SIGNATURE and not classifier:
-        raise BadInput(f"signature_name 'classes' needs a classifier; this model does {served.task}")
-    if signature not in PROBABILITIES_SIGNATURES + (CLASS_INDEX_SIGNATURE,):
-        raise BadInput(
-            f"unknown signature_name {signature!r}: this model serves 'serving_default' "
-            f"(probabilities) and 'classes' (class indices)"
-        )
-
-
-def response_body(served: ServedLearner, payload: Payload, predictions: list[Prediction]) -> dict[str, Any]:
-    """The JSON body answering `payload`, one entry per instance, in order."""
-    if payload.form in (RAW, SINGLE):
+def response_body(served: ServedLearner, body: Body, predictions: list[Prediction]) -> dict[str, Any]:
+    """The JSON body answering `body`, one entry per instance, in order."""
+    if body.form in (RAW, SINGLE):
         return one_prediction(served, predictions[0])
-    if payload.form == EXAMPLES:
-        if payload.verb == CLASSIFY:
+    if body.form == EXAMPLES:
+        if body.verb == CLASSIFY:
             return {"results": [labelled_scores(served, p) for p in predictions]}
         return {"results": [regression_value(p) for p in predictions]}
-    if payload.signature_name == CLASS_INDEX_SIGNATURE:
+    if body.signature_name == CLASS_INDEX_SIGNATURE:
         entries = [class_index(served, p) for p in predictions]
     else:
         entries = [model_output(served, p) for p in predictions]
-    return {"predictions" if payload.form == ROWS else "outputs": entries}
+    return {"predictions" if body.form == ROWS else "outputs": entries}
 
 
 def one_prediction(served: ServedLearner, prediction: Prediction) -> dict[str, Any]:

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "handler"))
-
-from fastai_serving.learner import load_learner  # noqa: E402
+from fastai_serving.learner import load_learner
 
 PROBABILITY_TOLERANCE = 1e-4
 
@@ -63,7 +61,9 @@ def differences(served: list[list[float]], expected: list[list[float]]) -> list[
         elif abs(sum(got) - 1) > 1e-3:
             problems.append(f"instance {index}: probabilities sum to {sum(got):.5f}")
         elif max(abs(g - w) for g, w in zip(got, want, strict=True)) > PROBABILITY_TOLERANCE:
-            problems.append(f"instance {index}: probabilities differ from learn.predict by more than {PROBABILITY_TOLERANCE}")
+            problems.append(
+                f"instance {index}: probabilities differ from learn.predict by more than {PROBABILITY_TOLERANCE}"
+            )
     return problems
 
 
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="the container's shim, e.g. http://127.0.0.1:8501")
     parser.add_argument("--learner", type=Path, required=True, help="the export.pkl the image serves")
-    parser.add_argument("--samples", type=Path, required=True, help="folder of PNGs; named <class>.png, argmax is checked too")
+    parser.add_argument(
+        "--samples", type=Path, required=True, help="folder of PNGs; named <class>.png, argmax is checked too"
+    )
     parser.add_argument("--utils", type=Path, help="the modules the Learner's pickle needs (the image's UTILS_DIR)")
     args = parser.parse_args(argv)
 

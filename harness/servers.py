@@ -1,7 +1,8 @@
-"""Start the real servers for end-to-end tests: scripts/serve (TorchServe and the shim) on free loopback ports."""
+"""The real servers on free loopback ports, for end-to-end tests and benchmarks: scripts/serve and scripts/make-archive."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -13,6 +14,22 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+SHIM_COMMAND = [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:shim.gunicorn_conf", "shim.wsgi:app"]
+
+
+def make_archive(name: str, learner: Path, store: Path, *flags: str) -> subprocess.CompletedProcess:
+    """Run the real scripts/make-archive."""
+    command = [
+        str(ROOT / "scripts" / "make-archive"),
+        "--name",
+        name,
+        "--learner",
+        str(learner),
+        "--store",
+        str(store),
+        *flags,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 def free_port() -> int:
@@ -23,7 +40,10 @@ def free_port() -> int:
 
 @dataclass
 class Servers:
-    """A running `scripts/serve`: TorchServe, and the shim unless `with_shim` is False."""
+    """A running `scripts/serve`: TorchServe, and the shim unless `with_shim` is False.
+
+    Each keeps TorchServe's pid file in a run folder of its own, so several run side by side.
+    """
 
     model_store: Path
     log_dir: Path
@@ -48,6 +68,10 @@ class Servers:
     def shim(self) -> str:
         return f"http://127.0.0.1:{self.shim_port}"
 
+    @property
+    def run_dir(self) -> Path:
+        return self.log_dir / "run"
+
     def start(self, models: list[str], timeout_s: float = 300) -> Servers:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         command = [
@@ -60,6 +84,7 @@ class Servers:
             "--grpc-ports", str(self.grpc_ports[0]), str(self.grpc_ports[1]),
             "--port", str(self.shim_port),
             "--shim-host", "127.0.0.1",
+            "--run-dir", str(self.run_dir),
         ]  # fmt: skip
         if self.default_model:
             command += ["--default-model", self.default_model]
@@ -121,8 +146,6 @@ class Servers:
 
 def start_shim(log_dir: Path, **settings: str) -> tuple[subprocess.Popen, str]:
     """The real shim alone under gunicorn, with FASTAI_SERVING_* settings; returns (process, base URL)."""
-    import os
-
     port = free_port()
     environment = {
         **os.environ,
@@ -132,10 +155,7 @@ def start_shim(log_dir: Path, **settings: str) -> tuple[subprocess.Popen, str]:
     }
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "shim.out", "wb") as output:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "shim" / "gunicorn.conf.py"), "shim.wsgi:app"],
-            cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        process = subprocess.Popen(SHIM_COMMAND, env=environment, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

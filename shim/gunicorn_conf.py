@@ -6,7 +6,7 @@ _settings = Settings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-# Threads: a predict waiting on TorchServe never blocks a health check on /analyze.
+# Threads: a predict waiting on TorchServe never blocks a health check (/ready, /analyze).
 worker_class = "gthread"
 threads = _settings.threads
 # A worker may wait the whole predict timeout on TorchServe before answering 504.

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-from image_check_client import differences  # noqa: E402
+from harness.image_check import differences
 
 EXPECTED = [[0.1, 0.9], [0.7, 0.3]]
 

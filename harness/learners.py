@@ -6,7 +6,6 @@ exported; the tests compare what the server answers with `learn.predict` in-proc
 
 from __future__ import annotations
 
-import io
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +14,9 @@ import numpy as np
 from PIL import Image
 
 SIZE = 32
-UTILS_DIR = Path(__file__).parent / "fixtures" / "utils"
+UTILS_DIR = (
+    Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "utils"
+)  # tile_utils: a module the pickle needs
 
 
 def synthetic_images(folder: Path, count: int = 24, seed: int = 0) -> list[Path]:
@@ -33,10 +34,6 @@ def synthetic_images(folder: Path, count: int = 24, seed: int = 0) -> list[Path]
         Image.fromarray(pixels).save(path)
         paths.append(path)
     return paths
-
-
-def png_bytes(path: Path) -> bytes:
-    return path.read_bytes()
 
 
 def _bright_quadrants(path: Path) -> list[str]:
@@ -129,9 +126,3 @@ def make_learner_needing_utils(folder: Path) -> Path:
         return make_classifier(folder, item_tfms=[FailOnOddSize(), Resize(SIZE), Invert()])
     finally:
         sys.path.remove(str(UTILS_DIR))
-
-
-def image_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
-    return buffer.getvalue()

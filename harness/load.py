@@ -40,6 +40,28 @@ class LoadResult:
         )
 
 
+def rounds(duration_s: float, longest_s: float = 60.0) -> list[float]:
+    """`duration_s` cut into rounds of at most `longest_s` (a soak samples memory between rounds): at least one."""
+    if duration_s <= 0:
+        raise ValueError(f"a load of {duration_s} s: give a positive duration")
+    whole, rest = divmod(duration_s, longest_s)
+    return [longest_s] * int(whole) + ([rest] if rest > 0 else [])
+
+
+def merge(total: LoadResult, more: LoadResult) -> LoadResult:
+    """Two runs' results as one."""
+    total.requests += more.requests
+    total.images += more.images
+    for status, count in more.errors.items():
+        total.errors[status] = total.errors.get(status, 0) + count
+    total.mismatches += more.mismatches
+    total.failures += more.failures
+    total.latencies_ms += more.latencies_ms
+    total.answered_by += more.answered_by
+    total.seconds += more.seconds
+    return total
+
+
 def expected_probabilities(served, images: list[bytes]) -> list[list[float]]:
     """What the Learner answers in-process for each image."""
     from fastai_serving.predict import decode_images, predict_images
@@ -60,8 +82,9 @@ def run_checked_load(
     tolerance: float = 1e-4,
     timeout_s: float = 120,
     also_expected: list[list[float]] | None = None,
+    until: threading.Event | None = None,
 ) -> LoadResult:
-    """`clients` threads send requests of 1..max_instances random images until their count or the duration is done.
+    """`clients` threads send requests of 1..max_instances random images until their count, the duration, or `until` is set.
 
     With `also_expected` (another model version's predictions), an answer may match either
     set, as a whole; `answered_by` records which.
@@ -70,9 +93,14 @@ def run_checked_load(
     result, lock = LoadResult(), threading.Lock()
     deadline = time.monotonic() + duration_s if duration_s else None
 
+    def going_on(sent: int) -> bool:
+        if until is not None:
+            return not until.is_set() and (deadline is None or time.monotonic() < deadline)
+        return time.monotonic() < deadline if deadline is not None else sent < requests_per_client
+
     def client(index: int) -> None:
         rng, session, sent = random.Random(seed * 1000 + index), requests.Session(), 0
-        while (deadline is None and sent < requests_per_client) or (deadline is not None and time.monotonic() < deadline):
+        while going_on(sent):
             chosen = [rng.randrange(len(images)) for _ in range(rng.randint(1, max_instances))]
             body = json.dumps({"instances": [{"image_bytes": {"b64": encoded[i]}} for i in chosen]})
             began = time.perf_counter()

@@ -1,0 +1,43 @@
+"""Every default of fastai-serving, defined once: ports, limits, timeouts, batching.
+
+The settings classes (the handler's, make-archive's, the shim's, serve's flags) take their
+defaults from here; `config.properties` and the README's tables are checked against these
+values by the tests. Imports nothing, so any part can read it.
+"""
+
+MIB = 1024 * 1024
+
+# --- Addresses ----------------------------------------------------------------------------------
+LOOPBACK = "127.0.0.1"
+SHIM_HOST = "0.0.0.0"  # the only address that faces users
+SHIM_PORT = 8501  # TF Serving's REST port
+INFERENCE_PORT = 8080  # TorchServe's inference API, loopback
+MANAGEMENT_PORT = 8081  # TorchServe's management API, loopback only
+METRICS_PORT = 8082  # TorchServe's metrics API, loopback only
+TORCHSERVE_GRPC_PORTS = (7070, 7071)  # TorchServe's own gRPC APIs (inference, management), loopback
+
+# --- Limits -------------------------------------------------------------------------------------
+MAX_BODY_BYTES = 64 * MIB  # a request or response body, at the shim and at TorchServe
+MAX_INSTANCES = 1024  # instances one request may carry
+MAX_IMAGE_PIXELS = 64 * MIB  # width × height of one decoded image: an 8192×8192 tile
+
+# --- Timeouts -----------------------------------------------------------------------------------
+RESPONSE_TIMEOUT_S = 120  # TorchServe restarts a worker whose batch takes longer
+PREDICT_TIMEOUT_S = 120.0  # the shim's deadline for one prediction, then 504
+STATUS_TIMEOUT_S = 2.0  # the shim's status and management calls, then 503
+RETRY_AFTER_WORKER_DEATH_S = 60.0  # after a worker death, how long the shim waits for its restart
+
+# --- Batching and workers (make-archive) --------------------------------------------------------
+BATCH_SIZE = 16  # client requests TorchServe gathers into one batch
+MAX_BATCH_DELAY_MS = 10  # how long TorchServe waits to fill a batch
+MIN_WORKERS = 1
+MAX_WORKERS = 1
+MAX_BATCH = 16  # images per forward pass: resnet34 at 224² on 2 cores ran fastest at 8-16 (32: -12%, 64: -22%)
+TORCH_THREADS = 0  # torch threads per worker; 0: the machine's cores ÷ the model's workers
+PRECISION = "fp32"
+CHANNELS_LAST = True  # the model's weights channels-last: same results to float rounding, faster on CPU
+MODEL_VERSION = "1.0"
+
+# --- The shim's processes -----------------------------------------------------------------------
+SHIM_WORKERS = 2  # gunicorn worker processes
+SHIM_THREADS = 16  # threads per gunicorn worker: concurrent requests

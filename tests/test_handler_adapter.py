@@ -1,0 +1,148 @@
+"""The TorchServe adapter in-process: TorchServe's four verbs on a small Learner, with a stand-in context.
+
+The context plays TorchServe's side of the handler contract (request headers, per-request
+status); tests/test_torchserve_handler.py runs the same handler inside a real TorchServe.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fastai_serving import batching
+from fastai_serving.contract import VERB_HEADER
+from fastai_serving_scripts import PROJECT_ROOT
+
+HANDLER_FILE = PROJECT_ROOT / "handler" / "torchserve_handler.py"
+
+
+@dataclass
+class Context:
+    """What TorchServe hands a handler: the model's folder and config, each request's headers; it records statuses."""
+
+    model_dir: Path
+    model_yaml_config: dict = field(default_factory=dict)
+    headers: list[dict] = field(default_factory=list)
+    statuses: dict[int, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def system_properties(self) -> dict:
+        return {"model_dir": str(self.model_dir), "gpu_id": None}
+
+    @property
+    def manifest(self) -> dict:
+        return {"model": {"serializedFile": "export.pkl"}}
+
+    def get_all_request_header(self, idx: int) -> dict:
+        return self.headers[idx] if idx < len(self.headers) else {}
+
+    def set_response_status(self, code: int, phrase: str, idx: int) -> None:
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, content_type: str) -> None:
+        pass
+
+
+def load_handler_module():
+    """handler/torchserve_handler.py as TorchServe loads it: a file, not a package module."""
+    spec = importlib.util.spec_from_file_location("torchserve_handler", HANDLER_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def classifier_handler(small_learners, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("model_dir")
+    shutil.copy(small_learners["classifier"], model_dir / "export.pkl")
+    handler = load_handler_module().FastaiHandler()
+    config = {"minWorkers": 1, "handler": {"max_batch": 2, "channels_last": False}}
+    handler.initialize(Context(model_dir=model_dir, model_yaml_config=config))
+    return handler
+
+
+def b64_row(image: bytes) -> dict:
+    return {"b64": base64.b64encode(image).decode()}
+
+
+def handle(handler, bodies: list, headers: list[dict] | None = None) -> tuple[list, Context]:
+    context = Context(model_dir=Path("."), headers=headers or [{} for _ in bodies])
+    answers = handler.handle([{"body": body} for body in bodies], context)
+    return [json.loads(answer) for answer in answers], context
+
+
+def test_initialize_reads_the_archives_settings(classifier_handler):
+    assert classifier_handler.settings.max_batch == 2 and classifier_handler.settings.channels_last is False
+    assert classifier_handler.served.task == "classification"
+
+
+def test_one_batch_answers_each_request_in_order_equal_to_learn_predict(classifier_handler, small_learners):
+    images = [path.read_bytes() for path in sorted((small_learners["classifier"].parent / "images").glob("*.png"))[:5]]
+    bodies = [
+        {"instances": [b64_row(images[0]), b64_row(images[1]), b64_row(images[2])]},
+        images[3],
+        {"image_bytes": b64_row(images[4])},
+    ]
+    answers, context = handle(classifier_handler, bodies)
+    assert context.statuses == {}
+    from fastai.vision.core import PILImage
+
+    learn = classifier_handler.served.learn
+    with learn.no_bar():
+        expected = [learn.predict(PILImage.create(image)) for image in images]
+    for probabilities, (_, _, wanted) in zip(answers[0]["predictions"], expected[:3], strict=True):
+        assert probabilities == pytest.approx(wanted.tolist(), abs=1e-5)
+    assert answers[1]["prediction"] == expected[3][0] and answers[2]["prediction"] == expected[4][0]
+
+
+def test_a_bad_request_fails_alone_with_its_own_status(classifier_handler, small_learners):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    bodies = [{"instances": [b64_row(image)]}, {"instances": [b64_row(image), {"b64": "AAAA"}]}, {"instances": []}]
+    answers, context = handle(classifier_handler, bodies)
+    assert len(answers[0]["predictions"]) == 1
+    assert context.statuses[1][0] == 400 and answers[1] == {
+        "error": "instance 1 is not an image this server can decode"
+    }
+    assert context.statuses[2][0] == 400 and "'instances' is empty" in answers[2]["error"]
+    assert 0 not in context.statuses
+
+
+def test_the_verb_header_selects_classify(classifier_handler, small_learners):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    answers, _ = handle(classifier_handler, [{"examples": [b64_row(image)]}], [{VERB_HEADER.title(): "classify"}])
+    labels = [label for label, _ in answers[0]["results"][0]]
+    assert labels == classifier_handler.served.classes
+
+
+def test_a_forward_pass_that_returns_too_few_results_never_answers_with_anothers(
+    classifier_handler, small_learners, monkeypatch
+):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    real = batching.predict_images
+    monkeypatch.setattr(
+        batching, "predict_images", lambda served, images, max_batch: real(served, images, max_batch)[:1]
+    )
+    answers, context = handle(
+        classifier_handler, [{"instances": [b64_row(image)]}, {"instances": [b64_row(image)] * 2}]
+    )
+    # The whole batch came back one short, so each request was predicted alone: the one-image request is right,
+    # and the two-image one, short again, fails by itself.
+    assert len(answers[0]["predictions"]) == 1 and 0 not in context.statuses
+    assert context.statuses[1][0] == 500
+
+
+def test_a_message_quoting_non_ascii_input_goes_to_torchserve_as_an_ascii_reason_phrase(
+    classifier_handler, small_learners
+):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    answers, context = handle(classifier_handler, [{"instances": [b64_row(image)], "signature_name": "größe→"}])
+    assert answers[0] == {"error": "unknown signature_name 'größe→': this model serves 'serving_default' "
+                          "(probabilities) and 'classes' (class indices)"}  # fmt: skip
+    status, phrase = context.statuses[0]
+    assert status == 400 and phrase.isascii() and "gr\\xf6\\xdfe\\u2192" in phrase

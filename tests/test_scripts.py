@@ -1,0 +1,148 @@
+"""The command-line tools' own logic, in-process: serve's wiring, reload's model store, make-archive's checks, soak's rounds."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from fastai_serving import defaults
+from fastai_serving_scripts import make_archive, reload, serve
+from harness.load import rounds
+
+
+def serve_args(*flags: str, log_dir: Path) -> object:
+    return serve.parse_args(["--log-dir", str(log_dir), *flags])
+
+
+# --- serve ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host, reachable_at",
+    [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("10.1.2.3", "10.1.2.3"), ("::", "[::1]"), ("::1", "[::1]")],
+)
+def test_the_shim_reaches_torchserve_where_host_binds_it(tmp_path, host, reachable_at):
+    args = serve_args("--host", host, "--inference-port", "9080", log_dir=tmp_path)
+    environment = serve.shim_environment(args, "digits", ["digits"])
+    assert environment["FASTAI_SERVING_UPSTREAM"] == f"http://{reachable_at}:9080"
+    assert environment["FASTAI_SERVING_MANAGEMENT"] == f"http://{defaults.LOOPBACK}:{defaults.MANAGEMENT_PORT}"
+
+
+def test_readiness_waits_for_every_archive_in_the_store_unless_told_otherwise(tmp_path, monkeypatch):
+    args = serve_args(log_dir=tmp_path)
+    monkeypatch.delenv("FASTAI_SERVING_READY_MODELS", raising=False)
+    assert (
+        serve.shim_environment(args, "", ["digits", "buildings"])["FASTAI_SERVING_READY_MODELS"] == "digits,buildings"
+    )
+    monkeypatch.setenv("FASTAI_SERVING_READY_MODELS", "buildings")
+    assert serve.shim_environment(args, "", ["digits", "buildings"])["FASTAI_SERVING_READY_MODELS"] == "buildings"
+
+
+def test_torchserves_pid_file_stays_where_torchserve_stop_looks_for_it(tmp_path):
+    environment = serve.torchserve_environment(serve_args(log_dir=tmp_path))
+    assert environment["TMPDIR"] == tempfile.gettempdir()
+    assert environment["TEMP"] == str(tmp_path / "run")  # the workers' sockets: a folder per server
+
+
+def test_a_run_folder_of_its_own_keeps_a_servers_pid_file_apart(tmp_path):
+    environment = serve.torchserve_environment(serve_args("--run-dir", str(tmp_path / "mine"), log_dir=tmp_path))
+    assert environment["TMPDIR"] == str(tmp_path / "mine")
+
+
+def test_torchserve_is_bound_to_loopback_but_for_its_inference_api_if_asked(tmp_path):
+    environment = serve.torchserve_environment(serve_args("--host", "0.0.0.0", log_dir=tmp_path))
+    assert environment["TS_INFERENCE_ADDRESS"] == f"http://0.0.0.0:{defaults.INFERENCE_PORT}"
+    assert environment["TS_MANAGEMENT_ADDRESS"] == f"http://127.0.0.1:{defaults.MANAGEMENT_PORT}"
+    assert environment["TS_METRICS_ADDRESS"] == f"http://127.0.0.1:{defaults.METRICS_PORT}"
+
+
+def test_when_torchserve_ends_under_serve_it_says_it_was_stopped_from_outside():
+    assert "torchserve --stop" in serve.why_it_ended("TorchServe", None)
+
+
+def test_serve_records_the_store_it_serves_for_reload(tmp_path):
+    args = serve_args("--management-port", "18081", "--model-store", str(tmp_path), log_dir=tmp_path)
+    state = serve.write_state(args)
+    try:
+        assert reload.served_model_store("http://127.0.0.1:18081") == tmp_path
+    finally:
+        state.unlink()
+    assert reload.served_model_store("http://127.0.0.1:18081") is None
+
+
+# --- reload ------------------------------------------------------------------------------------------
+
+
+def test_reload_without_a_model_store_and_no_serve_says_what_to_pass():
+    with pytest.raises(reload.ReloadError, match="pass --model-store, the folder it was started with"):
+        reload.model_store_for(None, "http://127.0.0.1:1")
+
+
+def test_reload_refuses_a_store_other_than_the_one_served(tmp_path):
+    served, other = tmp_path / "served", tmp_path / "other"
+    served.mkdir()
+    other.mkdir()
+    path = serve.state_file(18082)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": os.getpid(), "model_store": str(served)}))
+    try:
+        with pytest.raises(reload.ReloadError, match=f"serves the model store {served}, not {other}"):
+            reload.model_store_for(other, "http://127.0.0.1:18082")
+        assert reload.model_store_for(None, "http://127.0.0.1:18082") == served
+    finally:
+        path.unlink()
+
+
+def test_a_state_left_by_a_serve_that_is_gone_is_ignored(tmp_path):
+    path = serve.state_file(18083)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": 2**22 + 7, "model_store": str(tmp_path)}))
+    try:
+        assert reload.served_model_store("http://127.0.0.1:18083") is None
+    finally:
+        path.unlink()
+
+
+# --- make-archive ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--name", "../escape"], "--name '../escape': use letters"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--min-workers", "2", "--max-workers", "1"], "--max-workers must be at least --min-workers"),
+        (["--utils", "/no/such/folder"], "--utils /no/such/folder: no such folder"),
+    ],
+)
+def test_make_archive_refuses_what_would_make_a_broken_archive(tmp_path, flags, message):
+    learner = tmp_path / "export.pkl"
+    learner.write_bytes(b"x")
+    args = make_archive.parse_args(["--name", "ok", "--learner", str(learner), "--store", str(tmp_path), *flags])
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(")):
+        make_archive.check_args(args)
+
+
+def test_the_archives_model_config_holds_batching_and_the_handlers_settings(tmp_path):
+    args = make_archive.parse_args(["--name", "m", "--learner", "x.pkl", "--no-channels-last", "--max-batch", "8"])
+    config = make_archive.model_config(args)
+    assert (config["batchSize"], config["maxBatchDelay"]) == (defaults.BATCH_SIZE, defaults.MAX_BATCH_DELAY_MS)
+    assert config["handler"]["channels_last"] is False and config["handler"]["max_batch"] == 8
+
+
+# --- soak ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds, expected", [(1, [1]), (0.5, [0.5]), (60, [60]), (150, [60, 60, 30])])
+def test_a_soak_of_any_positive_length_runs_in_rounds_of_at_most_a_minute(seconds, expected):
+    assert rounds(seconds) == expected
+
+
+@pytest.mark.parametrize("seconds", [0, -5])
+def test_a_soak_of_no_time_is_refused(seconds):
+    with pytest.raises(ValueError, match="give a positive duration"):
+        rounds(seconds)

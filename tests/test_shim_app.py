@@ -1,0 +1,335 @@
+"""The shim in-process: Flask's test client in front of a fake TorchServe client (no server, no Java).
+
+The fake stands in for `shim.upstream.TorchServeClient` alone: it answers from a table of
+models and records every call, so these tests show what the shim asks TorchServe and how
+it maps each answer. tests/test_shim.py drives the same routes against a real TorchServe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from fastai_serving.contract import read_body
+from fastai_serving.errors import BadInput
+from shim.app import create_app
+from shim.errors import ShimError
+from shim.relay import relay
+from shim.settings import Settings
+from shim.status import metadata_body, resolve_version, status_body
+from shim.upstream import UpstreamAnswer, model_path
+
+BODY = json.dumps({"instances": [{"b64": "aGk="}]}).encode()
+PREDICTIONS = b'{"predictions": [[0.25, 0.75]]}'
+
+
+def version(number: str, ready: bool = True) -> dict:
+    return {"modelVersion": number, "workers": [{"status": "READY" if ready else "UNLOADING"}]}
+
+
+@dataclass
+class FakeTorchServe:
+    """TorchServe's answers from a table: model -> its versions' descriptions. Records each call."""
+
+    served: dict[str, list[dict]] = field(default_factory=lambda: {"digits": [version("1.0")]})
+    answer: UpstreamAnswer = field(default_factory=lambda: UpstreamAnswer(200, PREDICTIONS))
+    calls: list[tuple] = field(default_factory=list)
+
+    def models(self) -> list[str]:
+        self.calls.append(("models",))
+        return list(self.served)
+
+    def versions(self, model: str, version: str | None = "all") -> list[dict]:
+        self.calls.append(("versions", model, version))
+        if model not in self.served:
+            raise ShimError(404, f"model {model!r} not found")
+        return self.served[model] if version == "all" else self.served[model][:1]
+
+    def described(self, model: str, version: str) -> dict:
+        self.calls.append(("described", model, version))
+        return {"task": "classification", "classes": ["cat", "dog"], "input": "image", "precision": "fp32"}
+
+    def predict(self, model: str, version: str | None, body: bytes, verb: str) -> UpstreamAnswer:
+        self.calls.append(("predict", model, version, body, verb))
+        return self.answer
+
+    def count(self, kind: str) -> int:
+        return sum(call[0] == kind for call in self.calls)
+
+
+def shim_of(fake: FakeTorchServe, **settings):
+    return create_app(Settings(**settings), client=fake).test_client()
+
+
+# --- Predictions -----------------------------------------------------------------------------------
+
+
+def test_a_prediction_is_forwarded_as_it_came_with_its_verb():
+    fake = FakeTorchServe()
+    response = shim_of(fake).post(
+        "/v1/models/digits:predict", data=BODY, content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 200 and response.data == PREDICTIONS
+    assert fake.calls == [("predict", "digits", None, BODY, "predict")]
+
+
+def test_analyze_goes_to_the_only_model_served():
+    fake = FakeTorchServe()
+    assert shim_of(fake).post("/analyze:predict", data=BODY).status_code == 200
+    assert fake.calls[-1][:2] == ("predict", "digits")
+
+
+def test_analyze_with_several_models_and_no_default_says_how_to_choose_one():
+    fake = FakeTorchServe(served={"digits": [version("1.0")], "buildings": [version("1.0")]})
+    response = shim_of(fake).post("/analyze:predict", data=BODY)
+    assert response.status_code == 404
+    assert "FASTAI_SERVING_DEFAULT_MODEL" in response.json["error"] and "--default-model" in response.json["error"]
+
+
+def test_a_versioned_prediction_reaches_torchserves_version():
+    fake = FakeTorchServe(served={"digits": [version("1.0"), version("2.0")]})
+    assert shim_of(fake).post("/v1/models/digits/versions/2:predict", data=BODY).status_code == 200
+    assert fake.calls[-1][:3] == ("predict", "digits", "2.0")
+
+
+def test_versioned_predictions_ask_the_management_api_once_not_per_request():
+    fake = FakeTorchServe(served={"digits": [version("1.0"), version("2.0")]})
+    client = shim_of(fake)
+    for _ in range(10):
+        assert client.post("/v1/models/digits/versions/1:classify", data=b'{"examples": ["aGk="]}').status_code == 200
+    assert fake.count("versions") == 1 and fake.count("predict") == 10
+
+
+def test_analyze_without_a_configured_default_asks_for_the_models_once_not_per_request():
+    fake = FakeTorchServe()
+    client = shim_of(fake)
+    for _ in range(10):
+        assert client.post("/analyze:predict", data=BODY).status_code == 200
+    assert fake.count("models") == 1
+
+
+def test_a_version_registered_since_the_last_look_is_found_at_once():
+    fake = FakeTorchServe(served={"digits": [version("1.0")]})
+    client = shim_of(fake)
+    assert client.post("/v1/models/digits/versions/1:predict", data=BODY).status_code == 200
+    fake.served["digits"].append(version("2.0"))  # a reload registered it
+    assert client.post("/v1/models/digits/versions/2:predict", data=BODY).status_code == 200
+    assert fake.calls[-1][:3] == ("predict", "digits", "2.0")
+
+
+def test_an_unknown_version_is_a_404_after_one_fresh_look():
+    fake = FakeTorchServe()
+    response = shim_of(fake).post("/v1/models/digits/versions/7:predict", data=BODY)
+    assert response.status_code == 404 and response.json == {"error": "model 'digits' has no version 7"}
+    assert fake.count("versions") == 2 and fake.count("predict") == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/models/..:predict", "/v1/models/.:predict", "/v1/models/%2E%2E:predict"])
+def test_a_model_name_that_could_climb_out_of_its_url_is_not_found(path):
+    fake = FakeTorchServe()
+    response = shim_of(fake).post(path, data=BODY)
+    assert response.status_code == 404 and "model names are letters" in response.json["error"]
+    assert fake.calls == []
+
+
+def test_upstream_urls_escape_each_segment():
+    assert model_path("digits", "2.0") == "/digits/2.0"
+    assert model_path("a/../b", "1/..") == "/a%2F..%2Fb/1%2F.."
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{not json",
+        b'{"instances": []}',
+        b'{"instances": [], "inputs": []}',
+        b'{"instances": ["aGk="], "examples": ["aGk="]}',
+        b'{"instances": ["aGk="], "signature_name": 3}',
+    ],
+)
+def test_a_malformed_body_is_refused_with_the_contracts_message_before_it_goes_upstream(body):
+    fake = FakeTorchServe()
+    response = shim_of(fake).post("/v1/models/digits:predict", data=body)
+    with pytest.raises(BadInput) as refused:
+        read_body(body, raw_allowed=False)
+    assert response.status_code == 400 and response.json == {"error": refused.value.message}
+    assert fake.count("predict") == 0
+
+
+def test_classify_without_examples_is_refused_before_it_goes_upstream():
+    fake = FakeTorchServe()
+    response = shim_of(fake).post("/v1/models/digits:classify", data=BODY)
+    assert response.status_code == 400 and "examples" in response.json["error"] and fake.calls == []
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read():
+    fake = FakeTorchServe()
+    response = shim_of(fake, max_body_bytes=100).post("/analyze:predict", data=b"{" + b" " * 200 + b"}")
+    assert response.status_code == 413 and response.json == {"error": "request body over the limit of 100 bytes"}
+    assert fake.count("predict") == 0
+
+
+@pytest.mark.parametrize(
+    "method, path, status, message",
+    [
+        ("GET", "/v1/models/digits:predict", 405, ":predict takes POST"),
+        ("POST", "/v1/models/digits", 405, "POST goes to"),
+        ("PUT", "/analyze:predict", 405, "method not allowed"),
+        ("POST", "/v1/models/digits:explain", 404, "unknown method :explain"),
+        ("POST", "/v1/models/digits/labels/stable:predict", 404, "version label 'stable'"),
+        ("GET", "/v1/models/digits/versions/latest", 400, "'latest' is not a number"),
+        ("GET", "/v2/models/digits", 404, "no such route"),
+        ("GET", "/models", 404, "no such route"),
+    ],
+)
+def test_wrong_routes_and_methods_get_json_errors(method, path, status, message):
+    response = shim_of(FakeTorchServe()).open(path, method=method, data=BODY)
+    assert response.status_code == status and message in response.json["error"]
+
+
+# --- TorchServe's answers, mapped ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status, body, expected_status, message",
+    [
+        (400, b'{"error": "instance 0 is not valid base64"}', 400, "instance 0 is not valid base64"),
+        (500, b'{"error": "the model failed on this request\'s input (ValueError)"}', 500, "the model failed"),
+        (404, b'{"code": 404, "message": "Model not found: digits"}', 404, "model 'digits' not found"),
+        (413, b'{"code": 413, "message": "too large"}', 413, "size limit"),
+        (408, b'{"code": 408, "message": "timeout"}', 504, "did not answer in time"),
+        (400, b'{"code": 400, "message": "Invalid model version"}', 400, "Invalid model version"),
+        (429, b'{"code": 429, "message": "slow down"}', 429, "slow down"),
+        (507, b'{"code": 507, "message": "Worker died."}', 503, "died"),
+        (503, b'{"code": 503, "message": "No worker is available"}', 503, "retry later"),
+        (500, b"<html>oops</html>", 503, "retry later"),
+    ],
+)
+def test_torchserve_answers_are_mapped_to_tf_serving_errors(status, body, expected_status, message):
+    fake = FakeTorchServe(answer=UpstreamAnswer(status, body))
+    response = shim_of(fake).post("/v1/models/digits:predict", data=BODY)
+    assert response.status_code == expected_status and message in response.json["error"]
+    assert set(response.json) == {"error"}
+
+
+def test_the_handlers_own_error_body_passes_through_unchanged():
+    handler_error = b'{"error":"instance 3 is not an image this server can decode"}'
+    answer = relay_of(UpstreamAnswer(400, handler_error))
+    assert (answer.status_code, answer.get_data()) == (400, handler_error)
+
+
+def relay_of(answer: UpstreamAnswer):
+    with create_app(Settings(), client=FakeTorchServe()).app_context():
+        return relay(answer, "digits")
+
+
+# --- Status, readiness, metadata -------------------------------------------------------------------------
+
+
+def test_status_of_a_model_with_a_ready_worker_is_available():
+    assert status_body("digits", [version("1.0")]) == (
+        200,
+        {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ],
+            "name": "digits",
+            "ready": True,
+        },
+    )
+
+
+def test_status_of_a_model_without_a_ready_worker_is_503_loading():
+    status, body = status_body("digits", [version("1.0", ready=False)])
+    assert status == 503 and body["ready"] is False and body["model_version_status"][0]["state"] == "LOADING"
+
+
+def test_status_route_of_one_version():
+    fake = FakeTorchServe(served={"digits": [version("1.0", ready=False), version("2.0")]})
+    client = shim_of(fake)
+    assert client.get("/v1/models/digits/versions/2").status_code == 200
+    assert client.get("/v1/models/digits/versions/1").status_code == 503
+    assert client.get("/v1/models/digits").status_code == 200  # one version can serve
+
+
+def test_urls_name_versions_as_tf_serving_does():
+    descriptions = [version("1.0"), version("2.0"), version("10")]
+    assert [resolve_version(v, descriptions, "m") for v in ("1", "02", "10")] == ["1.0", "2.0", "10"]
+    with pytest.raises(ShimError, match="no version 3"):
+        resolve_version("3", descriptions, "m")
+
+
+def test_ready_is_200_for_several_models_with_no_default():
+    fake = FakeTorchServe(served={"digits": [version("1.0")], "buildings": [version("1.0")]})
+    response = shim_of(fake).get("/ready")
+    assert response.status_code == 200 and response.json == {
+        "ready": True,
+        "models": {"digits": True, "buildings": True},
+    }
+
+
+def test_ready_is_503_while_any_model_has_no_ready_worker():
+    fake = FakeTorchServe(served={"digits": [version("1.0")], "buildings": [version("1.0", ready=False)]})
+    response = shim_of(fake).get("/ready")
+    assert response.status_code == 503 and response.json["models"] == {"digits": True, "buildings": False}
+
+
+def test_ready_waits_for_the_named_models_only_and_counts_a_missing_one_as_not_ready():
+    fake = FakeTorchServe(served={"digits": [version("1.0")], "buildings": [version("1.0", ready=False)]})
+    assert shim_of(fake, ready_models="digits").get("/ready").status_code == 200
+    response = shim_of(fake, ready_models="digits, roads").get("/ready")
+    assert response.status_code == 503 and response.json["models"] == {"digits": True, "roads": False}
+
+
+def test_ready_with_no_model_at_all_is_503():
+    response = shim_of(FakeTorchServe(served={})).get("/ready")
+    assert response.status_code == 503 and response.json == {"ready": False, "models": {}}
+
+
+def test_metadata_of_a_classifier_names_its_classes_and_both_signatures():
+    body = metadata_body("digits", "1.0", {"task": "classification", "classes": ["cat", "dog"], "input": "image"})
+    assert body["model_spec"] == {"name": "digits", "signature_name": "", "version": "1"}
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    assert set(signatures) == {"serving_default", "classes"}
+    assert signatures["serving_default"]["outputs"]["probabilities"]["tensor_shape"]["dim"][1] == {"size": "2"}
+    assert signatures["serving_default"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+
+
+def test_metadata_of_a_regressor_has_outputs_and_no_classes_signature():
+    signatures = metadata_body("r", "1.0", {"task": "regression", "classes": [], "input": "image"})["metadata"][
+        "signature_def"
+    ]
+    assert set(signatures["signature_def"]) == {"serving_default"}
+    assert "outputs" in signatures["signature_def"]["serving_default"]["outputs"]
+
+
+def test_metadata_is_asked_of_the_handler_once_a_minute_not_per_request():
+    fake = FakeTorchServe()
+    client = shim_of(fake)
+    for _ in range(5):
+        assert client.get("/v1/models/digits/metadata").json["metadata"]["fastai"]["classes"] == ["cat", "dog"]
+    assert fake.count("described") == 1
+
+
+def test_the_openapi_document_is_served():
+    response = shim_of(FakeTorchServe()).get("/openapi.yaml")
+    assert response.status_code == 200 and response.data.startswith(b"openapi: 3.0")
+
+
+# --- Settings ------------------------------------------------------------------------------------------
+
+
+def test_settings_come_from_fastai_serving_variables():
+    settings = Settings.from_env(
+        {"FASTAI_SERVING_PORT": "9000", "FASTAI_SERVING_PREDICT_TIMEOUT_S": "2.5", "FASTAI_SERVING_RETRY_S": "3"}
+    )
+    assert (settings.port, settings.predict_timeout_s, settings.retry_s) == (9000, 2.5, 3.0)
+    assert Settings.from_env({"FASTAI_SERVING_PORT": ""}).port == Settings().port
+
+
+def test_a_setting_that_is_not_a_number_is_refused_with_its_variable():
+    with pytest.raises(ValueError, match="FASTAI_SERVING_WORKERS='two' is not a valid int"):
+        Settings.from_env({"FASTAI_SERVING_WORKERS": "two"})
