@@ -49,6 +49,7 @@ class Servers:
     log_dir: Path
     with_shim: bool = True
     default_model: str = ""
+    flags: list[str] = field(default_factory=list)  # more scripts/serve flags
     shim_port: int = field(default_factory=free_port)
     inference_port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
@@ -90,6 +91,7 @@ class Servers:
             command += ["--default-model", self.default_model]
         if not self.with_shim:
             command.append("--no-shim")
+        command += self.flags
         with open(self.log_dir / "serve.out", "wb") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         self.wait_ready(models, timeout_s)

@@ -1,8 +1,11 @@
 """Serve every archive in a model store: TorchServe, and the TF-Serving shim in front of it.
 
 Starts TorchServe (config.properties, log4j2.xml) and the shim (gunicorn, port 8501), prints
-each model once it has a ready worker, stops both cleanly on Ctrl-C or SIGTERM, and exits
-non-zero as soon as either stops on its own (TorchServe's own `torchserve --stop` included).
+each model once it has a ready worker, and exits non-zero as soon as either stops on its own
+(TorchServe's own `torchserve --stop` included). SIGTERM (what `docker stop` and Kubernetes
+send) drains: readiness fails at once while requests are still served for --drain-s seconds,
+then the shim stops accepting and answers what it accepted, then TorchServe stops. Ctrl-C
+stops the same way without the drain.
 """
 
 from __future__ import annotations
@@ -76,13 +79,19 @@ def build_parser(shim: Settings) -> argparse.ArgumentParser:
     )
     add("--log-dir", type=Path, default=LOG_DIR, help="TorchServe's log files (default: logs/)")
     add(
+        "--drain-s",
+        type=float,
+        default=shim.drain_s,
+        help=f"after SIGTERM, seconds requests are still served while /ready fails (default: {defaults.DRAIN_S})",
+    )
+    add(
         "--run-dir",
         type=Path,
         default=None,
         help="where TorchServe keeps its pid file (default: the system temp folder, where `torchserve --stop` "
         "looks); give each server its own to run several side by side",
     )
-    return parser  # fmt: skip
+    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,14 +155,21 @@ def torchserve_process(args: argparse.Namespace) -> subprocess.Popen:
     return subprocess.Popen(command, env=torchserve_environment(args), start_new_session=True)
 
 
+def drain_file(args: argparse.Namespace) -> Path:
+    """While this file exists the shim's readiness fails: serve makes it on SIGTERM."""
+    return args.log_dir / "run" / "draining"
+
+
 def shim_environment(args: argparse.Namespace, default_model: str, models: list[str]) -> dict[str, str]:
     torchserve = connectable(args.host)
     settings = {
         "upstream": f"http://{torchserve}:{args.inference_port}",
         "management": f"http://{defaults.LOOPBACK}:{args.management_port}",
+        "torchserve_metrics": f"http://{defaults.LOOPBACK}:{args.metrics_port}/metrics",
         "default_model": default_model,
         "port": str(args.port),
         "host": args.shim_host,
+        "drain_file": str(drain_file(args)),
     }
     # Readiness waits for every archive in the store, unless the user named the models it waits for.
     settings["ready_models"] = os.environ.get(env_name("ready_models")) or ",".join(models)
@@ -212,23 +228,25 @@ def serve(args: argparse.Namespace) -> int:
     args.log_dir = args.log_dir.resolve()
     models = archive_model_names(args.model_store)
     default_model = args.default_model or (models[0] if len(models) == 1 else "")
+    drain_file(args).unlink(missing_ok=True)
     processes = {"TorchServe": torchserve_process(args)}
     if not args.no_shim:
         processes["shim"] = shim_process(args, default_model, models)
     state = write_state(args)
-    stopping = False
+    stopping: signal.Signals | None = None
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
-        stopping = True
-        print(f"serve: stopping ({signal.Signals(signum).name})", flush=True)
+        if stopping is None:
+            stopping = signal.Signals(signum)
+            print(f"serve: stopping ({stopping.name})", flush=True)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
     announced: set[str] = set()
     exited, next_look = None, 0.0
     try:
-        while not stopping and exited is None:
+        while stopping is None and exited is None:
             exited = next((name for name, process in processes.items() if process.poll() is not None), None)
             if time.monotonic() >= next_look:
                 models_ready = ready_models(args.management_port)
@@ -240,15 +258,36 @@ def serve(args: argparse.Namespace) -> int:
                 next_look = time.monotonic() + (0.5 if waiting else 5.0)
             time.sleep(0.2)
     finally:
-        for process in processes.values():
-            _signal_group(process, signal.SIGTERM)
-        for process in processes.values():
-            _wait_for_group(process, timeout_s=30)
+        drain_s = args.drain_s if stopping == signal.SIGTERM and exited is None and not args.no_shim else 0
+        shut_down(processes, drain_file(args), drain_s, Settings.from_env().graceful_timeout_s)
         state.unlink(missing_ok=True)
     if exited is not None:
         print(f"serve: {why_it_ended(exited, processes[exited])}; stopped the rest", file=sys.stderr)
         return processes[exited].returncode or 1
     return 0
+
+
+def shut_down(processes: dict[str, subprocess.Popen], draining: Path, drain_s: float, graceful_s: float) -> None:
+    """The fronts first, TorchServe last, so that every request a front accepted is answered.
+
+    With a drain, readiness fails at once (load balancers stop sending) while requests are
+    still served for `drain_s`; then the fronts stop accepting and answer what they accepted
+    (for up to `graceful_s`); then TorchServe stops.
+    """
+    fronts = [process for name, process in processes.items() if name != "TorchServe"]
+    if drain_s > 0:
+        draining.touch()
+        print(f"serve: draining: /ready answers 503; requests are still served for {drain_s:g} s", flush=True)
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and all(process.poll() is None for process in processes.values()):
+            time.sleep(0.1)
+    for process in fronts:
+        _signal_group(process, signal.SIGTERM)
+    for process in fronts:
+        _wait_for_group(process, timeout_s=graceful_s + 10)
+    _signal_group(processes["TorchServe"], signal.SIGTERM)
+    _wait_for_group(processes["TorchServe"], timeout_s=30)
+    draining.unlink(missing_ok=True)
 
 
 def _announce(args: argparse.Namespace, name: str, default_model: str) -> None:

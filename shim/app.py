@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask
+from flask import Flask, Response, g
 
+from shim import metrics
 from shim.errors import ShimError, register_error_handlers
 from shim.routes import api
 from shim.settings import Settings
@@ -84,6 +86,10 @@ class Shim:
         """The handler's description of a model version, cached: asking goes through a worker."""
         return self._described.get((model, version), lambda: self.client.described(model, version))
 
+    def draining(self) -> bool:
+        """Whether the server is shutting down (scripts/serve got SIGTERM): readiness fails, requests are still served."""
+        return bool(self.settings.drain_file) and os.path.exists(self.settings.drain_file)
+
     def models_ready(self) -> dict[str, bool]:
         """Each model the server's readiness waits for, and whether it has a ready worker (asked live)."""
         wanted = self.settings.ready_model_names() or self.client.models()
@@ -107,4 +113,31 @@ def create_app(settings: Settings | None = None, client: TorchServeClient | None
     app.extensions["fastai_serving"] = Shim(settings, client)
     app.register_blueprint(api)
     register_error_handlers(app)
+    _count_requests(app)
     return app
+
+
+def _count_requests(app: Flask) -> None:
+    """Every request's count, time and status in the metrics; while draining, no connection is kept alive."""
+
+    @app.before_request
+    def started() -> None:
+        g.started = time.perf_counter()
+        g.metric = {"model": "", "route": "unmatched", "verb": ""}
+        metrics.IN_FLIGHT.inc()
+
+    @app.after_request
+    def answered(response: Response) -> Response:
+        labels = g.get("metric", {"model": "", "route": "unmatched", "verb": ""})
+        if response.status_code == 404:
+            labels = {**labels, "model": ""}  # a name nobody serves never becomes a label value
+        metrics.REQUESTS.labels(**labels, status=str(response.status_code)).inc()
+        metrics.LATENCY.labels(**labels).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        if app.extensions["fastai_serving"].draining():
+            response.headers["Connection"] = "close"  # so no idle connection is cut when the shim stops
+        return response
+
+    @app.teardown_request
+    def finished(_error: BaseException | None) -> None:
+        if "started" in g:
+            metrics.IN_FLIGHT.dec()

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Response
 
+from shim import metrics
 from shim.errors import ShimError
 from shim.upstream import UpstreamAnswer
 
@@ -35,6 +36,7 @@ def relay(answer: UpstreamAnswer, model: str) -> Response:
         raise ShimError(504, f"model {model!r} did not answer in time")
     if 400 <= answer.status < 500:
         raise ShimError(answer.status, f"TorchServe refused the request to model {model!r}: {message or answer.status}")
+    metrics.UPSTREAM_ERRORS.labels(model, "unavailable").inc()
     if "Worker died" in message:
         raise ShimError(503, f"the worker serving {model!r} died and was not back in time; retry")
     raise ShimError(503, f"model {model!r} cannot serve right now ({answer.status}); retry later")

@@ -12,6 +12,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from fastai_serving.contract import VERB_HEADER
+from shim import metrics
 from shim.errors import ShimError
 from shim.settings import Settings
 
@@ -44,8 +45,11 @@ class TorchServeClient:
         """One upstream request; after a worker death, one retry once a worker is ready again."""
         deadline = time.monotonic() + self.settings.predict_timeout_s
         answer = self._post_prediction(model, version, body, verb, deadline)
-        if _worker_died(answer) and self._wait_for_ready_worker(model, version, deadline):
-            answer = self._post_prediction(model, version, body, verb, deadline)
+        if _worker_died(answer):
+            metrics.UPSTREAM_ERRORS.labels(model, "worker_died").inc()
+            if self._wait_for_ready_worker(model, version, deadline):
+                metrics.UPSTREAM_RETRIES.labels(model).inc()
+                answer = self._post_prediction(model, version, body, verb, deadline)
         return answer
 
     def _post_prediction(
@@ -61,10 +65,12 @@ class TorchServeClient:
                 timeout=(CONNECT_TIMEOUT_S, remaining),
             )
         except requests.Timeout:
+            metrics.UPSTREAM_ERRORS.labels(model, "timeout").inc()
             raise ShimError(
                 504, f"model {model!r} did not answer within {self.settings.predict_timeout_s:.0f} s"
             ) from None
         except requests.ConnectionError:
+            metrics.UPSTREAM_ERRORS.labels(model, "unreachable").inc()
             raise ShimError(503, "TorchServe is unreachable; retry later") from None
         return UpstreamAnswer(response.status_code, response.content)
 

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fastai_serving.contract import read_body
 from fastai_serving.errors import BadInput
@@ -53,6 +54,8 @@ class FakeTorchServe:
 
     def predict(self, model: str, version: str | None, body: bytes, verb: str) -> UpstreamAnswer:
         self.calls.append(("predict", model, version, body, verb))
+        if model not in self.served:
+            return UpstreamAnswer(404, b'{"code": 404, "message": "Model not found"}')
         return self.answer
 
     def count(self, kind: str) -> int:
@@ -333,3 +336,79 @@ def test_settings_come_from_fastai_serving_variables():
 def test_a_setting_that_is_not_a_number_is_refused_with_its_variable():
     with pytest.raises(ValueError, match="FASTAI_SERVING_WORKERS='two' is not a valid int"):
         Settings.from_env({"FASTAI_SERVING_WORKERS": "two"})
+
+
+# --- Liveness, the model list, draining, metrics -----------------------------------------------------
+
+
+def test_alive_answers_without_asking_torchserve():
+    fake = FakeTorchServe()
+    response = shim_of(fake).get("/")
+    assert response.status_code == 200 and response.json == {"status": "alive"} and fake.calls == []
+
+
+def test_the_model_list_is_kserves_v1_shape():
+    fake = FakeTorchServe(served={"digits": [version("1.0")], "buildings": [version("1.0")]})
+    assert shim_of(fake).get("/v1/models").json == {"models": ["digits", "buildings"]}
+
+
+def test_while_draining_readiness_fails_at_once_and_predictions_are_still_answered(tmp_path):
+    fake, drain_file = FakeTorchServe(), tmp_path / "draining"
+    client = shim_of(fake, drain_file=str(drain_file))
+    assert client.get("/ready").status_code == 200
+    drain_file.touch()  # what scripts/serve does on SIGTERM
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json == {"ready": False, "draining": True, "models": {}}
+    answer = client.post("/v1/models/digits:predict", data=BODY)
+    assert answer.status_code == 200 and answer.headers["Connection"] == "close"
+    assert client.get("/").status_code == 200  # alive all the while
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """A sample's value in Prometheus text (0 when absent)."""
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    return next((sample.value for sample in samples if sample.name == name and sample.labels == labels), 0.0)
+
+
+def test_metrics_count_requests_by_model_route_verb_and_status():
+    client = shim_of(FakeTorchServe(), torchserve_metrics="http://127.0.0.1:9/metrics")
+    name, labels = "fastai_serving_requests_total", {"model": "digits", "route": "/v1/models/{model}:{verb}"}
+    before = client.get("/metrics").get_data(as_text=True)
+    for _ in range(3):
+        client.post("/v1/models/digits:predict", data=BODY)
+    client.post("/v1/models/digits:predict", data=b"{}")
+    after = client.get("/metrics").get_data(as_text=True)
+    ok, bad = {**labels, "verb": "predict", "status": "200"}, {**labels, "verb": "predict", "status": "400"}
+    assert metric_value(after, name, **ok) - metric_value(before, name, **ok) == 3
+    assert metric_value(after, name, **bad) - metric_value(before, name, **bad) == 1
+
+
+def test_metrics_count_instances_per_request_and_never_label_unknown_models():
+    client = shim_of(FakeTorchServe(), torchserve_metrics="http://127.0.0.1:9/metrics")
+    before = client.get("/metrics").get_data(as_text=True)
+    client.post("/v1/models/digits:predict", data=json.dumps({"instances": ["aGk="] * 5}))
+    client.post("/v1/models/nobody_serves_this:predict", data=BODY)
+    after = client.get("/metrics").get_data(as_text=True)
+    count = "fastai_serving_instances_per_request_count"
+    assert (
+        metric_value(after, count, model="digits", verb="predict")
+        - metric_value(before, count, model="digits", verb="predict")
+        == 1
+    )
+    total = "fastai_serving_instances_per_request_sum"
+    assert (
+        metric_value(after, total, model="digits", verb="predict")
+        - metric_value(before, total, model="digits", verb="predict")
+        == 5
+    )
+    assert "nobody_serves_this" not in after
+
+
+def test_metrics_say_when_torchserves_own_could_not_be_read():
+    text = (
+        shim_of(FakeTorchServe(), torchserve_metrics="http://127.0.0.1:9/metrics")
+        .get("/metrics")
+        .get_data(as_text=True)
+    )
+    assert metric_value(text, "fastai_serving_torchserve_metrics_up") == 0
+    assert "# TYPE fastai_serving_requests_in_flight gauge" in text

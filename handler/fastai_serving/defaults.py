@@ -26,6 +26,8 @@ RESPONSE_TIMEOUT_S = 120  # TorchServe restarts a worker whose batch takes longe
 PREDICT_TIMEOUT_S = 120.0  # the shim's deadline for one prediction, then 504
 STATUS_TIMEOUT_S = 2.0  # the shim's status and management calls, then 503
 RETRY_AFTER_WORKER_DEATH_S = 60.0  # after a worker death, how long the shim waits for its restart
+DRAIN_S = 3.0  # after SIGTERM: readiness fails at once, requests are still served this long, then the shim stops
+GRACEFUL_TIMEOUT_S = 30  # then requests already accepted get this long to be answered before the shim exits
 
 # --- Batching and workers (make-archive) --------------------------------------------------------
 BATCH_SIZE = 16  # client requests TorchServe gathers into one batch
