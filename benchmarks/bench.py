@@ -10,6 +10,10 @@ Rows (same Learner, same images, one run):
   5 TorchServe     /predictions/<model> directly, chip-n-scale-shaped load
   6 shim           the full path: the shim on :8501 in front of TorchServe, same load (default archive)
   6a, 6b           row 6 with --no-channels-last (fastai's plain fp32) and with --precision bf16
+  1c, 1d           the ceilings compiled: torch.compile's forward in fp32 and in bf16
+  6c, 6d           row 6 and 6b with --compile: the worker compiles and warms the model before it is ready
+Every archive's server is started twice, and both starts are timed: with an empty torch.compile
+cache, and again with the cache the first start left (a restarted worker's case).
 
 Each row says the precision it ran in: a served row's is what its worker reports (a CPU without
 fast bfloat16 serves a bf16 archive in fp32), and each row is divided by its own precision's ceiling.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,6 +56,7 @@ class Row:
     peak_rss_mb: float = 0.0
     note: str = ""
     precision: str = FP32  # what it ran in: a served row's, as its worker reports it
+    compiled: bool = False
 
     @property
     def images_per_s(self) -> float:
@@ -156,6 +162,24 @@ def row_ceiling_bf16(export_path: Path, device: str, tiles: list[bytes], batch: 
     )
 
 
+def row_ceiling_compiled(export_path: Path, device: str, tiles: list[bytes], batch: int, precision: str) -> Row:
+    """A compiled archive's ceiling: torch.compile's forward, channels-last, in `precision` (compiled before timing)."""
+    import torch
+
+    from fastai_serving.compiled import compile_mode
+    from fastai_serving.learner import load_learner
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no fast bfloat16.*")
+        served = load_learner(export_path, device, precision=precision)
+    served.learn.model = torch.compile(served.learn.model, mode=compile_mode(served.device))
+    seconds, peak = timed_forward(served, tiles, batch)  # its warm-up batch compiles
+    name = f"1{'d' if precision == BF16 else 'c'} ceiling {precision}: compiled forward"
+    return Row(
+        name, len(tiles), seconds, peak_rss_mb=peak, note=f"batch {batch}", precision=served.precision, compiled=True
+    )
+
+
 def row_get_preds(served, tiles: list[bytes], batch: int) -> Row:
     learn = served.learn
     with PeakRss([psutil.Process().pid]) as rss:
@@ -248,19 +272,32 @@ def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 120) -> N
     raise TimeoutError(url)
 
 
-VARIANT_ROWS = {"contiguous": "6a shim, --no-channels-last", "bf16": "6b shim, --precision bf16"}
+# The archives served: key -> (make-archive flags, the shim row's name).
+ARCHIVES = {
+    "default": ([], "6 shim -> TorchServe"),
+    "contiguous": (["--no-channels-last"], "6a shim, --no-channels-last"),
+    "bf16": (["--precision", "bf16"], "6b shim, --precision bf16"),
+    "compiled": (["--compile"], "6c shim, --compile"),
+    "compiled-bf16": (["--compile", "--precision", "bf16"], "6d shim, --compile, bf16"),
+}
 
 
-def served_precision(servers: Servers) -> str:
-    """The precision the archive's worker runs in, as its metadata reports it."""
+def served_description(servers: Servers) -> dict:
+    """What the archive's worker says of itself: the precision it runs in, whether it compiled."""
     response = requests.get(f"{servers.shim}/v1/models/bench/metadata", timeout=60)
     response.raise_for_status()
-    return response.json()["metadata"]["fastai"]["precision"]
+    return response.json()["metadata"]["fastai"]
 
 
 def rows_served(servers: Servers, tiles, clients, instances, per_client, key: str) -> list[Row]:
     """Rows 5 and 6 for the default archive; one shim row for a variant archive."""
-    pids, rows, precision = [servers.process.pid], [], served_precision(servers)
+    described = served_description(servers)
+    pids, rows, precision, compiled = (
+        [servers.process.pid],
+        [],
+        described["precision"],
+        described.get("compiled", False),
+    )
     if key == "default":
         with PeakRss(pids) as rss:
             seconds, latencies, answered = run_load(
@@ -276,8 +313,8 @@ def rows_served(servers: Servers, tiles, clients, instances, per_client, key: st
         seconds, latencies, answered = run_load(
             f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client
         )
-    name = VARIANT_ROWS.get(key, "6 shim -> TorchServe")
-    rows.append(Row(name, answered, seconds, latencies, rss.peak_mb, precision=precision))
+    name = ARCHIVES[key][1]
+    rows.append(Row(name, answered, seconds, latencies, rss.peak_mb, precision=precision, compiled=compiled))
     return rows
 
 
@@ -312,47 +349,68 @@ def served_probabilities(servers: Servers, tiles: list[bytes]) -> list[list[floa
 
 
 def ceiling_of(row: Row, rows: list[Row]) -> Row:
-    """The ceiling a row is held to: the bf16 ceiling for a row that ran in bf16, else the fp32 one."""
-    return next(r for r in rows if r.name.startswith("1b" if row.precision == BF16 else "1 "))
+    """The ceiling a row is held to: the one of its precision, compiled or not as the row is."""
+    ceilings = [r for r in rows if r.name.startswith("1")]
+    return next(r for r in ceilings if (r.precision, r.compiled) == (row.precision, row.compiled))
+
+
+def argmax_agreement(answers: list[list[float]], reference: list[list[float]]) -> float:
+    same = sum(
+        max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
+        for a, b in zip(answers, reference, strict=True)
+    )
+    return same / len(reference)
+
+
+def largest_difference(answers: list[list[float]], reference: list[list[float]]) -> float:
+    return max(abs(x - y) for a, b in zip(answers, reference, strict=True) for x, y in zip(a, b, strict=True))
 
 
 def print_targets(rows: list[Row], overhead: tuple[float, float], answers: dict[str, list[list[float]]]) -> None:
     """The targets, as ratios from this run."""
     speed = {row.name.split()[0]: row.images_per_s for row in rows}
-    fp32, bf16 = answers["contiguous"], answers["bf16"]
-    agree = sum(
-        max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
-        for a, b in zip(fp32, bf16, strict=True)
-    )
-    largest = max(abs(x - y) for a, b in zip(fp32, bf16, strict=True) for x, y in zip(a, b, strict=True))
-    fp32_served = [row for row in rows if row.name[0] in "56" and row.precision == FP32]
-    bf16_row = next(row for row in rows if row.name.startswith("6b"))
+    row = {row.name.split()[0]: row for row in rows}
+    fp32 = answers["contiguous"]
+    fp32_served = [r for r in rows if r.name[0] in "56" and r.precision == FP32 and not r.compiled]
+
+    def own_ceiling(key: str) -> float:
+        return row[key].images_per_s / ceiling_of(row[key], rows).images_per_s
+
     checks = [
         ("row 6 / row 2 (fastai get_preds)", speed["6"] / speed["2"], ">= 0.9"),
         ("row 6 / row 1 (fp32 ceiling)", speed["6"] / speed["1"], ">= 0.8"),
         (
-            "fastest fp32 served row / row 1",
+            "fastest eager fp32 served row / row 1",
             max(r.images_per_s for r in fp32_served) / speed["1"],
             "<= 1 (within noise)",
         ),
-        ("row 6b / its ceiling", bf16_row.images_per_s / ceiling_of(bf16_row, rows).images_per_s, ">= 0.8"),
+        ("row 6b / its ceiling", own_ceiling("6b"), ">= 0.8"),
         ("row 6 / row 3 (predict loop)", speed["6"] / speed["3"], "> 1"),
         ("row 6 / row 4 (original method)", speed["6"] / speed["4"], "> 1"),
         ("shim's added p50, one image (ms)", overhead[1] - overhead[0], "<= 2"),
-        (f"row 6b ({bf16_row.precision}) / row 6a plain fp32", speed["6b"] / speed["6a"], ">= 1.8 where bf16 is fast"),
+        (f"row 6b ({row['6b'].precision}) / row 6a plain fp32", speed["6b"] / speed["6a"], ">= 1.8 where bf16 is fast"),
         ("row 6b / row 6 fp32 channels-last", speed["6b"] / speed["6"], "(default is already faster)"),
         ("row 6 channels-last / row 6a plain fp32", speed["6"] / speed["6a"], "(default's gain)"),
-        ("bf16 argmax agreement with fp32", agree / len(fp32), ">= 0.99"),
-        (
-            "channels-last largest probability difference",
-            max(abs(x - y) for a, b in zip(fp32, answers["default"], strict=True) for x, y in zip(a, b, strict=True)),
-            "(stated)",
-        ),
-        ("bf16 largest probability difference", largest, "(stated)"),
+        ("row 6c compiled fp32 / row 6 eager fp32", speed["6c"] / speed["6"], ">= 1.12"),
+        ("row 6d compiled bf16 / row 6b eager bf16", speed["6d"] / speed["6b"], ">= 1.2"),
+        ("row 6c / its compiled ceiling (1c)", own_ceiling("6c"), ">= 0.9"),
+        ("row 6d / its compiled ceiling (1d)", own_ceiling("6d"), ">= 0.9"),
+        ("bf16 argmax agreement with fp32", argmax_agreement(answers["bf16"], fp32), ">= 0.99"),
+        ("compiled bf16 argmax agreement with fp32", argmax_agreement(answers["compiled-bf16"], fp32), ">= 0.99"),
+        ("compiled fp32 largest probability difference", largest_difference(answers["compiled"], fp32), "<= 1e-5"),
+        ("channels-last largest probability difference", largest_difference(answers["default"], fp32), "(stated)"),
+        ("bf16 largest probability difference", largest_difference(answers["bf16"], fp32), "(stated)"),
     ]
     print("\n| target | this run | wanted |\n|---|---|---|")
     for name, value, wanted in checks:
-        print(f"| {name} | {value:.3f} | {wanted} |")
+        print(f"| {name} | {value:.3g} | {wanted} |")
+
+
+def print_starts(starts: dict[str, tuple[float, float]]) -> None:
+    """Each archive's server start until its worker is ready: with an empty compile cache, and again."""
+    print("\n| archive | first start s | start with the cache s |\n|---|---|---|")
+    for key, (first, again) in starts.items():
+        print(f"| {' '.join(ARCHIVES[key][0]) or '(default)'} | {first:.0f} | {again:.0f} |")
 
 
 # --- The table ------------------------------------------------------------------------------------
@@ -417,20 +475,27 @@ def main(argv: list[str] | None = None) -> None:
         rows = [
             row_ceiling_fp32(export_path, args.device, tiles, batch),
             row_ceiling_bf16(export_path, args.device, tiles, batch),
+            row_ceiling_compiled(export_path, args.device, tiles, batch, FP32),
+            row_ceiling_compiled(export_path, args.device, tiles, batch, BF16),
         ]
         plain = load_learner(export_path, args.device, channels_last=False)  # fastai as it loads a Learner
         rows.append(row_get_preds(plain, tiles, batch))
         rows.append(row_predict_loop(plain, tiles[: max(8, images // 4)]))
         del plain
         rows.append(row_original(export_path, tiles, args.clients, args.instances, per_client))
-        overhead, answers = None, {}
-        # The default archive (fp32, channels-last) gives rows 5 and 6; two variants run through the shim too.
-        for key, flags in [("default", []), ("contiguous", ["--no-channels-last"]), ("bf16", ["--precision", "bf16"])]:
+        overhead, answers, starts = None, {}, {}
+        # The default archive (fp32, channels-last) gives rows 5 and 6; the variants run through the shim too.
+        for key, (flags, _) in ARCHIVES.items():
             store = tmp / f"store-{key}"
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / f"cache-archive-{key}")  # make-archive's trial compile
             made = make_archive("bench", export_path, store, *flags)
             if made.returncode != 0:
                 raise SystemExit(f"bench: make-archive {' '.join(flags)} failed:\n{made.stderr}")
-            servers = Servers(model_store=store, log_dir=tmp / f"logs-{key}").start(["bench"])
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / f"cache-serve-{key}")  # empty: the first start is cold
+            first = timed_start(store, tmp / f"logs-{key}-first")
+            first[0].stop()
+            servers, again = timed_start(store, tmp / f"logs-{key}")
+            starts[key] = (first[1], again)
             try:
                 rows += rows_served(servers, tiles, args.clients, args.instances, per_client, key)
                 answers[key] = served_probabilities(servers, tiles)
@@ -438,13 +503,22 @@ def main(argv: list[str] | None = None) -> None:
                     overhead = one_image_overhead(servers, tiles[0], 10 if args.quick else 30)
             finally:
                 servers.stop()
+        rows.sort(key=lambda row: row.name)
         print_table(rows, machine_description(args.device))
         print(
             f"\nload: {args.clients} clients x {args.instances} instances per request; "
             f"one-image p50: TorchServe {overhead[0]:.1f} ms, shim {overhead[1]:.1f} ms "
             f"(shim adds {overhead[1] - overhead[0]:.1f} ms)"
         )
+        print_starts(starts)
         print_targets(rows, overhead, answers)
+
+
+def timed_start(store: Path, log_dir: Path) -> tuple[Servers, float]:
+    """A server for `store`, and the seconds until its model was ready (TorchServe, the worker's load and compile)."""
+    began = time.perf_counter()
+    servers = Servers(model_store=store, log_dir=log_dir).start(["bench"], timeout_s=1200)
+    return servers, time.perf_counter() - began
 
 
 if __name__ == "__main__":

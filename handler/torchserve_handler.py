@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
+from fastai_serving.compiled import compile_learner
 from fastai_serving.contract import PREDICT, VERB_HEADER
 from fastai_serving.learner import ServedLearner, load_learner
 from fastai_serving.settings import HandlerSettings
@@ -54,6 +55,8 @@ class FastaiHandler:
             self.settings.precision,
             channels_last=self.settings.channels_last,
         )
+        if self.settings.compile:  # before the worker says it is ready: no request ever waits for a compile
+            self.served.compile_report = compile_learner(self.served, self.settings.max_batch)
         self.initialized = True
         logger.info(
             "fastai-serving loaded %s: task=%s classes=%d device=%s precision=%s threads=%d",

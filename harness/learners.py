@@ -126,3 +126,19 @@ def make_learner_needing_utils(folder: Path) -> Path:
         return make_classifier(folder, item_tfms=[FailOnOddSize(), Resize(SIZE), Invert()])
     finally:
         sys.path.remove(str(UTILS_DIR))
+
+
+def make_uncompilable(folder: Path) -> Path:
+    """A classifier whose head starts with tile_utils.RefusesCompile: it serves eagerly, but torch.compile fails on it."""
+    from fastai.vision.all import CategoryBlock, ImageBlock, nn, resnet18, vision_learner
+
+    sys.path.insert(0, str(UTILS_DIR))
+    try:
+        from tile_utils import RefusesCompile
+
+        items = [(path, _color(path)) for path in synthetic_images(folder / "images")]
+        learn = vision_learner(_dataloaders(items, (ImageBlock, CategoryBlock)), resnet18, pretrained=False)
+        learn.model[1] = nn.Sequential(RefusesCompile(), learn.model[1])
+        return _fit_and_export(learn, folder / "export.pkl")
+    finally:
+        sys.path.remove(str(UTILS_DIR))

@@ -18,6 +18,7 @@ import yaml
 
 import fastai_serving
 from fastai_serving import defaults
+from fastai_serving.compiled import batch_sizes, compile_learner
 from fastai_serving.contract import MODEL_NAME
 from fastai_serving.errors import ModelError
 from fastai_serving.learner import PRECISIONS, load_learner
@@ -35,6 +36,7 @@ COUNT_FLAGS = [
     ("--min-workers", defaults.MIN_WORKERS, "worker processes at start"),
     ("--max-workers", defaults.MAX_WORKERS, "worker processes at most"),
     ("--response-timeout", defaults.RESPONSE_TIMEOUT_S, "seconds a batch may take before the worker is restarted"),
+    ("--startup-timeout", defaults.STARTUP_TIMEOUT_S, "seconds a worker may take to load (and compile) the model"),
     ("--max-batch", defaults.MAX_BATCH, "images per forward pass; a bigger batch is cut into passes of this size"),
     ("--max-instances", defaults.MAX_INSTANCES, "instances one request may carry"),
 ]
@@ -68,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.CHANNELS_LAST,
         help="store the model's weights channels-last: same results to float rounding, about 20%% faster "
         "convolutions on CPU (default: on; --no-channels-last to turn off)",
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.COMPILE,
+        help="torch.compile the model when a worker starts, warmed for every batch size before it takes "
+        "requests; tried here first (default: off)",
+    )
+    parser.add_argument(
+        "--compile-fallback",
+        action="store_true",
+        help="with --compile: if the model does not compile here, archive it eager instead of refusing",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     return parser
@@ -103,6 +117,7 @@ def model_config(args: argparse.Namespace) -> dict:
         "batchSize": args.batch_size,
         "maxBatchDelay": args.max_batch_delay,
         "responseTimeout": args.response_timeout,
+        "startupTimeout": args.startup_timeout,
         HANDLER_KEY: {
             "max_batch": args.max_batch,
             "max_instances": args.max_instances,
@@ -110,6 +125,7 @@ def model_config(args: argparse.Namespace) -> dict:
             "utils_dir": UTILS_DIR_IN_ARCHIVE if args.utils else "",
             "precision": args.precision,
             "channels_last": args.channels_last,
+            "compile": args.compile,
         },
     }
 
@@ -122,6 +138,27 @@ def stage_extra_files(staging: Path, utils: Path | None) -> None:
         shutil.copytree(utils, staging / UTILS_DIR_IN_ARCHIVE, ignore=ignore)
 
 
+def try_compile(args: argparse.Namespace) -> None:
+    """Compile the model once here, as a worker will; refuse, or with --compile-fallback archive it eager, if it fails."""
+    served = load_learner(
+        args.learner, "cpu", args.utils.resolve() if args.utils else None, args.precision, args.channels_last
+    )
+    print(f"make-archive: compiling the model for batch sizes {list(batch_sizes(args.max_batch))} (minutes, once)")
+    report = compile_learner(served, args.max_batch)
+    if report.compiled:
+        print(
+            f"make-archive: it compiles ({report.seconds:.0f} s here); each worker compiles it before taking requests"
+        )
+    elif args.compile_fallback:
+        print(f"make-archive: it does not compile ({report.error}); archiving it eager (--compile-fallback)")
+        args.compile = False
+    else:
+        raise SystemExit(
+            f"make-archive: --compile: the model does not compile ({report.error}); "
+            "archive it without --compile, or pass --compile-fallback to archive it eager"
+        )
+
+
 def make_archive(args: argparse.Namespace) -> Path:
     check_args(args)
     try:
@@ -129,6 +166,8 @@ def make_archive(args: argparse.Namespace) -> Path:
     except ModelError as error:
         raise SystemExit(f"make-archive: {error}") from None
     print(f"make-archive: {args.learner.name}: {served.task}, {len(served.classes)} classes")
+    if args.compile:
+        try_compile(args)
     args.store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="make-archive-") as tmp:
         staging = Path(tmp) / "extra"

@@ -6,6 +6,7 @@ Tests that start servers or run the command-line tools are marked `e2e` (module-
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,14 @@ MODELS = {
     "segmenter": (learners.make_segmenter, []),
     "with_utils": (learners.make_learner_needing_utils, ["--utils", str(learners.UTILS_DIR)]),
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def inductor_cache(tmp_path_factory) -> Path:
+    """One torch.compile cache for the session's compiles, in-process and in every server's workers."""
+    folder = tmp_path_factory.mktemp("inductor-cache")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ MAX_IMAGE_PIXELS = 64 * MIB  # width × height of one decoded image: an 8192×81
 
 # --- Timeouts -----------------------------------------------------------------------------------
 RESPONSE_TIMEOUT_S = 120  # TorchServe restarts a worker whose batch takes longer
+STARTUP_TIMEOUT_S = 600  # TorchServe restarts a worker that loads (and, with --compile, compiles) for longer
 PREDICT_TIMEOUT_S = 120.0  # the shim's deadline for one prediction, then 504
 STATUS_TIMEOUT_S = 2.0  # the shim's status and management calls, then 503
 RETRY_AFTER_WORKER_DEATH_S = 60.0  # after a worker death, how long the shim waits for its restart
@@ -38,6 +39,7 @@ MAX_BATCH = 16  # images per forward pass: resnet34 at 224² on 2 cores ran fast
 TORCH_THREADS = 0  # torch threads per worker; 0: the machine's cores ÷ the model's workers
 PRECISION = "fp32"
 CHANNELS_LAST = True  # the model's weights channels-last: same results to float rounding, faster on CPU
+COMPILE = False  # torch.compile the model at worker start (opt-in: README, "Performance")
 MODEL_VERSION = "1.0"
 
 # --- The shim's processes -----------------------------------------------------------------------

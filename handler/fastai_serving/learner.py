@@ -54,10 +54,14 @@ class ServedLearner:
     classes: list[str] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = FP32
+    compile_report: Any = None  # a compiled.CompileReport once a compile was asked for
 
     def describe(self) -> dict[str, Any]:
-        """The model's metadata: task, classes in output order, input kind, and the precision it runs in."""
-        return {"task": self.task, "classes": self.classes, "input": "image", "precision": self.precision}
+        """The model's metadata: task, classes in output order, input kind, the precision it runs in, and its compile."""
+        described = {"task": self.task, "classes": self.classes, "input": "image", "precision": self.precision}
+        if self.compile_report is not None:
+            described |= self.compile_report.describe()
+        return described
 
 
 def load_learner(

@@ -25,6 +25,7 @@ class HandlerSettings:
     utils_dir: str = ""  # folder inside the archive holding the modules the pickle needs
     precision: str = defaults.PRECISION  # "bf16": bfloat16 autocast, where the device has fast bf16
     channels_last: bool = defaults.CHANNELS_LAST  # the model's weights channels-last (faster on CPU, same results)
+    compile: bool = defaults.COMPILE  # torch.compile at worker start, warmed for every batch size
 
     @classmethod
     def from_model_config(cls, model_config: Mapping[str, Any] | None) -> HandlerSettings:
