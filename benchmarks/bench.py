@@ -10,7 +10,8 @@ Rows (same Learner, same images, one run):
   5 TorchServe     /predictions/<model> directly, chip-n-scale-shaped load
   6 shim           the full path: the shim on :8501 in front of TorchServe, same load (default archive)
   6g gRPC          the same through the gRPC front on :8500: TF Serving's Predict, raw image bytes (a gRPC client
-                   in this process, with the shim's generated stubs: the wire TF Serving's own client speaks)
+                   in this process, with the shim's generated stubs: the wire TF Serving's own client speaks);
+                   rows 6 and 6g take turns, one request per client each, so a busy machine slows both alike
   6a, 6b           row 6 with --no-channels-last (fastai's plain fp32) and with --precision bf16
 
 Each row says the precision it ran in: a served row's is what its worker reports (a CPU without
@@ -300,7 +301,7 @@ def served_precision(servers: Servers) -> str:
 
 
 def rows_served(servers: Servers, tiles, clients, instances, per_client, key: str) -> list[Row]:
-    """Rows 5 and 6 for the default archive; one shim row for a variant archive."""
+    """Rows 5, 6 and 6g for the default archive; one shim row for a variant archive."""
     pids, rows, precision = [servers.process.pid], [], served_precision(servers)
     if key == "default":
         with PeakRss(pids) as rss:
@@ -313,16 +314,28 @@ def rows_served(servers: Servers, tiles, clients, instances, per_client, key: st
                 headers={"Content-Type": "application/json"},
             )
         rows.append(Row("5 TorchServe direct", answered, seconds, latencies, rss.peak_mb, precision=precision))
-    with PeakRss(pids) as rss:
-        seconds, latencies, answered = run_load(
-            f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client
-        )
     name = VARIANT_ROWS.get(key, "6 shim -> TorchServe")
-    rows.append(Row(name, answered, seconds, latencies, rss.peak_mb, precision=precision))
-    if key == "default":
+    if key != "default":
         with PeakRss(pids) as rss:
-            seconds, latencies, answered = run_grpc_load(servers.grpc, tiles, clients, instances, per_client)
-        rows.append(Row("6g gRPC front -> TorchServe", answered, seconds, latencies, rss.peak_mb, precision=precision))
+            seconds, latencies, answered = run_load(
+                f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client
+            )
+        return rows + [Row(name, answered, seconds, latencies, rss.peak_mb, precision=precision)]
+    # Rows 6 and 6g take turns, a request per client each, so load from elsewhere falls on both alike.
+    loads = {
+        name: lambda: run_load(f"{servers.shim}/analyze:predict", tiles, clients, instances, 1),
+        "6g gRPC front -> TorchServe": lambda: run_grpc_load(servers.grpc, tiles, clients, instances, 1),
+    }
+    totals = {row: [0.0, [], 0, 0.0] for row in loads}  # seconds, latencies, images, peak RSS
+    for turn in range(per_client):
+        for row in loads if turn % 2 == 0 else reversed(loads):
+            with PeakRss(pids) as rss:
+                seconds, latencies, answered = loads[row]()
+            total = totals[row]
+            total[0], total[2], total[3] = total[0] + seconds, total[2] + answered, max(total[3], rss.peak_mb)
+            total[1] += latencies
+    for row, (seconds, latencies, answered, peak) in totals.items():
+        rows.append(Row(row, answered, seconds, latencies, peak, precision=precision))
     return rows
 
 

@@ -80,11 +80,6 @@ class Shim:
             url_version, self._routing.get(("versions", model), lambda: self.client.versions(model), fresh=True), model
         )
 
-    def default_version(self, model: str) -> str:
-        """TorchServe's default version of `model`, from the routing cache."""
-        descriptions = self._routing.get(("default", model), lambda: self.client.versions(model, version=None))
-        return str(descriptions[0].get("modelVersion", "")) if descriptions else ""
-
     def version_descriptions(self, model: str, url_version: str | None) -> list[dict[str, Any]]:
         """TorchServe's description of every version of `model`, or of the one a URL names (asked live: status)."""
         descriptions = self.client.versions(model)

@@ -161,15 +161,15 @@ class PredictionService(serving_grpc.PredictionServiceServicer):
         error = upstream_error(answer, target.model)
         if error is not None:
             raise error
-        answers = json.loads(answer.body)
-        if answer.status != 200:
-            raise ServingError(str(answers.get("error", "")), answer.status)  # the handler's own, as REST answers it
-        if not answer.model_version:
+        if not answer.model_version:  # the handler names its version on every answer, its errors too
             raise ShimError(
                 412,
                 f"the archive of model {target.model!r} was made by an older fastai-serving, whose handler "
                 "cannot read the gRPC front's requests: rebuild it with scripts/make-archive",
             )
+        answers = json.loads(answer.body)
+        if answer.status != 200:
+            raise ServingError(str(answers.get("error", "")), answer.status)  # the handler's own, as REST answers it
         return answer, answers
 
 
