@@ -302,7 +302,8 @@ def test_errors_are_tf_servings_status_codes_with_the_rest_shims_messages(fake, 
 def test_the_clients_deadline_bounds_the_upstream_request(fake, channel):
     predictions(channel).Predict(predict_request(), timeout=3)
     timeout_s = fake.calls[-1][7]
-    assert 0 < timeout_s < 3.5  # the 3 s deadline (gRPC sends it as a timeout, rounded up), not the 120 s predict timeout
+    # The 3 s deadline (gRPC sends it as a timeout, rounded up), not the 120 s predict timeout.
+    assert 0 < timeout_s < 3.5
 
 
 def test_a_call_without_a_deadline_is_bounded_by_the_predict_timeout_alone(fake, channel):
