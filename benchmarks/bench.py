@@ -9,6 +9,9 @@ Rows (same Learner, same images, one run):
   4 original       the original fastai-serving method: one web server, each request's instances one batch
   5 TorchServe     /predictions/<model> directly, chip-n-scale-shaped load
   6 shim           the full path: the shim on :8501 in front of TorchServe, same load (default archive)
+  6g gRPC          the same through the gRPC front on :8500: TF Serving's Predict, raw image bytes (a gRPC client
+                   in this process, with the shim's generated stubs: the wire TF Serving's own client speaks);
+                   rows 6 and 6g take turns, one request per client each, so a busy machine slows both alike
   6a, 6b           row 6 with --no-channels-last (fastai's plain fp32) and with --precision bf16
   1c, 1d           the ceilings compiled: torch.compile's forward in fp32 and in bf16
   6c, 6d           row 6 and 6b with --compile: the worker compiles and warms the model before it is ready
@@ -38,11 +41,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import psutil
 import requests
 
 from harness.servers import Servers, free_port, make_archive
 from harness.workload import make_learner, make_tiles
+from shim.protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
+from shim.protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 
 BF16, FP32 = "bf16", "fp32"
 
@@ -240,6 +246,42 @@ def run_load(
     return time.perf_counter() - start, latencies, answered
 
 
+def predict_request(tiles: list[bytes]) -> tensorflow_serving_pb2.PredictRequest:
+    """TF Serving's PredictRequest for the default model: the tiles as a DT_STRING tensor of shape [n]."""
+    shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(tiles))])
+    images = TensorProto(dtype=DataType.DT_STRING, tensor_shape=shape, string_val=tiles)
+    return tensorflow_serving_pb2.PredictRequest(model_spec={"name": "bench"}, inputs={"image_bytes": images})
+
+
+def run_grpc_load(address: str, tiles: list[bytes], clients: int, instances: int, requests_per_client: int) -> tuple:
+    """run_load's load through the gRPC front: each client thread its own channel, the same tiles per request."""
+    calls = [
+        predict_request([tiles[(i * instances + k) % len(tiles)] for k in range(instances)]) for i in range(clients)
+    ]
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> int:
+        with grpc.insecure_channel(address) as channel:
+            stub = tensorflow_serving_pb2_grpc.PredictionServiceStub(channel)
+            answered = 0
+            for _ in range(requests_per_client):
+                began = time.perf_counter()
+                response = stub.Predict(calls[index], timeout=600)
+                elapsed = (time.perf_counter() - began) * 1000
+                answered += response.outputs["probabilities"].tensor_shape.dim[0].size
+                with lock:
+                    latencies.append(elapsed)
+        return answered
+
+    client(0)  # warm-up
+    latencies.clear()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answered = sum(pool.map(client, range(clients)))
+    return time.perf_counter() - start, latencies, answered
+
+
 def row_original(export_path: Path, tiles, clients, instances, per_client) -> Row:
     port = free_port()
     process = subprocess.Popen(
@@ -290,7 +332,7 @@ def served_description(servers: Servers) -> dict:
 
 
 def rows_served(servers: Servers, tiles, clients, instances, per_client, key: str) -> list[Row]:
-    """Rows 5 and 6 for the default archive; one shim row for a variant archive."""
+    """Rows 5, 6 and 6g for the default archive; one shim row for a variant archive."""
     described = served_description(servers)
     pids, rows, precision, compiled = (
         [servers.process.pid],
@@ -309,17 +351,33 @@ def rows_served(servers: Servers, tiles, clients, instances, per_client, key: st
                 headers={"Content-Type": "application/json"},
             )
         rows.append(Row("5 TorchServe direct", answered, seconds, latencies, rss.peak_mb, precision=precision))
-    with PeakRss(pids) as rss:
-        seconds, latencies, answered = run_load(
-            f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client
-        )
     name = ARCHIVES[key][1]
-    rows.append(Row(name, answered, seconds, latencies, rss.peak_mb, precision=precision, compiled=compiled))
+    if key != "default":
+        with PeakRss(pids) as rss:
+            seconds, latencies, answered = run_load(
+                f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client
+            )
+        return rows + [Row(name, answered, seconds, latencies, rss.peak_mb, precision=precision, compiled=compiled)]
+    # Rows 6 and 6g take turns, a request per client each, so load from elsewhere falls on both alike.
+    loads = {
+        name: lambda: run_load(f"{servers.shim}/analyze:predict", tiles, clients, instances, 1),
+        "6g gRPC front -> TorchServe": lambda: run_grpc_load(servers.grpc, tiles, clients, instances, 1),
+    }
+    totals = {row: [0.0, [], 0, 0.0] for row in loads}  # seconds, latencies, images, peak RSS
+    for turn in range(per_client):
+        for row in loads if turn % 2 == 0 else reversed(loads):
+            with PeakRss(pids) as rss:
+                seconds, latencies, answered = loads[row]()
+            total = totals[row]
+            total[0], total[2], total[3] = total[0] + seconds, total[2] + answered, max(total[3], rss.peak_mb)
+            total[1] += latencies
+    for row, (seconds, latencies, answered, peak) in totals.items():
+        rows.append(Row(row, answered, seconds, latencies, peak, precision=precision))
     return rows
 
 
-def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float, float]:
-    """p50 of one-image requests, TorchServe direct and through the shim, sent one at a time."""
+def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float, float, float]:
+    """p50 of one-image requests, TorchServe direct, through the shim and through the gRPC front, one at a time."""
     body = request_body([tile])
     session = requests.Session()
 
@@ -333,7 +391,13 @@ def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float
 
     direct = p50(f"{servers.inference}/predictions/bench", {"Content-Type": "application/json"})
     shim = p50(f"{servers.shim}/analyze:predict", {})
-    return direct, shim
+    with grpc.insecure_channel(servers.grpc) as channel:
+        stub, call, times = tensorflow_serving_pb2_grpc.PredictionServiceStub(channel), predict_request([tile]), []
+        for _ in range(count):
+            began = time.perf_counter()
+            stub.Predict(call, timeout=60)
+            times.append((time.perf_counter() - began) * 1000)
+    return direct, shim, statistics.median(times)
 
 
 def served_probabilities(servers: Servers, tiles: list[bytes]) -> list[list[float]]:
@@ -388,6 +452,8 @@ def print_targets(rows: list[Row], overhead: tuple[float, float], answers: dict[
         ("row 6 / row 3 (predict loop)", speed["6"] / speed["3"], "> 1"),
         ("row 6 / row 4 (original method)", speed["6"] / speed["4"], "> 1"),
         ("shim's added p50, one image (ms)", overhead[1] - overhead[0], "<= 2"),
+        ("row 6g gRPC / row 6 REST shim (same load)", speed["6g"] / speed["6"], ">= 1 (no base64, no JSON)"),
+        ("gRPC front's added p50, one image (ms)", overhead[2] - overhead[0], "<= 2"),
         (f"row 6b ({row['6b'].precision}) / row 6a plain fp32", speed["6b"] / speed["6a"], ">= 1.8 where bf16 is fast"),
         ("row 6b / row 6 fp32 channels-last", speed["6b"] / speed["6"], "(default is already faster)"),
         ("row 6 channels-last / row 6a plain fp32", speed["6"] / speed["6a"], "(default's gain)"),
@@ -508,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"\nload: {args.clients} clients x {args.instances} instances per request; "
             f"one-image p50: TorchServe {overhead[0]:.1f} ms, shim {overhead[1]:.1f} ms "
-            f"(shim adds {overhead[1] - overhead[0]:.1f} ms)"
+            f"(shim adds {overhead[1] - overhead[0]:.1f} ms), gRPC front {overhead[2]:.1f} ms"
         )
         print_starts(starts)
         print_targets(rows, overhead, answers)

@@ -21,7 +21,7 @@ import torch
 
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
 from fastai_serving.compiled import compile_learner
-from fastai_serving.contract import PREDICT, VERB_HEADER
+from fastai_serving.contract import PREDICT, TASK_HEADER, VERB_HEADER, VERSION_HEADER
 from fastai_serving.learner import ServedLearner, load_learner
 from fastai_serving.settings import HandlerSettings
 
@@ -37,6 +37,7 @@ class FastaiHandler:
         self.served: ServedLearner | None = None
         self.settings = HandlerSettings()
         self.context: Any = None
+        self.version = ""
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
@@ -47,6 +48,7 @@ class FastaiHandler:
         self.settings = HandlerSettings.from_model_config(model_config)
         torch.set_num_threads(self._torch_threads(model_config))
         serialized_file = context.manifest["model"]["serializedFile"]
+        self.version = str(context.manifest["model"].get("modelVersion", ""))
         utils_dir = model_dir / self.settings.utils_dir if self.settings.utils_dir else None
         self.served = load_learner(
             model_dir / serialized_file,
@@ -101,6 +103,9 @@ class FastaiHandler:
             if status != 200:
                 self.context.set_response_status(status, reason_phrase(body["error"]), idx)
             self.context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+            # The gRPC front names the version that answered (TF Serving's model_spec.version) and the outputs.
+            self.context.set_response_header(idx, VERSION_HEADER, self.version)
+            self.context.set_response_header(idx, TASK_HEADER, self.served.task)
             bodies.append(json.dumps(body, separators=(",", ":")).encode())
         return bodies
 

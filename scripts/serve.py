@@ -1,11 +1,11 @@
 """Serve every archive in a model store: TorchServe, and the TF-Serving shim in front of it.
 
-Starts TorchServe (config.properties, log4j2.xml) and the shim (gunicorn, port 8501), prints
-each model once it has a ready worker, and exits non-zero as soon as either stops on its own
-(TorchServe's own `torchserve --stop` included). SIGTERM (what `docker stop` and Kubernetes
-send) drains: readiness fails at once while requests are still served for --drain-s seconds,
-then the shim stops accepting and answers what it accepted, then TorchServe stops. Ctrl-C
-stops the same way without the drain.
+Starts TorchServe (config.properties, log4j2.xml), the shim (gunicorn, port 8501) and its gRPC
+front (port 8500), prints each model once it has a ready worker, and exits non-zero as soon as one
+stops on its own (TorchServe's own `torchserve --stop` included). SIGTERM (what `docker stop` and
+Kubernetes send) drains: readiness fails at once while requests are still served for --drain-s
+seconds, then the fronts stop accepting and answer what they accepted, then TorchServe stops.
+Ctrl-C stops the same way without the drain.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from shim.settings import Settings, env_name
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SHIM_APP = ["-c", "python:shim.gunicorn_conf", "shim.wsgi:app"]
+GRPC_APP = ["-m", "shim.grpc_server"]
 STATE_FOLDER = "fastai-serving"  # in the temp folder: what each running serve serves, for scripts/reload
 
 
@@ -45,7 +46,15 @@ def build_parser(shim: Settings) -> argparse.ArgumentParser:
         default=shim.default_model,
         help="model behind /analyze (default: the only archive in the store)",
     )
-    add("--no-shim", action="store_true", help="serve TorchServe alone")
+    add("--no-shim", action="store_true", help="serve TorchServe alone (no REST shim, no gRPC front)")
+    add(
+        "--grpc-port",
+        type=int,
+        default=shim.grpc_port,
+        help=f"the gRPC front's port, on the shim's address (default: {defaults.GRPC_PORT}); "
+        "--grpc-ports are TorchServe's own",
+    )
+    add("--no-grpc", action="store_true", help="serve without the gRPC front")
     add(
         "--host",
         default=defaults.LOOPBACK,
@@ -170,6 +179,7 @@ def shim_environment(args: argparse.Namespace, default_model: str, models: list[
         "port": str(args.port),
         "host": args.shim_host,
         "drain_file": str(drain_file(args)),
+        "grpc_port": str(args.grpc_port),
     }
     # Readiness waits for every archive in the store, unless the user named the models it waits for.
     settings["ready_models"] = os.environ.get(env_name("ready_models")) or ",".join(models)
@@ -179,6 +189,12 @@ def shim_environment(args: argparse.Namespace, default_model: str, models: list[
 def shim_process(args: argparse.Namespace, default_model: str, models: list[str]) -> subprocess.Popen:
     gunicorn = Path(sys.executable).parent / "gunicorn"
     command = [str(gunicorn) if gunicorn.exists() else "gunicorn", *SHIM_APP]
+    return subprocess.Popen(command, env=shim_environment(args, default_model, models), start_new_session=True)
+
+
+def grpc_process(args: argparse.Namespace, default_model: str, models: list[str]) -> subprocess.Popen:
+    """The gRPC front, with the shim's settings (it binds to the shim's address, on --grpc-port)."""
+    command = [sys.executable, *GRPC_APP]
     return subprocess.Popen(command, env=shim_environment(args, default_model, models), start_new_session=True)
 
 
@@ -217,7 +233,7 @@ def why_it_ended(name: str, process: subprocess.Popen) -> str:
             "TorchServe stopped from outside (`torchserve --stop`, or its Java process was killed or failed: "
             "see ts_log.log in the log folder)"
         )
-    return f"the shim exited on its own (code {process.returncode})"
+    return f"the {name} exited on its own (code {process.returncode})"
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -232,6 +248,8 @@ def serve(args: argparse.Namespace) -> int:
     processes = {"TorchServe": torchserve_process(args)}
     if not args.no_shim:
         processes["shim"] = shim_process(args, default_model, models)
+    if not args.no_shim and not args.no_grpc:
+        processes["gRPC front"] = grpc_process(args, default_model, models)
     state = write_state(args)
     stopping: signal.Signals | None = None
 
@@ -295,6 +313,8 @@ def _announce(args: argparse.Namespace, name: str, default_model: str) -> None:
     if not args.no_shim:
         shim = f"http://{defaults.LOOPBACK}:{args.port}"
         where += f", {shim}/v1/models/{name}:predict" + (f", {shim}/analyze:predict" if name == default_model else "")
+        if not args.no_grpc:
+            where += f", gRPC {defaults.LOOPBACK}:{args.grpc_port}"
     print(f"serve: {name} ready at {where}", flush=True)
 
 

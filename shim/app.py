@@ -14,7 +14,7 @@ from shim import metrics
 from shim.errors import ShimError, register_error_handlers
 from shim.routes import api
 from shim.settings import Settings
-from shim.status import resolve_version
+from shim.status import metadata_body, resolve_version
 from shim.upstream import TorchServeClient, has_ready_worker
 
 # What TorchServe serves changes only on a reload: the prediction path reads it from here
@@ -81,6 +81,23 @@ class Shim:
         return resolve_version(
             url_version, self._routing.get(("versions", model), lambda: self.client.versions(model), fresh=True), model
         )
+
+    def version_descriptions(self, model: str, url_version: str | None) -> list[dict[str, Any]]:
+        """TorchServe's description of every version of `model`, or of the one a URL names (asked live: status)."""
+        descriptions = self.client.versions(model)
+        if url_version is None:
+            return descriptions
+        wanted = resolve_version(url_version, descriptions, model)
+        return [d for d in descriptions if str(d.get("modelVersion")) == wanted]
+
+    def metadata(self, model: str, url_version: str | None) -> dict[str, Any]:
+        """TF Serving's metadata body of a model's default version (asked live), or of the version a URL names."""
+        if url_version is None:
+            default_version = self.client.versions(model, version=None)  # TorchServe's default version alone
+            torchserve_version = str(default_version[0].get("modelVersion", "")) if default_version else ""
+        else:
+            torchserve_version = resolve_version(url_version, self.client.versions(model), model)
+        return metadata_body(model, torchserve_version, self.described(model, torchserve_version))
 
     def described(self, model: str, version: str) -> dict[str, Any]:
         """The handler's description of a model version, cached: asking goes through a worker."""

@@ -11,7 +11,7 @@ from fastai_serving.contract import PREDICT, VERBS, check_model_name, read_body
 from shim import metrics
 from shim.errors import ShimError
 from shim.relay import relay
-from shim.status import metadata_body, readiness_body, resolve_version, status_body
+from shim.status import readiness_body, status_body
 
 api = Blueprint("api", __name__)
 
@@ -139,23 +139,12 @@ def predict(model: str, version: str | None, verb: str) -> Response:
 
 def model_status(model: str, version: str | None) -> Response:
     label_model(model)
-    descriptions = shim().client.versions(model)
-    if version is not None:
-        wanted = resolve_version(version, descriptions, model)
-        descriptions = [d for d in descriptions if str(d.get("modelVersion")) == wanted]
-    return json_answer(*status_body(model, descriptions))
+    return json_answer(*status_body(model, shim().version_descriptions(model, version)))
 
 
 def model_metadata(model: str, version: str | None) -> Response:
     label_model(model)
-    client = shim().client
-    if version is None:
-        default_version = client.versions(model, version=None)  # TorchServe's default version alone
-        torchserve_version = str(default_version[0].get("modelVersion", "")) if default_version else ""
-    else:
-        torchserve_version = resolve_version(version, client.versions(model), model)
-    described = shim().described(model, torchserve_version)
-    return jsonify(metadata_body(model, torchserve_version, described))
+    return jsonify(shim().metadata(model, version))
 
 
 @api.get("/openapi.yaml")

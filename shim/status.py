@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastai_serving.contract import CLASSIFIERS, IMAGE_INPUT, check_url_version
+from fastai_serving.contract import CLASS_INDEX_SIGNATURE, CLASSIFIERS, IMAGE_INPUT, SEGMENTATION, check_url_version
 from shim.errors import ShimError
 from shim.upstream import has_ready_worker
 
@@ -51,17 +51,30 @@ def readiness_body(models_ready: dict[str, bool]) -> tuple[int, dict[str, Any]]:
     return (200 if ready else 503), {"ready": ready, "models": models_ready}
 
 
+def signature_output(task: str, signature_name: str) -> tuple[str, str]:
+    """The name and dtype of a signature's one output: what the metadata advertises and a gRPC answer carries."""
+    if signature_name == CLASS_INDEX_SIGNATURE:
+        return "classes", "DT_INT64"  # the original fastai-serving's answer: class indices
+    if task == SEGMENTATION:
+        return "mask", "DT_INT64"  # the class-index mask of each image, [n, height, width]
+    if task in CLASSIFIERS:
+        return "probabilities", "DT_FLOAT"  # probabilities (or multi-label scores) per class
+    return "outputs", "DT_FLOAT"  # the regression values
+
+
 def metadata_body(model: str, version: str, described: dict[str, Any]) -> dict[str, Any]:
     """TF Serving's metadata shape, with the fastai facts a client needs (task, classes, input)."""
     classes = described.get("classes", [])
-    outputs = {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": str(len(classes) or -1)}]}}
+    output_name, dtype = signature_output(str(described.get("task", "")), "")
+    dims = [-1, -1, -1] if described.get("task") == SEGMENTATION else [-1, len(classes) or -1]
+    outputs = {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(size)} for size in dims]}}
     image_input = {
         IMAGE_INPUT: {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": f"{IMAGE_INPUT}:0"}
     }
     signatures = {
         "serving_default": {
             "inputs": image_input,
-            "outputs": {"probabilities" if classes else "outputs": {**outputs, "name": "outputs:0"}},
+            "outputs": {output_name: {**outputs, "name": "outputs:0"}},
             "method_name": "tensorflow/serving/predict",
         }
     }

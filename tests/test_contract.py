@@ -29,12 +29,18 @@ from fastai_serving.contract import (
     check_model_name,
     check_url_version,
     image_bytes,
+    images_body,
     read_body,
 )
 from fastai_serving.errors import BadInput
 
 PNG = b"\x89PNG\r\n\x1a\n-pretend-image"
 B64 = base64.b64encode(PNG).decode()
+
+
+def framed(header: bytes) -> bytes:
+    """An images body with this header, as it is (for bodies `images_body` would never write)."""
+    return b"\x00fastai-serving images\n" + len(header).to_bytes(4, "big") + header
 
 
 def images_of(body) -> list[bytes]:
@@ -129,6 +135,53 @@ def test_an_instance_that_is_no_image_is_named(instance, message):
     body = read_body({"instances": [instance]})
     with pytest.raises(BadInput, match=message):
         images_of(body)
+
+
+# --- The images body: raw bytes of several images, as the gRPC front sends them upstream ------------
+
+
+def test_the_images_body_is_read_as_the_row_form_with_its_bytes_as_they_are():
+    body = read_body(images_body([PNG, b"\xff\xd8jpeg"], signature_name="classes"))
+    assert body.form == ROWS and body.signature_name == "classes"
+    assert images_of(body) == [PNG, b"\xff\xd8jpeg"] and body.instance_name(1) == "instance 1"
+
+
+def test_the_images_body_arrives_as_a_bytearray_from_torchserve():
+    assert images_of(read_body(bytearray(images_body([PNG])))) == [PNG]
+
+
+@pytest.mark.parametrize("verb", [CLASSIFY, REGRESS])
+def test_the_images_body_of_classify_and_regress_is_read_as_examples(verb):
+    body = read_body(images_body([PNG]), verb=verb)
+    assert body.form == EXAMPLES and body.verb == verb and images_of(body) == [PNG]
+
+
+def test_the_images_body_is_not_taken_by_the_json_fronts():
+    with pytest.raises(BadInput, match="not valid JSON"):
+        read_body(images_body([PNG]), raw_allowed=False)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (images_body([]), "holds no image"),
+        (images_body([PNG])[:-1], f"holds {len(PNG) - 1} bytes of images, its header says {len(PNG)}"),
+        (images_body([PNG]) + b"x", f"holds {len(PNG) + 1} bytes of images, its header says {len(PNG)}"),
+        (images_body([PNG])[:24], "cut short"),
+        (framed(b"{x"), "header is not valid JSON"),
+        (framed(b'{"lengths": "3"}') + b"abc", "needs 'lengths'"),
+        (framed(b'{"lengths": [-1]}'), "needs 'lengths'"),
+        (framed(b'{"lengths": [], "signature_name": 1}'), "'signature_name' must be a string"),
+    ],
+)
+def test_a_broken_images_body_is_refused_with_the_reason(body, message):
+    with pytest.raises(BadInput, match=re.escape(message)):
+        read_body(body)
+
+
+def test_the_images_body_keeps_to_the_instance_limit():
+    with pytest.raises(BadInput, match="4 instances in one request, over the limit of 3"):
+        read_body(images_body([PNG] * 4), max_instances=3)
 
 
 def test_classify_without_examples_is_refused():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fastai_serving import batching
-from fastai_serving.contract import VERB_HEADER
+from fastai_serving.contract import TASK_HEADER, VERB_HEADER, VERSION_HEADER, images_body
 from fastai_serving_scripts import PROJECT_ROOT
 
 HANDLER_FILE = PROJECT_ROOT / "handler" / "torchserve_handler.py"
@@ -30,6 +30,7 @@ class Context:
     model_yaml_config: dict = field(default_factory=dict)
     headers: list[dict] = field(default_factory=list)
     statuses: dict[int, tuple[int, str]] = field(default_factory=dict)
+    response_headers: dict[int, dict[str, str]] = field(default_factory=dict)
 
     @property
     def system_properties(self) -> dict:
@@ -37,7 +38,7 @@ class Context:
 
     @property
     def manifest(self) -> dict:
-        return {"model": {"serializedFile": "export.pkl"}}
+        return {"model": {"serializedFile": "export.pkl", "modelVersion": "2.0"}}
 
     def get_all_request_header(self, idx: int) -> dict:
         return self.headers[idx] if idx < len(self.headers) else {}
@@ -47,6 +48,9 @@ class Context:
 
     def set_response_content_type(self, idx: int, content_type: str) -> None:
         pass
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.response_headers.setdefault(idx, {})[key] = value
 
 
 def load_handler_module():
@@ -111,6 +115,30 @@ def test_a_bad_request_fails_alone_with_its_own_status(classifier_handler, small
     }
     assert context.statuses[2][0] == 400 and "'instances' is empty" in answers[2]["error"]
     assert 0 not in context.statuses
+
+
+def test_the_images_body_is_answered_as_the_row_form_equal_to_json(classifier_handler, small_learners):
+    images = [path.read_bytes() for path in sorted((small_learners["classifier"].parent / "images").glob("*.png"))[:3]]
+    answers, context = handle(
+        classifier_handler, [bytearray(images_body(images)), {"instances": list(map(b64_row, images))}]
+    )
+    assert context.statuses == {} and answers[0] == answers[1] and len(answers[0]["predictions"]) == 3
+
+
+def test_a_bad_image_in_an_images_body_fails_that_request_alone(classifier_handler, small_learners):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    answers, context = handle(classifier_handler, [images_body([image, b"not an image"]), images_body([image])])
+    assert context.statuses[0][0] == 400 and answers[0] == {
+        "error": "instance 1 is not an image this server can decode"
+    }
+    assert 1 not in context.statuses and len(answers[1]["predictions"]) == 1
+
+
+def test_every_answer_names_the_version_that_answered_and_its_task(classifier_handler, small_learners):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    _, context = handle(classifier_handler, [{"instances": [b64_row(image)]}, {"instances": []}])
+    named = {VERSION_HEADER: "2.0", TASK_HEADER: "classification"}
+    assert context.response_headers == {0: named, 1: named}
 
 
 def test_the_verb_header_selects_classify(classifier_handler, small_learners):

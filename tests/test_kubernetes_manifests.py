@@ -150,9 +150,10 @@ def test_the_settings_configmap_holds_only_settings_the_shim_reads(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_container_port_and_scrape_annotations_are_the_shims(overlay):
+def test_the_container_ports_and_scrape_annotations_are_the_shims(overlay):
     container = server_container(overlay)
-    assert [port["containerPort"] for port in container["ports"]] == [defaults.SHIM_PORT]
+    expected = [defaults.SHIM_PORT] if overlay == "kserve" else [defaults.SHIM_PORT, defaults.GRPC_PORT]
+    assert [port["containerPort"] for port in container["ports"]] == expected
     annotated = resources(overlay, "InferenceService") or [resources(overlay, "Deployment")[0]["spec"]["template"]]
     annotations = annotated[0]["metadata"]["annotations"]
     assert (
@@ -166,7 +167,8 @@ def test_the_service_hpa_and_pdb_point_at_the_deployments_pods(overlay):
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     (service,) = resources(overlay, "Service")
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert [(port["port"], port["targetPort"]) for port in service["spec"]["ports"]] == [(defaults.SHIM_PORT, "http")]
+    ports = [(port["port"], port["targetPort"]) for port in service["spec"]["ports"]]
+    assert ports == [(defaults.SHIM_PORT, "http"), (defaults.GRPC_PORT, "grpc")]
     (budget,) = resources(overlay, "PodDisruptionBudget")
     assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     (autoscaler,) = resources(overlay, "HorizontalPodAutoscaler")

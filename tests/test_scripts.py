@@ -32,6 +32,19 @@ def test_the_shim_reaches_torchserve_where_host_binds_it(tmp_path, host, reachab
     assert environment["FASTAI_SERVING_MANAGEMENT"] == f"http://{defaults.LOOPBACK}:{defaults.MANAGEMENT_PORT}"
 
 
+def test_the_grpc_front_gets_the_shims_settings_and_its_own_port(tmp_path):
+    environment = serve.shim_environment(
+        serve_args("--grpc-port", "9500", "--shim-host", "10.1.2.3", log_dir=tmp_path), "digits", ["digits"]
+    )
+    assert environment["FASTAI_SERVING_GRPC_PORT"] == "9500" and environment["FASTAI_SERVING_HOST"] == "10.1.2.3"
+    assert environment["FASTAI_SERVING_DEFAULT_MODEL"] == "digits"
+
+
+def test_the_grpc_front_is_on_by_default_on_tf_servings_port(tmp_path):
+    args = serve_args(log_dir=tmp_path)
+    assert args.grpc_port == defaults.GRPC_PORT == 8500 and args.no_grpc is False
+
+
 def test_readiness_waits_for_every_archive_in_the_store_unless_told_otherwise(tmp_path, monkeypatch):
     args = serve_args(log_dir=tmp_path)
     monkeypatch.delenv("FASTAI_SERVING_READY_MODELS", raising=False)

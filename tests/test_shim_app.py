@@ -309,6 +309,14 @@ def test_metadata_of_a_regressor_has_outputs_and_no_classes_signature():
     assert "outputs" in signatures["signature_def"]["serving_default"]["outputs"]
 
 
+def test_metadata_of_a_segmenter_says_its_output_is_a_class_index_mask():
+    body = metadata_body("s", "1.0", {"task": "segmentation", "classes": ["background", "road"], "input": "image"})
+    outputs = body["metadata"]["signature_def"]["signature_def"]["serving_default"]["outputs"]
+    assert outputs == {
+        "mask": {"dtype": "DT_INT64", "tensor_shape": {"dim": [{"size": "-1"}] * 3}, "name": "outputs:0"}
+    }
+
+
 def test_metadata_is_asked_of_the_handler_once_a_minute_not_per_request():
     fake = FakeTorchServe()
     client = shim_of(fake)

@@ -10,7 +10,9 @@ The forms (TF Serving's REST API, plus the original fastai-serving's):
 - `{"instances": [...]}`: the row form, answered `{"predictions": [...]}`;
 - `{"inputs": ...}`: the columnar form, answered `{"outputs": [...]}`;
 - `{"image_bytes": "<b64>"}` or `{"image_bytes": {"b64": ...}}`: one image, answered `{"prediction": ...}`;
-- `{"examples": [...]}`: the body of TF Serving's `:classify` and `:regress` verbs.
+- `{"examples": [...]}`: the body of TF Serving's `:classify` and `:regress` verbs;
+- the images body: several images' bytes as they are, framed (`images_body`), which the gRPC
+  front sends upstream: read as the row form (`:classify`/`:regress`: as examples), answered alike.
 Each may carry `signature_name` (and `:classify`/`:regress` a `context`).
 """
 
@@ -20,6 +22,8 @@ import base64
 import binascii
 import json
 import re
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +54,20 @@ IMAGE_INPUT = "image_bytes"
 
 # The fronts name the TF Serving verb to the handler in this request header (default: predict).
 VERB_HEADER = "x-fastai-serving-verb"
+# The handler names the model version that answered, and its task, in these response headers.
+VERSION_HEADER = "x-fastai-serving-model-version"
+TASK_HEADER = "x-fastai-serving-task"
 
 # Model names TorchServe registers (torch-model-archiver's own rule): nothing else reaches a URL.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
 # A version in a TF Serving URL: /versions/<digits>.
 URL_VERSION = re.compile(r"^[0-9]+$")
+
+# The images body: this signature (no JSON or image starts with a NUL byte), the length of a JSON
+# header as 4 bytes big-endian, the header {"signature_name": ..., "lengths": [...]}, then the images.
+IMAGES_BODY_SIGNATURE = b"\x00fastai-serving images\n"
+IMAGES_CONTENT_TYPE = "application/octet-stream"  # TorchServe hands such a body to the handler as bytes
+_HEADER_LENGTH = struct.Struct(">I")
 
 _FORM_KEYS = {"instances": ROWS, "inputs": COLUMNS, IMAGE_INPUT: SINGLE}
 _OPTIONAL_KEYS = ("signature_name", "context")
@@ -82,6 +95,8 @@ def read_body(body: Any, verb: str = PREDICT, *, raw_allowed: bool = True, max_i
     """
     if verb not in VERBS:
         raise BadInput(f"unknown verb {verb!r}: expected one of {', '.join(VERBS)}")
+    if raw_allowed and isinstance(body, (bytes, bytearray)) and body.startswith(IMAGES_BODY_SIGNATURE):
+        return _images_body(body, verb, max_instances)
     document = _json_document(body, raw_allowed)
     if document is None:
         if verb != PREDICT:
@@ -96,6 +111,44 @@ def read_body(body: Any, verb: str = PREDICT, *, raw_allowed: bool = True, max_i
     if max_instances is not None and len(instances) > max_instances:
         raise BadInput(f"{len(instances)} instances in one request, over the limit of {max_instances}")
     return Body(form=form, instances=instances, verb=verb, signature_name=signature_name)
+
+
+def images_body(images: Sequence[bytes], signature_name: str = "") -> bytes:
+    """Several images' bytes as one body, with no base64 and no JSON around them (the gRPC front's upstream form)."""
+    header = json.dumps({"signature_name": signature_name, "lengths": [len(image) for image in images]}).encode()
+    return b"".join([IMAGES_BODY_SIGNATURE, _HEADER_LENGTH.pack(len(header)), header, *images])
+
+
+def _images_body(body: bytes | bytearray, verb: str, max_instances: int | None) -> Body:
+    """The images body as a `Body` of the row form (examples for :classify and :regress), its instances bytes."""
+    view = memoryview(body)[len(IMAGES_BODY_SIGNATURE) :]
+    if len(view) < _HEADER_LENGTH.size:
+        raise BadInput("the images body is cut short: no header")
+    (header_length,) = _HEADER_LENGTH.unpack(view[: _HEADER_LENGTH.size])
+    start = _HEADER_LENGTH.size + header_length
+    try:
+        header = json.loads(bytes(view[_HEADER_LENGTH.size : start]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadInput("the images body's header is not valid JSON") from None
+    lengths = header.get("lengths") if isinstance(header, dict) else None
+    signature_name = header.get("signature_name", "") if isinstance(header, dict) else None
+    if not isinstance(lengths, list) or not all(isinstance(n, int) and n >= 0 for n in lengths):
+        raise BadInput("the images body's header needs 'lengths', a list of byte counts")
+    if not isinstance(signature_name, str):
+        raise BadInput(f"'signature_name' must be a string, not {json_type(signature_name)}")
+    if sum(lengths) != len(view) - start:
+        raise BadInput(f"the images body holds {len(view) - start} bytes of images, its header says {sum(lengths)}")
+    if not lengths:
+        raise BadInput("the request holds no image: send at least one instance")
+    if max_instances is not None and len(lengths) > max_instances:
+        raise BadInput(f"{len(lengths)} instances in one request, over the limit of {max_instances}")
+    instances, offset = [], start
+    for length in lengths:
+        instances.append(bytes(view[offset : offset + length]))
+        offset += length
+    return Body(
+        form=ROWS if verb == PREDICT else EXAMPLES, instances=instances, verb=verb, signature_name=signature_name
+    )
 
 
 def _json_document(body: Any, raw_allowed: bool) -> Any:

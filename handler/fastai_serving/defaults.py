@@ -11,6 +11,7 @@ MIB = 1024 * 1024
 LOOPBACK = "127.0.0.1"
 SHIM_HOST = "0.0.0.0"  # the only address that faces users
 SHIM_PORT = 8501  # TF Serving's REST port
+GRPC_PORT = 8500  # TF Serving's gRPC port: the shim's gRPC front, on the shim's address
 INFERENCE_PORT = 8080  # TorchServe's inference API, loopback
 MANAGEMENT_PORT = 8081  # TorchServe's management API, loopback only
 METRICS_PORT = 8082  # TorchServe's metrics API, loopback only
@@ -45,3 +46,4 @@ MODEL_VERSION = "1.0"
 # --- The shim's processes -----------------------------------------------------------------------
 SHIM_WORKERS = 2  # gunicorn worker processes
 SHIM_THREADS = 16  # threads per gunicorn worker: concurrent requests
+GRPC_THREADS = 32  # the gRPC front's threads: concurrent calls (as many as the REST shim's 2 workers × 16)
