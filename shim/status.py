@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastai_serving.contract import CLASSIFIERS, IMAGE_INPUT, check_url_version
+from fastai_serving.contract import BOOLEAN, CLASSIFIERS, CONTINUOUS, IMAGE_INPUT, INTEGER, NUMBER, check_url_version
 from shim.errors import ShimError
 from shim.upstream import has_ready_worker
 
@@ -51,23 +51,42 @@ def readiness_body(models_ready: dict[str, bool]) -> tuple[int, dict[str, Any]]:
     return (200 if ready else 503), {"ready": ready, "models": models_ready}
 
 
-def metadata_body(model: str, version: str, described: dict[str, Any]) -> dict[str, Any]:
-    """TF Serving's metadata shape, with the fastai facts a client needs (task, classes, input)."""
-    classes = described.get("classes", [])
-    outputs = {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": str(len(classes) or -1)}]}}
-    image_input = {
-        IMAGE_INPUT: {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": f"{IMAGE_INPUT}:0"}
+def signature_inputs(described: dict[str, Any]) -> dict[str, Any]:
+    """TF Serving's tensor info for each input the handler describes: the image, the text, or each column."""
+    inputs = described.get("inputs") or [{"name": IMAGE_INPUT, "kind": "image"}]
+    return {
+        str(item["name"]): {
+            "dtype": _dtype(item),
+            "tensor_shape": {"dim": [{"size": "-1"}]},
+            "name": f"{item['name']}:0",
+        }
+        for item in inputs
     }
+
+
+def _dtype(item: dict[str, Any]) -> str:
+    """A column's TF dtype from its kind and JSON type; images and texts are strings."""
+    if item.get("kind") == CONTINUOUS:
+        return "DT_FLOAT"
+    return {INTEGER: "DT_INT64", NUMBER: "DT_FLOAT", BOOLEAN: "DT_BOOL"}.get(item.get("type", ""), "DT_STRING")
+
+
+def metadata_body(model: str, version: str, described: dict[str, Any]) -> dict[str, Any]:
+    """TF Serving's metadata shape, with the fastai facts a client needs (task, classes, inputs)."""
+    classes = described.get("classes", [])
+    width = len(classes) or len(described.get("targets", [])) or -1
+    outputs = {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": str(width)}]}}
+    inputs = signature_inputs(described)
     signatures = {
         "serving_default": {
-            "inputs": image_input,
+            "inputs": inputs,
             "outputs": {"probabilities" if classes else "outputs": {**outputs, "name": "outputs:0"}},
             "method_name": "tensorflow/serving/predict",
         }
     }
     if described.get("task") in CLASSIFIERS:
         signatures["classes"] = {
-            "inputs": image_input,
+            "inputs": inputs,
             "outputs": {
                 "classes": {"dtype": "DT_INT64", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "classes:0"}
             },
