@@ -18,7 +18,8 @@ Load for rows 4-6: CLIENTS concurrent clients, each sending requests of INSTANCE
 A second table does the same for a tabular and a text Learner (one server serves both):
   T1, X1 get_preds  fastai in-process: one test_dl of all the rows (texts), learn.get_preds
   T2, X2 predict    learn.predict per row (text)
-  T3, X3 shim       the full path: CLIENTS clients, each sending requests of ROWS rows (TEXTS texts)
+  T3 TorchServe     /predictions/tabular directly, the same load as T4
+  T4, X3 shim       the full path: CLIENTS clients, each sending requests of ROWS rows (TEXTS texts)
   T0 forward        the tabular model alone on already-processed tensors: what is left when fastai's
                     per-call work (copying the frame, its procs, a DataLoader, get_preds) is gone
 plus, for tabular, the cost of one `test_dl` + `get_preds` call against the rows it carries.
@@ -426,14 +427,15 @@ def json_rows(count: int) -> list[dict]:
     ]
 
 
-def timed(call, repeat: int = 1) -> float:
-    """The fastest of `repeat` runs of `call`, in seconds."""
-    best = float("inf")
+def timed(call, repeat: int = 3, best: bool = False) -> float:
+    """Seconds one run of `call` takes, after a warm-up run: the median of `repeat` runs (`best`: the fastest)."""
+    call()
+    times = []
     for _ in range(repeat):
         start = time.perf_counter()
         call()
-        best = min(best, time.perf_counter() - start)
-    return best
+        times.append(time.perf_counter() - start)
+    return min(times) if best else statistics.median(times)
 
 
 def rows_tabular_in_process(export_path: Path, device: str, rows: list[dict], batch: int) -> tuple[list[Row], str]:
@@ -447,12 +449,12 @@ def rows_tabular_in_process(export_path: Path, device: str, rows: list[dict], ba
     served = load_learner(export_path, device)
     learn, frame = served.learn, rows_frame(rows, served.columns)
     with PeakRss([psutil.Process().pid]) as rss:
-        seconds = timed(lambda: learn.get_preds(dl=learn.dls.test_dl(frame, bs=batch)), repeat=3)
+        seconds = timed(lambda: learn.get_preds(dl=learn.dls.test_dl(frame, bs=batch)))
     get_preds = Row("T1 fastai get_preds", len(rows), seconds, peak_rss_mb=rss.peak_mb,
                     note=f"one test_dl of the {len(rows)} rows' DataFrame, bs {batch}")  # fmt: skip
     tensors = list(learn.dls.test_dl(frame, bs=batch))
     with torch.inference_mode():
-        forward = timed(lambda: [learn.model(*b) for b in tensors], repeat=3)
+        forward = timed(lambda: [learn.model(*b) for b in tensors], best=True)
     ceiling = Row("T0 forward on processed tensors", len(rows), forward, note=f"bs {batch}")
     sample, latencies = rows[:200], []
     with PeakRss([psutil.Process().pid]) as rss, learn.no_bar():
@@ -463,9 +465,9 @@ def rows_tabular_in_process(export_path: Path, device: str, rows: list[dict], ba
             latencies.append((time.perf_counter() - began) * 1000)
         seconds = time.perf_counter() - start
     loop = Row("T2 learn.predict loop", len(sample), seconds, latencies, rss.peak_mb, "one row at a time")
-    one = timed(lambda: predict_rows(served, rows[:1], batch), repeat=5)
-    many = timed(lambda: predict_rows(served, rows, batch), repeat=3)
-    dl_one = timed(lambda: learn.dls.test_dl(rows_frame(rows[:1], served.columns)), repeat=5)
+    one = timed(lambda: predict_rows(served, rows[:1], batch), repeat=9)
+    many = timed(lambda: predict_rows(served, rows, batch))
+    dl_one = timed(lambda: learn.dls.test_dl(rows_frame(rows[:1], served.columns)), repeat=9)
     per_row_us = (many - one) / (len(rows) - 1) * 1e6
     profile = (
         f"one test_dl + get_preds call: {one * 1000:.1f} ms for 1 row ({dl_one * 1000:.1f} ms of it building the "
@@ -495,29 +497,41 @@ def rows_text_in_process(export_path: Path, device: str, texts: list[str], batch
     return [get_preds, Row("X2 learn.predict loop", len(sample), seconds, latencies, rss.peak_mb, "one text at a time")]
 
 
-def rows_tabular_and_text(tmp: Path, device: str, clients: int, quick: bool) -> tuple[list[Row], str]:
-    """The tabular and text table's rows: in-process baselines, then both archives served by one server."""
+def rows_tabular_and_text(tmp: Path, device: str, clients: int, quick: bool, threads: int) -> tuple[list[Row], str]:
+    """The tabular and text table's rows: in-process baselines, then both archives served by one server.
+
+    `threads` > 0: torch threads in-process and in the archives' workers alike (0: torch's default
+    in-process, the archives' cores ÷ workers).
+    """
+    import torch
+
+    default_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
     rows_per_request, texts_per_request, per_client = 256, 32, 2 if quick else 6
     tabular_export, text_export = make_tabular_workload(tmp / "tabular"), make_text_workload(tmp / "text")
     rows, texts = json_rows(clients * rows_per_request), make_texts(clients * texts_per_request)
     table, profile = rows_tabular_in_process(tabular_export, device, rows, batch=1024)
     table += rows_text_in_process(text_export, device, texts, batch=16)
+    torch.set_num_threads(default_threads)
     store = tmp / "store-kinds"
     for name, export in (("tabular", tabular_export), ("text", text_export)):
-        made = make_archive(name, export, store)
+        made = make_archive(name, export, store, "--torch-threads", str(threads))
         if made.returncode != 0:
             raise SystemExit(f"bench: make-archive {name} failed:\n{made.stderr}")
     servers = Servers(model_store=store, log_dir=tmp / "logs-kinds").start(["tabular", "text"])
+    json_header = {"Content-Type": "application/json"}
     try:
-        for name, code, items, size, unit in (("tabular", "T3", rows, rows_per_request, "rows"),
-                                              ("text", "X3", texts, texts_per_request, "texts")):  # fmt: skip
+        for code, url, items, size, unit, headers in (
+            ("T3 TorchServe direct", f"{servers.inference}/predictions/tabular", rows, rows_per_request, "rows", json_header),
+            ("T4 shim -> TorchServe", f"{servers.shim}/v1/models/tabular:predict", rows, rows_per_request, "rows", {}),
+            ("X3 shim -> TorchServe", f"{servers.shim}/v1/models/text:predict", texts, texts_per_request, "texts", {}),
+        ):  # fmt: skip
             bodies = [json.dumps({"instances": items[i * size : (i + 1) * size]}).encode() for i in range(clients)]
             with PeakRss([servers.process.pid]) as rss:
-                seconds, latencies, answered = run_bodies(
-                    f"{servers.shim}/v1/models/{name}:predict", bodies, per_client
-                )
+                seconds, latencies, answered = run_bodies(url, bodies, per_client, headers)
             note = f"{clients} clients x {size} {unit} per request"
-            table.append(Row(f"{code} shim -> TorchServe", answered, seconds, latencies, rss.peak_mb, note))
+            table.append(Row(code, answered, seconds, latencies, rss.peak_mb, note))
     finally:
         servers.stop()
     return table, profile
@@ -555,6 +569,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only", choices=["vision", "kinds"], help="one table: the vision Learner's, or the tabular and text one"
     )
+    parser.add_argument(
+        "--kinds-threads",
+        type=int,
+        default=0,
+        help="torch threads for the tabular and text table, in-process and served alike (default 0: as each runs by default)",
+    )
     args = parser.parse_args(argv)
     images = 32 if args.quick else 128
     per_client = 2 if args.quick else 6
@@ -565,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
         if args.only != "vision":
-            kinds, profile = rows_tabular_and_text(tmp, args.device, args.clients, args.quick)
+            kinds, profile = rows_tabular_and_text(tmp, args.device, args.clients, args.quick, args.kinds_threads)
             if args.only == "kinds":
                 print_kinds_table(kinds, profile)
                 return

@@ -64,6 +64,12 @@ def test_raw_image_bytes_are_one_instance():
     assert body.form == RAW and images_of(body) == [PNG] and body.instance_name(0) == "the image"
 
 
+def test_a_body_handed_over_as_text_is_read_as_its_utf8_bytes():
+    body = read_body("Dull and awful, très.")
+    assert body.form == RAW and body.instances == ["Dull and awful, très.".encode()]
+    assert read_text(body.instances[0], body.instance_name(0, TEXT), 100) == "Dull and awful, très."
+
+
 def test_the_tf_serving_fronts_take_json_only():
     with pytest.raises(BadInput, match="not valid JSON"):
         read_body(PNG, raw_allowed=False)

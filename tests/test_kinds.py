@@ -281,6 +281,18 @@ def test_one_text_shortcut_answers_the_label(torchserve, fresh_learners):
     assert body["probabilities"] == pytest.approx(probabilities.tolist(), abs=PROBABILITIES)
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain; charset=utf-8"])
+def test_a_raw_text_body_sent_to_torchserve_is_one_text(torchserve, fresh_learners, content_type):
+    text = "Très bon film, très beau 🎬"
+    headers = {"Content-Type": content_type} if content_type else {}
+    url = f"{torchserve.inference}/predictions/text_multilabel"
+    response = requests.put(url, data=text.encode(), headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    labels, _, scores = predict_text(fresh_learners["text_multilabel"], text)
+    assert response.json()["prediction"] == list(labels)
+    assert response.json()["scores"] == pytest.approx(scores.tolist(), abs=PROBABILITIES)
+
+
 def test_a_text_over_the_length_limit_is_a_400_naming_the_limit(torchserve):
     response = post(torchserve, "text_multilabel", {"instances": ["fine", "a" * 10_001]})
     assert response.status_code == 400

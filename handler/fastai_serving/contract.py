@@ -106,6 +106,8 @@ def read_body(body: Any, verb: str = PREDICT, *, raw_allowed: bool = True, max_i
     """
     if verb not in VERBS:
         raise BadInput(f"unknown verb {verb!r}: expected one of {', '.join(VERBS)}")
+    if isinstance(body, str):  # TorchServe hands over a text/plain body as text
+        body = body.encode("utf-8")
     document = _json_document(body, raw_allowed)
     if document is None:
         if verb != PREDICT:
@@ -133,8 +135,6 @@ def _json_document(body: Any, raw_allowed: bool) -> Any:
     """The body as a JSON value, or None when it is raw (image) bytes."""
     if isinstance(body, (dict, list)):
         return body
-    if isinstance(body, str):
-        body = body.encode("utf-8")
     if not isinstance(body, (bytes, bytearray)):
         raise BadInput("the request has no body")
     if not body.strip():
