@@ -1,7 +1,10 @@
-"""Small real fastai Learners for the tests, one per served task, made from synthetic images.
+"""Small real fastai Learners for the tests, one per served task and kind, made from synthetic data.
 
-Each is trained for one short epoch on a few dozen generated images (no download), then
-exported; the tests compare what the server answers with `learn.predict` in-process.
+Vision Learners train for one short epoch on a few dozen generated images; tabular ones on a
+generated table with categorical and continuous columns and missing values; text classifiers
+(AWD-LSTM, pretrained=False, a tiny config) on generated reviews; a collaborative-filtering
+Learner on generated ratings. Nothing is downloaded. Each is exported; the tests compare what
+the server answers with `learn.predict` on the export.
 """
 
 from __future__ import annotations
