@@ -104,7 +104,7 @@ def test_tabular_regressor_rows_answer_learn_predicts_values(torchserve, fresh_l
 
 
 @pytest.mark.parametrize("model", ["tabular", "tabular_multilabel", "tabular_regressor", "tabular_multi_regressor"])
-def test_the_columnar_form_answers_the_same_as_rows(torchserve, fresh_learners, model):
+def test_the_columnar_form_answers_learn_predict_too(torchserve, fresh_learners, model):
     rows = [{k: v for k, v in row.items() if k != "note"} for row in ROWS]
     response = post(torchserve, model, {"inputs": columns(rows)})
     assert response.status_code == 200, response.text
@@ -264,7 +264,7 @@ def test_texts_of_very_different_lengths_in_one_batch_answer_learn_predict(torch
         assert answer == pytest.approx(expected.tolist(), abs=PROBABILITIES), text
 
 
-def test_text_rows_and_columns_answer_the_same(torchserve, fresh_learners):
+def test_text_rows_and_columns_answer_learn_predict_too(torchserve, fresh_learners):
     rows = post(torchserve, "text", {"instances": [{"text": t} for t in TEXTS[:4]]}).json()["predictions"]
     outputs = post(torchserve, "text", {"inputs": {"text": TEXTS[:4]}}).json()["outputs"]
     for text, row, column in zip(TEXTS[:4], rows, outputs, strict=True):
