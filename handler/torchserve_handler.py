@@ -4,9 +4,9 @@ TorchServe calls `initialize(context)` once per worker, then `handle(data, conte
 every batch: `data` holds one entry per client request. The four steps of TorchServe's
 handler contract map onto the engine-independent core:
 
-    preprocess   read each request's body and decode its images   (fastai_serving.batching)
-    inference    one batched forward pass for all of them          (fastai_serving.predict)
-    postprocess  one JSON body and HTTP status per request          (fastai_serving.responses)
+    preprocess   read each request's body and its instances: decode images, check rows and texts (fastai_serving.batching)
+    inference    one batched forward pass for all of them (fastai_serving.predict, .tabular, .text)
+    postprocess  one JSON body and HTTP status per request (fastai_serving.responses)
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
 from fastai_serving.compiled import compile_learner
 from fastai_serving.contract import PREDICT, TASK_HEADER, VERB_HEADER, VERSION_HEADER
+from fastai_serving.errors import ModelError
 from fastai_serving.learner import ServedLearner, load_learner
 from fastai_serving.settings import HandlerSettings
 
@@ -56,13 +57,20 @@ class FastaiHandler:
             utils_dir,
             self.settings.precision,
             channels_last=self.settings.channels_last,
+            max_text_chars=self.settings.max_text_chars,
         )
+        if self.settings.kind and self.settings.kind != self.served.kind:
+            raise ModelError(
+                f"make-archive found a {self.settings.kind} Learner in {serialized_file}, this worker a "
+                f"{self.served.kind} one: rebuild the archive with this version of fastai-serving"
+            )
         if self.settings.compile:  # before the worker says it is ready: no request ever waits for a compile
             self.served.compile_report = compile_learner(self.served, self.settings.max_batch)
         self.initialized = True
         logger.info(
-            "fastai-serving loaded %s: task=%s classes=%d device=%s precision=%s threads=%d",
+            "fastai-serving loaded %s: kind=%s task=%s classes=%d device=%s precision=%s threads=%d",
             serialized_file,
+            self.served.kind,
             self.served.task,
             len(self.served.classes),
             self.served.device,
@@ -80,7 +88,7 @@ class FastaiHandler:
         return self.postprocess(outcomes, results)
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[Any]:
-        """Read each request's body and decode its images (bad ones stand in for their request)."""
+        """Read each request's body and its instances (bad ones stand in for their request)."""
         bodies = [
             (row.get("body", row.get("data")), (_header(self.context, idx, VERB_HEADER) or PREDICT).lower())
             for idx, row in enumerate(data)
@@ -88,8 +96,8 @@ class FastaiHandler:
         return prepare_requests(self.served, bodies, self.settings)
 
     def inference(self, outcomes: list[Any]) -> list[Any]:
-        """One forward pass for every decoded image in the batch, split back per request."""
-        results = predict_requests(self.served, outcomes, self.settings.max_batch)
+        """One forward pass for every instance in the batch, split back per request."""
+        results = predict_requests(self.served, outcomes, self.settings)
         instances = sum(len(r) for r in results if isinstance(r, list))
         failed = sum(isinstance(r, Exception) for r in results)
         # One line per batch: how many client requests shared it (the tests read it).

@@ -2,7 +2,8 @@
 
 The archive holds the Learner's pickle (under its own file name), our handler and its
 `fastai_serving` package, the optional utils folder of modules the pickle needs, and a
-model config with the batching, worker and timeout settings below.
+model config with the batching, worker and timeout settings below, and the Learner's kind
+(vision, tabular, text or collab: found here by loading it; anything else is refused).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastai_serving import defaults
 from fastai_serving.compiled import batch_sizes, compile_learner
 from fastai_serving.contract import MODEL_NAME
 from fastai_serving.errors import ModelError
-from fastai_serving.learner import PRECISIONS, load_learner
+from fastai_serving.learner import PRECISIONS, ServedLearner, load_learner
 from fastai_serving.settings import HANDLER_KEY
 from fastai_serving_scripts import MODEL_STORE
 
@@ -37,8 +38,14 @@ COUNT_FLAGS = [
     ("--max-workers", defaults.MAX_WORKERS, "worker processes at most"),
     ("--response-timeout", defaults.RESPONSE_TIMEOUT_S, "seconds a batch may take before the worker is restarted"),
     ("--startup-timeout", defaults.STARTUP_TIMEOUT_S, "seconds a worker may take to load (and compile) the model"),
-    ("--max-batch", defaults.MAX_BATCH, "images per forward pass; a bigger batch is cut into passes of this size"),
+    (
+        "--max-batch",
+        defaults.MAX_BATCH,
+        "images or texts per forward pass; a bigger batch is cut into passes of this size",
+    ),
+    ("--max-row-batch", defaults.MAX_ROW_BATCH, "tabular and collab rows per forward pass"),
     ("--max-instances", defaults.MAX_INSTANCES, "instances one request may carry"),
+    ("--max-text-chars", defaults.MAX_TEXT_CHARS, "characters one text instance may hold (text Learners)"),
 ]
 
 
@@ -109,7 +116,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"make-archive: {archive} exists; pass --force to overwrite it")
 
 
-def model_config(args: argparse.Namespace) -> dict:
+def model_config(args: argparse.Namespace, kind: str) -> dict:
     """The archive's model config: TorchServe's batching and workers, then our handler's settings."""
     return {
         "minWorkers": args.min_workers,
@@ -119,8 +126,11 @@ def model_config(args: argparse.Namespace) -> dict:
         "responseTimeout": args.response_timeout,
         "startupTimeout": args.startup_timeout,
         HANDLER_KEY: {
+            "kind": kind,
             "max_batch": args.max_batch,
+            "max_row_batch": args.max_row_batch,
             "max_instances": args.max_instances,
+            "max_text_chars": args.max_text_chars,
             "torch_threads": args.torch_threads,
             "utils_dir": UTILS_DIR_IN_ARCHIVE if args.utils else "",
             "precision": args.precision,
@@ -165,7 +175,7 @@ def make_archive(args: argparse.Namespace) -> Path:
         served = load_learner(args.learner, "cpu", args.utils.resolve() if args.utils else None)
     except ModelError as error:
         raise SystemExit(f"make-archive: {error}") from None
-    print(f"make-archive: {args.learner.name}: {served.task}, {len(served.classes)} classes")
+    print(f"make-archive: {args.learner.name}: {served.kind} {served.task}, {_outputs(served)}")
     if args.compile:
         try_compile(args)
     args.store.mkdir(parents=True, exist_ok=True)
@@ -173,7 +183,7 @@ def make_archive(args: argparse.Namespace) -> Path:
         staging = Path(tmp) / "extra"
         stage_extra_files(staging, args.utils)
         config_file = Path(tmp) / "model-config.yaml"
-        config_file.write_text(yaml.safe_dump(model_config(args), sort_keys=False))
+        config_file.write_text(yaml.safe_dump(model_config(args, served.kind), sort_keys=False))
         command = [
             sys.executable,
             "-c",
@@ -200,6 +210,15 @@ def make_archive(args: argparse.Namespace) -> Path:
     archive = args.store / f"{args.name}.mar"
     print(f"make-archive: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
     return archive
+
+
+def _outputs(served: ServedLearner) -> str:
+    """What the model answers, for make-archive's one line: its classes, or its targets."""
+    if served.classes:
+        return f"{len(served.classes)} classes"
+    if served.targets:
+        return f"target(s) {', '.join(served.targets)}"
+    return "values"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,10 +141,14 @@ def test_make_archive_refuses_what_would_make_a_broken_archive(tmp_path, flags, 
 
 
 def test_the_archives_model_config_holds_batching_and_the_handlers_settings(tmp_path):
-    args = make_archive.parse_args(["--name", "m", "--learner", "x.pkl", "--no-channels-last", "--max-batch", "8"])
-    config = make_archive.model_config(args)
+    args = make_archive.parse_args(
+        ["--name", "m", "--learner", "x.pkl", "--no-channels-last", "--max-batch", "8", "--max-text-chars", "500"]
+    )
+    config = make_archive.model_config(args, "text")
     assert (config["batchSize"], config["maxBatchDelay"]) == (defaults.BATCH_SIZE, defaults.MAX_BATCH_DELAY_MS)
     assert config["handler"]["channels_last"] is False and config["handler"]["max_batch"] == 8
+    assert config["handler"]["kind"] == "text" and config["handler"]["max_text_chars"] == 500
+    assert config["handler"]["max_row_batch"] == defaults.MAX_ROW_BATCH
 
 
 # --- soak ------------------------------------------------------------------------------------------------

@@ -168,6 +168,8 @@ def test_metadata_tells_task_classes_and_input(torchserve):
             "classes": [str(d) for d in range(10)],
             "input": "image",
             "precision": "fp32",
+            "kind": "vision",
+            "inputs": [{"name": "image_bytes", "kind": "image"}],
         }
         assert "serving_default" in body["metadata"]["signature_def"]["signature_def"]
 
@@ -179,6 +181,8 @@ def test_metadata_of_a_segmenter_names_its_codes(torchserve):
         "classes": ["background", "bright"],
         "input": "image",
         "precision": "fp32",
+        "kind": "vision",
+        "inputs": [{"name": "image_bytes", "kind": "image"}],
     }
 
 

@@ -151,6 +151,9 @@ def test_upstream_urls_escape_each_segment():
         b'{"instances": [], "inputs": []}',
         b'{"instances": ["aGk="], "examples": ["aGk="]}',
         b'{"instances": ["aGk="], "signature_name": 3}',
+        b'{"inputs": {"colour": ["red", "blue"], "size": [1.5]}}',
+        b'{"instances": [{"colour": "red", "size": NaN}]}',
+        b'{"text": "one", "row": {"colour": "red"}}',
     ],
 )
 def test_a_malformed_body_is_refused_with_the_contracts_message_before_it_goes_upstream(body):
@@ -160,6 +163,23 @@ def test_a_malformed_body_is_refused_with_the_contracts_message_before_it_goes_u
         read_body(body, raw_allowed=False)
     assert response.status_code == 400 and response.json == {"error": refused.value.message}
     assert fake.count("predict") == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"instances": [{"colour": "red", "size": None}, {"colour": "blue", "size": 1.5}]},
+        {"inputs": {"colour": ["red", "blue"], "size": [None, 1.5]}},
+        {"row": {"colour": "red", "size": 1.5}},
+        {"instances": ["a text", {"text": "another"}]},
+        {"text": "one text"},
+    ],
+)
+def test_tabular_and_text_bodies_go_upstream_as_they_came(body):
+    fake = FakeTorchServe()
+    data = json.dumps(body).encode()
+    assert shim_of(fake).post("/v1/models/digits:predict", data=data).status_code == 200
+    assert fake.calls == [("predict", "digits", None, data, "predict")]
 
 
 def test_classify_without_examples_is_refused_before_it_goes_upstream():
@@ -315,6 +335,33 @@ def test_metadata_of_a_segmenter_says_its_output_is_a_class_index_mask():
     assert outputs == {
         "mask": {"dtype": "DT_INT64", "tensor_shape": {"dim": [{"size": "-1"}] * 3}, "name": "outputs:0"}
     }
+
+
+def test_metadata_of_a_tabular_model_gives_each_column_its_tensor_type():
+    described = {
+        "task": "regression", "classes": [], "input": "row", "kind": "tabular", "targets": ["price", "volume"],
+        "inputs": [
+            {"name": "colour", "kind": "categorical", "type": "string", "categories": ["red"], "nullable": True},
+            {"name": "grade", "kind": "categorical", "type": "integer", "categories": [1, 2], "nullable": True},
+            {"name": "size", "kind": "continuous", "type": "number", "nullable": False},
+        ],
+    }  # fmt: skip
+    body = metadata_body("prices", "1.0", described)
+    serving = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert {name: tensor["dtype"] for name, tensor in serving["inputs"].items()} == {
+        "colour": "DT_STRING", "grade": "DT_INT64", "size": "DT_FLOAT",
+    }  # fmt: skip
+    assert serving["outputs"]["outputs"]["tensor_shape"]["dim"][1] == {"size": "2"}
+    assert body["metadata"]["fastai"] == described
+
+
+def test_metadata_of_a_text_model_has_one_string_input():
+    described = {"task": "classification", "classes": ["neg", "pos"], "input": "text", "kind": "text",
+                 "inputs": [{"name": "text", "kind": "text", "max_chars": 10000}]}  # fmt: skip
+    inputs = metadata_body("reviews", "1.0", described)["metadata"]["signature_def"]["signature_def"]["classes"][
+        "inputs"
+    ]
+    assert inputs == {"text": {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "text:0"}}
 
 
 def test_metadata_is_asked_of_the_handler_once_a_minute_not_per_request():

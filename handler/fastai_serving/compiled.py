@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .contract import VISION
 from .learner import ServedLearner
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,10 @@ def compile_learner(served: ServedLearner, max_batch: int) -> CompileReport:
     from .predict import predict_images
 
     os.environ.setdefault(CACHE_DIR_VARIABLE, str(default_cache_dir()))
+    if served.kind != VISION:
+        return CompileReport(
+            compiled=False, error=f"--compile serves vision Learners; this {served.kind} Learner runs eager"
+        )
     learn, began = served.learn, time.perf_counter()
     eager, sizes = learn.model, batch_sizes(max_batch)
     image = sample_image(learn)

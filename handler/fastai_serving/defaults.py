@@ -21,6 +21,7 @@ TORCHSERVE_GRPC_PORTS = (7070, 7071)  # TorchServe's own gRPC APIs (inference, m
 MAX_BODY_BYTES = 64 * MIB  # a request or response body, at the shim and at TorchServe
 MAX_INSTANCES = 1024  # instances one request may carry
 MAX_IMAGE_PIXELS = 64 * MIB  # width × height of one decoded image: an 8192×8192 tile
+MAX_TEXT_CHARS = 10_000  # characters in one text instance (text Learners); more is a 400
 
 # --- Timeouts -----------------------------------------------------------------------------------
 RESPONSE_TIMEOUT_S = 120  # TorchServe restarts a worker whose batch takes longer
@@ -36,7 +37,10 @@ BATCH_SIZE = 16  # client requests TorchServe gathers into one batch
 MAX_BATCH_DELAY_MS = 10  # how long TorchServe waits to fill a batch
 MIN_WORKERS = 1
 MAX_WORKERS = 1
-MAX_BATCH = 16  # images per forward pass: resnet34 at 224² on 2 cores ran fastest at 8-16 (32: -12%, 64: -22%)
+MAX_BATCH = (
+    16  # images (or texts) per forward pass: resnet34 at 224² on 2 cores ran fastest at 8-16 (32: -12%, 64: -22%)
+)
+MAX_ROW_BATCH = 1024  # tabular and collaborative-filtering rows per forward pass
 TORCH_THREADS = 0  # torch threads per worker; 0: the machine's cores ÷ the model's workers
 PRECISION = "fp32"
 CHANNELS_LAST = True  # the model's weights channels-last: same results to float rounding, faster on CPU
