@@ -246,28 +246,33 @@ def text_corpus(count: int = 60, seed: int = 0):
     return pd.DataFrame(rows, columns=["text", "label", "tags"])
 
 
-def _text_classifier(folder: Path, label_col: str, multi_label: bool = False) -> Path:
+def _text_dataloaders(label_col: str | None, multi_label: bool = False, bs: int = 16):
+    """TextDataLoaders.from_df's DataBlock, with tokenization in this process: no pool of processes to fork."""
     from fastai.text.all import (
-        AWD_LSTM,
         CategoryBlock,
+        ColReader,
+        DataBlock,
         MultiCategoryBlock,
-        TextDataLoaders,
-        awd_lstm_clas_config,
-        text_classifier_learner,
+        RandomSplitter,
+        TextBlock,
     )
 
-    dls = TextDataLoaders.from_df(
-        text_corpus(),
-        text_col="text",
-        label_col=label_col,
-        label_delim=";" if multi_label else None,
-        y_block=MultiCategoryBlock if multi_label else CategoryBlock,
-        valid_pct=0.2,
-        seed=0,
-        bs=16,
-        seq_len=TEXT_SEQ_LEN,
-        num_workers=0,
+    is_lm = label_col is None
+    text = TextBlock.from_df("text", is_lm=is_lm, seq_len=TEXT_SEQ_LEN, n_workers=0)
+    labels = [] if is_lm else [MultiCategoryBlock if multi_label else CategoryBlock]
+    block = DataBlock(
+        blocks=(text, *labels),
+        get_x=ColReader("text"),
+        get_y=None if is_lm else ColReader(label_col, label_delim=";" if multi_label else None),
+        splitter=RandomSplitter(0.2, seed=0),
     )
+    return block.dataloaders(text_corpus(), bs=bs, seq_len=TEXT_SEQ_LEN, num_workers=0)
+
+
+def _text_classifier(folder: Path, label_col: str, multi_label: bool = False) -> Path:
+    from fastai.text.all import AWD_LSTM, awd_lstm_clas_config, text_classifier_learner
+
+    dls = _text_dataloaders(label_col, multi_label)
     config = {**awd_lstm_clas_config, "emb_sz": 16, "n_hid": 32, "n_layers": 2}
     # drop_mult above 0: with no weight dropout at all, fastai 2.8's WeightDropout fails to train on this torch.
     learn = text_classifier_learner(
@@ -312,11 +317,9 @@ def make_collab(folder: Path) -> Path:
 
 def make_language_model(folder: Path) -> Path:
     """language_model_learner: predicts the next token, not a class; exported untrained."""
-    from fastai.text.all import AWD_LSTM, TextDataLoaders, awd_lstm_lm_config, language_model_learner
+    from fastai.text.all import AWD_LSTM, awd_lstm_lm_config, language_model_learner
 
-    dls = TextDataLoaders.from_df(
-        text_corpus(), text_col="text", is_lm=True, valid_pct=0.2, seed=0, bs=8, num_workers=0
-    )
+    dls = _text_dataloaders(None, bs=8)
     config = {**awd_lstm_lm_config, "emb_sz": 16, "n_hid": 32, "n_layers": 2}
     learn = language_model_learner(dls, AWD_LSTM, pretrained=False, config=config)
     folder.mkdir(parents=True, exist_ok=True)

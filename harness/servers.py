@@ -32,6 +32,17 @@ def make_archive(name: str, learner: Path, store: Path, *flags: str) -> subproce
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
+def archive_here(name: str, learner: Path, store: Path, *flags: str) -> Path:
+    """make-archive's own code in this process (fastai is imported once, not per archive): for fixtures.
+
+    A refusal raises SystemExit with make-archive's message; tests of the command itself use `make_archive`.
+    """
+    from fastai_serving_scripts import make_archive as tool
+
+    arguments = ["--name", name, "--learner", str(learner), "--store", str(store), *flags]
+    return tool.make_archive(tool.parse_args(arguments))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import learners
-from harness.servers import Servers, make_archive
+from harness.servers import Servers, archive_here
 
 # Models the session's TorchServe serves: name -> (builder, make-archive flags).
 # A long batch delay on "classifier", "tabular" and "text" makes concurrent test requests reliably
@@ -93,12 +92,8 @@ def exported_learners(small_learners, demo_model) -> Mapping[str, Path]:
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory, exported_learners) -> Path:
     store = tmp_path_factory.mktemp("model_store")
-    exports = {name: exported_learners[name] for name in MODELS}  # trained one after another, in this process
-    # Two make-archives at a time: each is mostly its own import of fastai, on one core.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = pool.map(lambda name: make_archive(name, exports[name], store, *MODELS[name][1]), MODELS)
-        for name, result in zip(MODELS, results, strict=True):
-            assert result.returncode == 0, f"make-archive {name}: {result.stderr}"
+    for name, (_, flags) in MODELS.items():
+        archive_here(name, exported_learners[name], store, *flags)
     return store
 
 
@@ -145,5 +140,5 @@ def fresh_learners(exported_learners) -> Mapping[str, Any]:
 def digits_only_store(tmp_path_factory, exported_learners) -> Path:
     """A model store with the demo model alone, for tests that start servers of their own."""
     store = tmp_path_factory.mktemp("digits_store")
-    assert make_archive("digits", exported_learners["digits"], store).returncode == 0
+    archive_here("digits", exported_learners["digits"], store)
     return store

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from harness.load import expected_probabilities, run_checked_load
-from harness.servers import ROOT, Servers, make_archive
+from harness.servers import ROOT, Servers, archive_here
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def second_version(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     export_path, _ = train_digits(folder / "learner", epochs=2, seed=1)
     archives = {}
     for model in MODELS:
-        assert make_archive(model, export_path, folder / "archives", "--version", "2.0").returncode == 0
+        archive_here(model, export_path, folder / "archives", "--version", "2.0")
         archives[model] = folder / "archives" / f"{model}.mar"
     return export_path, archives
 
@@ -50,7 +50,7 @@ def second_version(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 def lifecycle_servers(tmp_path_factory, exported_learners):
     store = tmp_path_factory.mktemp("lifecycle-store")
     for model in MODELS:
-        assert make_archive(model, exported_learners["digits"], store).returncode == 0
+        archive_here(model, exported_learners["digits"], store)
     servers = Servers(model_store=store, log_dir=tmp_path_factory.mktemp("lifecycle-logs")).start(list(MODELS))
     yield servers
     servers.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -286,7 +287,10 @@ def test_a_model_without_ready_workers_is_503_on_status_and_predict(torchserve, 
         assert predict.status_code == 503 and "error" in predict.json()
     finally:
         requests.put(f"{scale}?min_worker=1&max_worker=1&synchronous=true", timeout=120).raise_for_status()
-    assert requests.get(f"{torchserve.shim}/v1/models/regressor", timeout=5).status_code == 200
+    deadline = time.monotonic() + 120  # the worker's start: an import of torch and fastai, slow on a busy machine
+    while requests.get(f"{torchserve.shim}/v1/models/regressor", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "regressor had no ready worker 120 s after scaling back up"
+        time.sleep(1)
 
 
 def test_an_upstream_timeout_is_a_504(torchserve, tmp_path, exported_learners):

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from harness.load import expected_probabilities, run_checked_load
-from harness.servers import Servers, make_archive
+from harness.servers import Servers, archive_here
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +25,10 @@ DRAIN_S = 2
 @pytest.fixture()
 def draining_servers(tmp_path, exported_learners):
     store = tmp_path / "store"
-    assert make_archive("digits", exported_learners["digits"], store).returncode == 0
+    archive_here("digits", exported_learners["digits"], store)
     # "slow" holds each lone request 4 s (it waits that long to fill a batch): one is still in flight
     # after the drain, when the shim stops accepting.
-    slow = make_archive("slow", exported_learners["digits"], store, "--max-batch-delay", "4000")
-    assert slow.returncode == 0
+    archive_here("slow", exported_learners["digits"], store, "--max-batch-delay", "4000")
     servers = Servers(model_store=store, log_dir=tmp_path / "logs", flags=["--drain-s", str(DRAIN_S)])
     yield servers.start(["digits", "slow"])
     servers.stop()
