@@ -10,6 +10,8 @@ Rows (same Learner, same images, one run):
   5 TorchServe     /predictions/<model> directly, chip-n-scale-shaped load
   6 shim           the full path: the shim on :8501 in front of TorchServe, same load (default archive)
   6a, 6b           row 6 with --no-channels-last (fastai's plain fp32) and with --precision bf16
+  7 predict-batch  scripts/predict-batch through the shim: the same tiles as files in a folder, read, sent
+                   CLIENTS requests in flight of INSTANCES tiles each, every answer committed to a JSONL file
 
 Each row says the precision it ran in: a served row's is what its worker reports (a CPU without
 fast bfloat16 serves a bf16 archive in fp32), and each row is divided by its own precision's ceiling.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +39,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from harness.servers import Servers, free_port, make_archive
+from harness.servers import ROOT, Servers, free_port, make_archive
 from harness.workload import make_learner, make_tiles
 
 BF16, FP32 = "bf16", "fp32"
@@ -281,6 +284,30 @@ def rows_served(servers: Servers, tiles, clients, instances, per_client, key: st
     return rows
 
 
+def row_predict_batch(servers: Servers, tiles, clients, instances, per_client, folder: Path) -> Row:
+    """Row 7: the batch client users run, on as many images as row 6 sends, from files, into a JSONL file."""
+    precision = served_precision(servers)
+    images = folder / "tiles"
+    images.mkdir(parents=True)
+    for index in range(clients * per_client * instances):
+        (images / f"{index:05d}.jpg").write_bytes(tiles[index % len(tiles)])
+    command = [str(ROOT / "scripts" / "predict-batch"), str(images), "--server", servers.shim]
+    command += ["--out", str(folder / "results.jsonl"), "--batch", str(instances), "--concurrency", str(clients)]
+    with open(folder / "predict-batch.log", "w+") as log:
+        client = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        with PeakRss([servers.process.pid, client.pid]) as rss:
+            client.wait(timeout=600)
+        log.seek(0)
+        output = log.read()
+    # Its own summary line: the run's images and rate, timed from the first image to the last commit.
+    summary = re.search(r"images, done (\d+), skipped \d+ \(done before\), failed (\d+), ([\d.]+) images/s", output)
+    if client.returncode != 0 or not summary or summary.group(2) != "0":
+        raise SystemExit(f"bench: predict-batch failed (exit {client.returncode}):\n{output[-2000:]}")
+    done, rate = int(summary.group(1)), float(summary.group(3))
+    note = "files -> JSONL, fsync'ed per batch"
+    return Row("7 predict-batch -> shim", done, done / rate, peak_rss_mb=rss.peak_mb, note=note, precision=precision)
+
+
 def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float, float]:
     """p50 of one-image requests, TorchServe direct and through the shim, sent one at a time."""
     body = request_body([tile])
@@ -337,6 +364,7 @@ def print_targets(rows: list[Row], overhead: tuple[float, float], answers: dict[
         ),
         ("row 6b / its ceiling", bf16_row.images_per_s / ceiling_of(bf16_row, rows).images_per_s, ">= 0.8"),
         ("row 6 / row 3 (predict loop)", speed["6"] / speed["3"], "> 1"),
+        ("row 7 predict-batch / row 6 shim", speed["7"] / speed["6"], ">= 0.95"),
         ("row 6 / row 4 (original method)", speed["6"] / speed["4"], "> 1"),
         ("shim's added p50, one image (ms)", overhead[1] - overhead[0], "<= 2"),
         (f"row 6b ({bf16_row.precision}) / row 6a plain fp32", speed["6b"] / speed["6a"], ">= 1.8 where bf16 is fast"),
@@ -436,8 +464,12 @@ def main(argv: list[str] | None = None) -> None:
                 answers[key] = served_probabilities(servers, tiles)
                 if key == "default":
                     overhead = one_image_overhead(servers, tiles[0], 10 if args.quick else 30)
+                    batch_client = row_predict_batch(
+                        servers, tiles, args.clients, args.instances, per_client, tmp / "predict-batch"
+                    )
             finally:
                 servers.stop()
+        rows.append(batch_client)
         print_table(rows, machine_description(args.device))
         print(
             f"\nload: {args.clients} clients x {args.instances} instances per request; "
