@@ -304,7 +304,7 @@ def row_predict_batch(servers: Servers, tiles, clients, instances, per_client, f
     if client.returncode != 0 or not summary or summary.group(2) != "0":
         raise SystemExit(f"bench: predict-batch failed (exit {client.returncode}):\n{output[-2000:]}")
     done, rate = int(summary.group(1)), float(summary.group(3))
-    note = "files -> JSONL, fsync'ed per batch"
+    note = "files -> JSONL, fsync'ed as answers arrive"
     return Row("7 predict-batch -> shim", done, done / rate, peak_rss_mb=rss.peak_mb, note=note, precision=precision)
 
 

@@ -266,11 +266,18 @@ def test_a_database_password_is_never_printed():
 class ScriptedServer:
     """A loopback HTTP server answering each POST with the next (status, headers, body) of a script."""
 
-    def __init__(self, answers: list[tuple[int, dict, bytes]]) -> None:
-        self.answers, self.bodies = list(answers), []
+    def __init__(self, answers: list[tuple[int, dict, bytes]], metadata: dict | None = None) -> None:
+        self.answers, self.bodies, self.metadata = list(answers), [], metadata
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = json.dumps(server.metadata or {"error": "no metadata"}).encode()
+                self.send_response(200 if server.metadata else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_POST(self) -> None:  # noqa: N802
                 server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 status, headers, body = server.answers.pop(0)
@@ -354,6 +361,17 @@ def test_a_count_of_predictions_that_does_not_match_stops_the_run():
             predictor_for(server).predict([b"a", b"b"])
     finally:
         server.close()
+
+
+def test_class_names_come_from_fastai_servings_metadata_and_none_from_other_servers():
+    metadata = {"metadata": {"fastai": {"task": "classification", "classes": ["background", "building"]}}}
+    ours, other = ScriptedServer([], metadata), ScriptedServer([])
+    try:
+        assert predictor_for(ours, model="buildings").class_names() == ["background", "building"]
+        assert predictor_for(other).class_names() is None
+    finally:
+        ours.close()
+        other.close()
 
 
 def test_retry_after_reads_seconds_and_http_dates():
