@@ -3,12 +3,12 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help install demo serve test test-fast bench soak image-check gpu-check lint format clean
+.PHONY: help install demo serve test test-fast bench soak image-check gpu-check lint format protos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install:  ## Java 17 (if missing), the Python environment in .venv/, and this project's packages (editable)
+install:  ## Java 17 (if missing), the Python environment in .venv/, this project's packages (editable), TF Serving's client for the tests (.venv-tfclient/)
 	@scripts/install
 
 demo: install  ## build model_store/digits.mar (the demo model, trained offline) if missing
@@ -40,6 +40,9 @@ lint: install  ## ruff check and ruff format --check over every Python folder
 
 format: install  ## ruff format and ruff check --fix
 	@$(PYTHON) -m ruff format . && $(PYTHON) -m ruff check --fix .
+
+protos: install  ## regenerate the gRPC front's code (shim/protos/*_pb2*.py) from its .proto files, after editing them
+	@$(PYTHON) -m fastai_serving_scripts.protos
 
 clean:  ## remove build output, logs and archives (keeps .venv/)
 	rm -rf build logs model_store/*.mar

@@ -9,13 +9,29 @@ Rows (same Learner, same images, one run):
   4 original       the original fastai-serving method: one web server, each request's instances one batch
   5 TorchServe     /predictions/<model> directly, chip-n-scale-shaped load
   6 shim           the full path: the shim on :8501 in front of TorchServe, same load (default archive)
+  6g gRPC          the same through the gRPC front on :8500: TF Serving's Predict, raw image bytes (a gRPC client
+                   in this process, with the shim's generated stubs: the wire TF Serving's own client speaks);
+                   rows 6 and 6g take turns, one request per client each, so a busy machine slows both alike
   6a, 6b           row 6 with --no-channels-last (fastai's plain fp32) and with --precision bf16
+  1c, 1d           the ceilings compiled: torch.compile's forward in fp32 and in bf16
+  6c, 6d           row 6 and 6b with --compile: the worker compiles and warms the model before it is ready
+Every archive's server is started twice, and both starts are timed: with an empty torch.compile
+cache, and again with the cache the first start left (a restarted worker's case).
   7 predict-batch  scripts/predict-batch through the shim: the same tiles as files in a folder, read, sent
                    CLIENTS requests in flight of INSTANCES tiles each, every answer committed to a JSONL file
 
 Each row says the precision it ran in: a served row's is what its worker reports (a CPU without
 fast bfloat16 serves a bf16 archive in fp32), and each row is divided by its own precision's ceiling.
 Load for rows 4-6: CLIENTS concurrent clients, each sending requests of INSTANCES base64 tiles.
+
+A second table does the same for a tabular and a text Learner (one server serves both):
+  T1, X1 get_preds  fastai in-process: one test_dl of all the rows (texts), learn.get_preds
+  T2, X2 predict    learn.predict per row (text)
+  T3 TorchServe     /predictions/tabular directly, the same load as T4
+  T4, X3 shim       the full path: CLIENTS clients, each sending requests of ROWS rows (TEXTS texts)
+  T0 forward        the tabular model alone on already-processed tensors: what is left when fastai's
+                    per-call work (copying the frame, its procs, a DataLoader, get_preds) is gone
+plus, for tabular, the cost of one `test_dl` + `get_preds` call against the rows it carries.
 Ratios, not absolute times, are what compare across machines. Not a test: run `make bench`.
 """
 
@@ -24,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -36,11 +53,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import psutil
 import requests
 
 from harness.servers import ROOT, Servers, free_port, make_archive
-from harness.workload import make_learner, make_tiles
+from harness.workload import make_learner, make_tabular_workload, make_text_workload, make_texts, make_tiles
+from shim.protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
+from shim.protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 
 BF16, FP32 = "bf16", "fp32"
 
@@ -54,6 +74,7 @@ class Row:
     peak_rss_mb: float = 0.0
     note: str = ""
     precision: str = FP32  # what it ran in: a served row's, as its worker reports it
+    compiled: bool = False
 
     @property
     def images_per_s(self) -> float:
@@ -159,6 +180,24 @@ def row_ceiling_bf16(export_path: Path, device: str, tiles: list[bytes], batch: 
     )
 
 
+def row_ceiling_compiled(export_path: Path, device: str, tiles: list[bytes], batch: int, precision: str) -> Row:
+    """A compiled archive's ceiling: torch.compile's forward, channels-last, in `precision` (compiled before timing)."""
+    import torch
+
+    from fastai_serving.compiled import compile_mode
+    from fastai_serving.learner import load_learner
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no fast bfloat16.*")
+        served = load_learner(export_path, device, precision=precision)
+    served.learn.model = torch.compile(served.learn.model, mode=compile_mode(served.device))
+    seconds, peak = timed_forward(served, tiles, batch)  # its warm-up batch compiles
+    name = f"1{'d' if precision == BF16 else 'c'} ceiling {precision}: compiled forward"
+    return Row(
+        name, len(tiles), seconds, peak_rss_mb=peak, note=f"batch {batch}", precision=served.precision, compiled=True
+    )
+
+
 def row_get_preds(served, tiles: list[bytes], batch: int) -> Row:
     learn = served.learn
     with PeakRss([psutil.Process().pid]) as rss:
@@ -195,6 +234,11 @@ def run_load(
 ) -> tuple:
     """CLIENTS threads each POST their requests; returns (seconds, latencies in ms, images answered)."""
     bodies = [request_body([tiles[(i * instances + k) % len(tiles)] for k in range(instances)]) for i in range(clients)]
+    return run_bodies(url, bodies, requests_per_client, headers)
+
+
+def run_bodies(url: str, bodies: list[bytes], requests_per_client: int, headers=None) -> tuple:
+    """One client thread per body, each POSTing it again and again; (seconds, latencies in ms, instances answered)."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -212,6 +256,42 @@ def run_load(
         return answered
 
     client(0)  # warm-up: first request loads lazy state everywhere
+    latencies.clear()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answered = sum(pool.map(client, range(len(bodies))))
+    return time.perf_counter() - start, latencies, answered
+
+
+def predict_request(tiles: list[bytes]) -> tensorflow_serving_pb2.PredictRequest:
+    """TF Serving's PredictRequest for the default model: the tiles as a DT_STRING tensor of shape [n]."""
+    shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(tiles))])
+    images = TensorProto(dtype=DataType.DT_STRING, tensor_shape=shape, string_val=tiles)
+    return tensorflow_serving_pb2.PredictRequest(model_spec={"name": "bench"}, inputs={"image_bytes": images})
+
+
+def run_grpc_load(address: str, tiles: list[bytes], clients: int, instances: int, requests_per_client: int) -> tuple:
+    """run_load's load through the gRPC front: each client thread its own channel, the same tiles per request."""
+    calls = [
+        predict_request([tiles[(i * instances + k) % len(tiles)] for k in range(instances)]) for i in range(clients)
+    ]
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> int:
+        with grpc.insecure_channel(address) as channel:
+            stub = tensorflow_serving_pb2_grpc.PredictionServiceStub(channel)
+            answered = 0
+            for _ in range(requests_per_client):
+                began = time.perf_counter()
+                response = stub.Predict(calls[index], timeout=600)
+                elapsed = (time.perf_counter() - began) * 1000
+                answered += response.outputs["probabilities"].tensor_shape.dim[0].size
+                with lock:
+                    latencies.append(elapsed)
+        return answered
+
+    client(0)  # warm-up
     latencies.clear()
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -251,19 +331,32 @@ def _wait_http(url: str, process: subprocess.Popen, timeout_s: float = 120) -> N
     raise TimeoutError(url)
 
 
-VARIANT_ROWS = {"contiguous": "6a shim, --no-channels-last", "bf16": "6b shim, --precision bf16"}
+# The archives served: key -> (make-archive flags, the shim row's name).
+ARCHIVES = {
+    "default": ([], "6 shim -> TorchServe"),
+    "contiguous": (["--no-channels-last"], "6a shim, --no-channels-last"),
+    "bf16": (["--precision", "bf16"], "6b shim, --precision bf16"),
+    "compiled": (["--compile"], "6c shim, --compile"),
+    "compiled-bf16": (["--compile", "--precision", "bf16"], "6d shim, --compile, bf16"),
+}
 
 
-def served_precision(servers: Servers) -> str:
-    """The precision the archive's worker runs in, as its metadata reports it."""
+def served_description(servers: Servers) -> dict:
+    """What the archive's worker says of itself: the precision it runs in, whether it compiled."""
     response = requests.get(f"{servers.shim}/v1/models/bench/metadata", timeout=60)
     response.raise_for_status()
-    return response.json()["metadata"]["fastai"]["precision"]
+    return response.json()["metadata"]["fastai"]
 
 
 def rows_served(servers: Servers, tiles, clients, instances, per_client, key: str) -> list[Row]:
-    """Rows 5 and 6 for the default archive; one shim row for a variant archive."""
-    pids, rows, precision = [servers.process.pid], [], served_precision(servers)
+    """Rows 5, 6 and 6g for the default archive; one shim row for a variant archive."""
+    described = served_description(servers)
+    pids, rows, precision, compiled = (
+        [servers.process.pid],
+        [],
+        described["precision"],
+        described.get("compiled", False),
+    )
     if key == "default":
         with PeakRss(pids) as rss:
             seconds, latencies, answered = run_load(
@@ -275,18 +368,34 @@ def rows_served(servers: Servers, tiles, clients, instances, per_client, key: st
                 headers={"Content-Type": "application/json"},
             )
         rows.append(Row("5 TorchServe direct", answered, seconds, latencies, rss.peak_mb, precision=precision))
-    with PeakRss(pids) as rss:
-        seconds, latencies, answered = run_load(
-            f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client
-        )
-    name = VARIANT_ROWS.get(key, "6 shim -> TorchServe")
-    rows.append(Row(name, answered, seconds, latencies, rss.peak_mb, precision=precision))
+    name = ARCHIVES[key][1]
+    if key != "default":
+        with PeakRss(pids) as rss:
+            seconds, latencies, answered = run_load(
+                f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client
+            )
+        return rows + [Row(name, answered, seconds, latencies, rss.peak_mb, precision=precision, compiled=compiled)]
+    # Rows 6 and 6g take turns, a request per client each, so load from elsewhere falls on both alike.
+    loads = {
+        name: lambda: run_load(f"{servers.shim}/analyze:predict", tiles, clients, instances, 1),
+        "6g gRPC front -> TorchServe": lambda: run_grpc_load(servers.grpc, tiles, clients, instances, 1),
+    }
+    totals = {row: [0.0, [], 0, 0.0] for row in loads}  # seconds, latencies, images, peak RSS
+    for turn in range(per_client):
+        for row in loads if turn % 2 == 0 else reversed(loads):
+            with PeakRss(pids) as rss:
+                seconds, latencies, answered = loads[row]()
+            total = totals[row]
+            total[0], total[2], total[3] = total[0] + seconds, total[2] + answered, max(total[3], rss.peak_mb)
+            total[1] += latencies
+    for row, (seconds, latencies, answered, peak) in totals.items():
+        rows.append(Row(row, answered, seconds, latencies, peak, precision=precision))
     return rows
 
 
 def row_predict_batch(servers: Servers, tiles, clients, instances, per_client, folder: Path) -> Row:
     """Row 7: the batch client users run, on as many images as row 6 sends, from files, into a JSONL file."""
-    precision = served_precision(servers)
+    precision = served_description(servers)["precision"]
     images = folder / "tiles"
     images.mkdir(parents=True)
     for index in range(clients * per_client * instances):
@@ -308,8 +417,8 @@ def row_predict_batch(servers: Servers, tiles, clients, instances, per_client, f
     return Row("7 predict-batch -> shim", done, done / rate, peak_rss_mb=rss.peak_mb, note=note, precision=precision)
 
 
-def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float, float]:
-    """p50 of one-image requests, TorchServe direct and through the shim, sent one at a time."""
+def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float, float, float]:
+    """p50 of one-image requests, TorchServe direct, through the shim and through the gRPC front, one at a time."""
     body = request_body([tile])
     session = requests.Session()
 
@@ -323,7 +432,13 @@ def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float
 
     direct = p50(f"{servers.inference}/predictions/bench", {"Content-Type": "application/json"})
     shim = p50(f"{servers.shim}/analyze:predict", {})
-    return direct, shim
+    with grpc.insecure_channel(servers.grpc) as channel:
+        stub, call, times = tensorflow_serving_pb2_grpc.PredictionServiceStub(channel), predict_request([tile]), []
+        for _ in range(count):
+            began = time.perf_counter()
+            stub.Predict(call, timeout=60)
+            times.append((time.perf_counter() - began) * 1000)
+    return direct, shim, statistics.median(times)
 
 
 def served_probabilities(servers: Servers, tiles: list[bytes]) -> list[list[float]]:
@@ -339,48 +454,71 @@ def served_probabilities(servers: Servers, tiles: list[bytes]) -> list[list[floa
 
 
 def ceiling_of(row: Row, rows: list[Row]) -> Row:
-    """The ceiling a row is held to: the bf16 ceiling for a row that ran in bf16, else the fp32 one."""
-    return next(r for r in rows if r.name.startswith("1b" if row.precision == BF16 else "1 "))
+    """The ceiling a row is held to: the one of its precision, compiled or not as the row is."""
+    ceilings = [r for r in rows if r.name.startswith("1")]
+    return next(r for r in ceilings if (r.precision, r.compiled) == (row.precision, row.compiled))
+
+
+def argmax_agreement(answers: list[list[float]], reference: list[list[float]]) -> float:
+    same = sum(
+        max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
+        for a, b in zip(answers, reference, strict=True)
+    )
+    return same / len(reference)
+
+
+def largest_difference(answers: list[list[float]], reference: list[list[float]]) -> float:
+    return max(abs(x - y) for a, b in zip(answers, reference, strict=True) for x, y in zip(a, b, strict=True))
 
 
 def print_targets(rows: list[Row], overhead: tuple[float, float], answers: dict[str, list[list[float]]]) -> None:
     """The targets, as ratios from this run."""
     speed = {row.name.split()[0]: row.images_per_s for row in rows}
-    fp32, bf16 = answers["contiguous"], answers["bf16"]
-    agree = sum(
-        max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
-        for a, b in zip(fp32, bf16, strict=True)
-    )
-    largest = max(abs(x - y) for a, b in zip(fp32, bf16, strict=True) for x, y in zip(a, b, strict=True))
-    fp32_served = [row for row in rows if row.name[0] in "56" and row.precision == FP32]
-    bf16_row = next(row for row in rows if row.name.startswith("6b"))
+    row = {row.name.split()[0]: row for row in rows}
+    fp32 = answers["contiguous"]
+    fp32_served = [r for r in rows if r.name[0] in "56" and r.precision == FP32 and not r.compiled]
+
+    def own_ceiling(key: str) -> float:
+        return row[key].images_per_s / ceiling_of(row[key], rows).images_per_s
+
     checks = [
         ("row 6 / row 2 (fastai get_preds)", speed["6"] / speed["2"], ">= 0.9"),
         ("row 6 / row 1 (fp32 ceiling)", speed["6"] / speed["1"], ">= 0.8"),
         (
-            "fastest fp32 served row / row 1",
+            "fastest eager fp32 served row / row 1",
             max(r.images_per_s for r in fp32_served) / speed["1"],
             "<= 1 (within noise)",
         ),
-        ("row 6b / its ceiling", bf16_row.images_per_s / ceiling_of(bf16_row, rows).images_per_s, ">= 0.8"),
+        ("row 6b / its ceiling", own_ceiling("6b"), ">= 0.8"),
         ("row 6 / row 3 (predict loop)", speed["6"] / speed["3"], "> 1"),
         ("row 7 predict-batch / row 6 shim", speed["7"] / speed["6"], ">= 0.95"),
         ("row 6 / row 4 (original method)", speed["6"] / speed["4"], "> 1"),
         ("shim's added p50, one image (ms)", overhead[1] - overhead[0], "<= 2"),
-        (f"row 6b ({bf16_row.precision}) / row 6a plain fp32", speed["6b"] / speed["6a"], ">= 1.8 where bf16 is fast"),
+        ("row 6g gRPC / row 6 REST shim (same load)", speed["6g"] / speed["6"], ">= 1 (no base64, no JSON)"),
+        ("gRPC front's added p50, one image (ms)", overhead[2] - overhead[0], "<= 2"),
+        (f"row 6b ({row['6b'].precision}) / row 6a plain fp32", speed["6b"] / speed["6a"], ">= 1.8 where bf16 is fast"),
         ("row 6b / row 6 fp32 channels-last", speed["6b"] / speed["6"], "(default is already faster)"),
         ("row 6 channels-last / row 6a plain fp32", speed["6"] / speed["6a"], "(default's gain)"),
-        ("bf16 argmax agreement with fp32", agree / len(fp32), ">= 0.99"),
-        (
-            "channels-last largest probability difference",
-            max(abs(x - y) for a, b in zip(fp32, answers["default"], strict=True) for x, y in zip(a, b, strict=True)),
-            "(stated)",
-        ),
-        ("bf16 largest probability difference", largest, "(stated)"),
+        ("row 6c compiled fp32 / row 6 eager fp32", speed["6c"] / speed["6"], ">= 1.12"),
+        ("row 6d compiled bf16 / row 6b eager bf16", speed["6d"] / speed["6b"], ">= 1.2"),
+        ("row 6c / its compiled ceiling (1c)", own_ceiling("6c"), ">= 0.9"),
+        ("row 6d / its compiled ceiling (1d)", own_ceiling("6d"), ">= 0.9"),
+        ("bf16 argmax agreement with fp32", argmax_agreement(answers["bf16"], fp32), ">= 0.99"),
+        ("compiled bf16 argmax agreement with fp32", argmax_agreement(answers["compiled-bf16"], fp32), ">= 0.99"),
+        ("compiled fp32 largest probability difference", largest_difference(answers["compiled"], fp32), "<= 1e-5"),
+        ("channels-last largest probability difference", largest_difference(answers["default"], fp32), "(stated)"),
+        ("bf16 largest probability difference", largest_difference(answers["bf16"], fp32), "(stated)"),
     ]
     print("\n| target | this run | wanted |\n|---|---|---|")
     for name, value, wanted in checks:
-        print(f"| {name} | {value:.3f} | {wanted} |")
+        print(f"| {name} | {value:.3g} | {wanted} |")
+
+
+def print_starts(starts: dict[str, tuple[float, float]]) -> None:
+    """Each archive's server start until its worker is ready: with an empty compile cache, and again."""
+    print("\n| archive | first start s | start with the cache s |\n|---|---|---|")
+    for key, (first, again) in starts.items():
+        print(f"| {' '.join(ARCHIVES[key][0]) or '(default)'} | {first:.0f} | {again:.0f} |")
 
 
 # --- The table ------------------------------------------------------------------------------------
@@ -422,6 +560,155 @@ def machine_description(device: str) -> str:
     return f"{cpu}, {psutil.cpu_count()} cores, torch {torch.__version__}, device {device}"
 
 
+# --- Tabular and text ------------------------------------------------------------------------------
+
+
+def json_rows(count: int) -> list[dict]:
+    """`count` rows as a client sends them (null for a missing value), from another draw of the training table."""
+    import math
+
+    from harness.learners import TABULAR_CATEGORICAL, TABULAR_CONTINUOUS, tabular_frame
+
+    frame = tabular_frame(rows=count, seed=2)[[*TABULAR_CATEGORICAL, *TABULAR_CONTINUOUS]].astype(object)
+    return [
+        {
+            k: None if isinstance(v, float) and math.isnan(v) else v.item() if hasattr(v, "item") else v
+            for k, v in r.items()
+        }
+        for r in frame.to_dict("records")
+    ]
+
+
+def timed(call, repeat: int = 3, best: bool = False) -> float:
+    """Seconds one run of `call` takes, after a warm-up run: the median of `repeat` runs (`best`: the fastest)."""
+    call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times) if best else statistics.median(times)
+
+
+def rows_tabular_in_process(export_path: Path, device: str, rows: list[dict], batch: int) -> tuple[list[Row], str]:
+    """T0 (forward alone), T1 (get_preds), T2 (predict loop), and what one test_dl + get_preds call costs."""
+    import pandas as pd
+    import torch
+
+    from fastai_serving.learner import load_learner
+    from fastai_serving.tabular import predict_rows, rows_frame
+
+    served = load_learner(export_path, device)
+    learn, frame = served.learn, rows_frame(rows, served.columns)
+    with PeakRss([psutil.Process().pid]) as rss:
+        seconds = timed(lambda: learn.get_preds(dl=learn.dls.test_dl(frame, bs=batch)))
+    get_preds = Row("T1 fastai get_preds", len(rows), seconds, peak_rss_mb=rss.peak_mb,
+                    note=f"one test_dl of the {len(rows)} rows' DataFrame, bs {batch}")  # fmt: skip
+    tensors = list(learn.dls.test_dl(frame, bs=batch))
+    with torch.inference_mode():
+        forward = timed(lambda: [learn.model(*b) for b in tensors], best=True)
+    ceiling = Row("T0 forward on processed tensors", len(rows), forward, note=f"bs {batch}")
+    sample, latencies = rows[:200], []
+    with PeakRss([psutil.Process().pid]) as rss, learn.no_bar():
+        start = time.perf_counter()
+        for row in sample:
+            began = time.perf_counter()
+            learn.predict(pd.Series(row))
+            latencies.append((time.perf_counter() - began) * 1000)
+        seconds = time.perf_counter() - start
+    loop = Row("T2 learn.predict loop", len(sample), seconds, latencies, rss.peak_mb, "one row at a time")
+    one = timed(lambda: predict_rows(served, rows[:1], batch), repeat=9)
+    many = timed(lambda: predict_rows(served, rows, batch))
+    dl_one = timed(lambda: learn.dls.test_dl(rows_frame(rows[:1], served.columns)), repeat=9)
+    per_row_us = (many - one) / (len(rows) - 1) * 1e6
+    profile = (
+        f"one test_dl + get_preds call: {one * 1000:.1f} ms for 1 row ({dl_one * 1000:.1f} ms of it building the "
+        f"test_dl from the DataFrame), {many * 1000:.0f} ms for {len(rows)} rows: {one * 1000:.1f} ms per call "
+        f"+ {per_row_us:.0f} us per row; one frame per TorchServe batch pays the call once for all its requests"
+    )
+    return [ceiling, get_preds, loop], profile
+
+
+def rows_text_in_process(export_path: Path, device: str, texts: list[str], batch: int) -> list[Row]:
+    """X1 (get_preds on one test_dl of the texts) and X2 (learn.predict per text)."""
+    from fastai_serving.learner import load_learner
+
+    learn = load_learner(export_path, device).learn
+    with PeakRss([psutil.Process().pid]) as rss:
+        seconds = timed(lambda: learn.get_preds(dl=learn.dls.test_dl(texts, bs=batch, num_workers=0)))
+    get_preds = Row("X1 fastai get_preds", len(texts), seconds, peak_rss_mb=rss.peak_mb,
+                    note=f"one test_dl of the {len(texts)} texts, bs {batch}, sorted and padded by fastai")  # fmt: skip
+    sample, latencies = texts[:64], []
+    with PeakRss([psutil.Process().pid]) as rss, learn.no_bar():
+        start = time.perf_counter()
+        for text in sample:
+            began = time.perf_counter()
+            learn.predict(text)
+            latencies.append((time.perf_counter() - began) * 1000)
+        seconds = time.perf_counter() - start
+    return [get_preds, Row("X2 learn.predict loop", len(sample), seconds, latencies, rss.peak_mb, "one text at a time")]
+
+
+def rows_tabular_and_text(tmp: Path, device: str, clients: int, quick: bool, threads: int) -> tuple[list[Row], str]:
+    """The tabular and text table's rows: in-process baselines, then both archives served by one server.
+
+    `threads` > 0: torch threads in-process and in the archives' workers alike (0: torch's default
+    in-process, the archives' cores ÷ workers).
+    """
+    import torch
+
+    default_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    rows_per_request, texts_per_request, per_client = 256, 32, 2 if quick else 6
+    tabular_export, text_export = make_tabular_workload(tmp / "tabular"), make_text_workload(tmp / "text")
+    rows, texts = json_rows(clients * rows_per_request), make_texts(clients * texts_per_request)
+    table, profile = rows_tabular_in_process(tabular_export, device, rows, batch=1024)
+    table += rows_text_in_process(text_export, device, texts, batch=16)
+    torch.set_num_threads(default_threads)
+    store = tmp / "store-kinds"
+    for name, export in (("tabular", tabular_export), ("text", text_export)):
+        made = make_archive(name, export, store, "--torch-threads", str(threads))
+        if made.returncode != 0:
+            raise SystemExit(f"bench: make-archive {name} failed:\n{made.stderr}")
+    servers = Servers(model_store=store, log_dir=tmp / "logs-kinds").start(["tabular", "text"])
+    json_header = {"Content-Type": "application/json"}
+    try:
+        for code, url, items, size, unit, headers in (
+            ("T3 TorchServe direct", f"{servers.inference}/predictions/tabular", rows, rows_per_request, "rows", json_header),
+            ("T4 shim -> TorchServe", f"{servers.shim}/v1/models/tabular:predict", rows, rows_per_request, "rows", {}),
+            ("X3 shim -> TorchServe", f"{servers.shim}/v1/models/text:predict", texts, texts_per_request, "texts", {}),
+        ):  # fmt: skip
+            bodies = [json.dumps({"instances": items[i * size : (i + 1) * size]}).encode() for i in range(clients)]
+            with PeakRss([servers.process.pid]) as rss:
+                seconds, latencies, answered = run_bodies(url, bodies, per_client, headers)
+            note = f"{clients} clients x {size} {unit} per request"
+            table.append(Row(code, answered, seconds, latencies, rss.peak_mb, note))
+    finally:
+        servers.stop()
+    return table, profile
+
+
+def print_kinds_table(rows: list[Row], profile: str) -> None:
+    """The tabular and text rows, each divided by fastai's get_preds on the same rows (T1, X1)."""
+    header = (
+        f"| {'row':<34} | {'per s':>8} | {'p50 ms':>8} | {'p99 ms':>8} | {'peak RSS MB':>11} | {'÷ get_preds':>11} |"
+    )
+    print("\ntabular (rows/s) and text (texts/s)\n")
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    for row in rows:
+        baseline = next(r for r in rows if r.name.startswith(row.name[0] + "1")).images_per_s
+        print(
+            f"| {row.name:<34} | {row.images_per_s:8.0f} | {row.percentile(0.5):8.0f} | {row.percentile(0.99):8.0f} "
+            f"| {row.peak_rss_mb:11.0f} | {row.images_per_s / baseline:11.2f} |"
+        )
+    for row in rows:
+        if row.note:
+            print(f"  {row.name.split()[0]}: {row.note}")
+    print(f"  T: {profile}")
+
+
 def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings(
         "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
@@ -431,6 +718,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--instances", type=int, default=8)
+    parser.add_argument(
+        "--only", choices=["vision", "kinds"], help="one table: the vision Learner's, or the tabular and text one"
+    )
+    parser.add_argument(
+        "--kinds-threads",
+        type=int,
+        default=0,
+        help="torch threads for the tabular and text table, in-process and served alike (default 0: as each runs by default)",
+    )
     args = parser.parse_args(argv)
     images = 32 if args.quick else 128
     per_client = 2 if args.quick else 6
@@ -440,43 +736,67 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
+        if args.only != "vision":
+            kinds, profile = rows_tabular_and_text(tmp, args.device, args.clients, args.quick, args.kinds_threads)
+            if args.only == "kinds":
+                print_kinds_table(kinds, profile)
+                return
         export_path = make_learner(tmp / "learner")
         tiles = make_tiles(images)
         rows = [
             row_ceiling_fp32(export_path, args.device, tiles, batch),
             row_ceiling_bf16(export_path, args.device, tiles, batch),
+            row_ceiling_compiled(export_path, args.device, tiles, batch, FP32),
+            row_ceiling_compiled(export_path, args.device, tiles, batch, BF16),
         ]
         plain = load_learner(export_path, args.device, channels_last=False)  # fastai as it loads a Learner
         rows.append(row_get_preds(plain, tiles, batch))
         rows.append(row_predict_loop(plain, tiles[: max(8, images // 4)]))
         del plain
         rows.append(row_original(export_path, tiles, args.clients, args.instances, per_client))
-        overhead, answers = None, {}
-        # The default archive (fp32, channels-last) gives rows 5 and 6; two variants run through the shim too.
-        for key, flags in [("default", []), ("contiguous", ["--no-channels-last"]), ("bf16", ["--precision", "bf16"])]:
+        overhead, answers, starts = None, {}, {}
+        # The default archive (fp32, channels-last) gives rows 5 and 6; the variants run through the shim too.
+        for key, (flags, _) in ARCHIVES.items():
             store = tmp / f"store-{key}"
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / f"cache-archive-{key}")  # make-archive's trial compile
             made = make_archive("bench", export_path, store, *flags)
             if made.returncode != 0:
                 raise SystemExit(f"bench: make-archive {' '.join(flags)} failed:\n{made.stderr}")
-            servers = Servers(model_store=store, log_dir=tmp / f"logs-{key}").start(["bench"])
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / f"cache-serve-{key}")  # empty: the first start is cold
+            first = timed_start(store, tmp / f"logs-{key}-first")
+            first[0].stop()
+            servers, again = timed_start(store, tmp / f"logs-{key}")
+            starts[key] = (first[1], again)
             try:
                 rows += rows_served(servers, tiles, args.clients, args.instances, per_client, key)
                 answers[key] = served_probabilities(servers, tiles)
                 if key == "default":
                     overhead = one_image_overhead(servers, tiles[0], 10 if args.quick else 30)
-                    batch_client = row_predict_batch(
-                        servers, tiles, args.clients, args.instances, per_client, tmp / "predict-batch"
+                    rows.append(
+                        row_predict_batch(
+                            servers, tiles, args.clients, args.instances, per_client, tmp / "predict-batch"
+                        )
                     )
             finally:
                 servers.stop()
-        rows.append(batch_client)
+        rows.sort(key=lambda row: row.name)
         print_table(rows, machine_description(args.device))
         print(
             f"\nload: {args.clients} clients x {args.instances} instances per request; "
             f"one-image p50: TorchServe {overhead[0]:.1f} ms, shim {overhead[1]:.1f} ms "
-            f"(shim adds {overhead[1] - overhead[0]:.1f} ms)"
+            f"(shim adds {overhead[1] - overhead[0]:.1f} ms), gRPC front {overhead[2]:.1f} ms"
         )
+        print_starts(starts)
         print_targets(rows, overhead, answers)
+        if args.only is None:
+            print_kinds_table(kinds, profile)
+
+
+def timed_start(store: Path, log_dir: Path) -> tuple[Servers, float]:
+    """A server for `store`, and the seconds until its model was ready (TorchServe, the worker's load and compile)."""
+    began = time.perf_counter()
+    servers = Servers(model_store=store, log_dir=log_dir).start(["bench"], timeout_s=1200)
+    return servers, time.perf_counter() - began
 
 
 if __name__ == "__main__":

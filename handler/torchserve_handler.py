@@ -4,9 +4,9 @@ TorchServe calls `initialize(context)` once per worker, then `handle(data, conte
 every batch: `data` holds one entry per client request. The four steps of TorchServe's
 handler contract map onto the engine-independent core:
 
-    preprocess   read each request's body and decode its images   (fastai_serving.batching)
-    inference    one batched forward pass for all of them          (fastai_serving.predict)
-    postprocess  one JSON body and HTTP status per request          (fastai_serving.responses)
+    preprocess   read each request's body and its instances: decode images, check rows and texts (fastai_serving.batching)
+    inference    one batched forward pass for all of them (fastai_serving.predict, .tabular, .text)
+    postprocess  one JSON body and HTTP status per request (fastai_serving.responses)
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
-from fastai_serving.contract import PREDICT, VERB_HEADER
+from fastai_serving.compiled import compile_learner
+from fastai_serving.contract import PREDICT, TASK_HEADER, VERB_HEADER, VERSION_HEADER
+from fastai_serving.errors import ModelError
 from fastai_serving.learner import ServedLearner, load_learner
 from fastai_serving.settings import HandlerSettings
 
@@ -36,6 +38,7 @@ class FastaiHandler:
         self.served: ServedLearner | None = None
         self.settings = HandlerSettings()
         self.context: Any = None
+        self.version = ""
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
@@ -46,6 +49,7 @@ class FastaiHandler:
         self.settings = HandlerSettings.from_model_config(model_config)
         torch.set_num_threads(self._torch_threads(model_config))
         serialized_file = context.manifest["model"]["serializedFile"]
+        self.version = str(context.manifest["model"].get("modelVersion", ""))
         utils_dir = model_dir / self.settings.utils_dir if self.settings.utils_dir else None
         self.served = load_learner(
             model_dir / serialized_file,
@@ -53,11 +57,20 @@ class FastaiHandler:
             utils_dir,
             self.settings.precision,
             channels_last=self.settings.channels_last,
+            max_text_chars=self.settings.max_text_chars,
         )
+        if self.settings.kind and self.settings.kind != self.served.kind:
+            raise ModelError(
+                f"make-archive found a {self.settings.kind} Learner in {serialized_file}, this worker a "
+                f"{self.served.kind} one: rebuild the archive with this version of fastai-serving"
+            )
+        if self.settings.compile:  # before the worker says it is ready: no request ever waits for a compile
+            self.served.compile_report = compile_learner(self.served, self.settings.max_batch)
         self.initialized = True
         logger.info(
-            "fastai-serving loaded %s: task=%s classes=%d device=%s precision=%s threads=%d",
+            "fastai-serving loaded %s: kind=%s task=%s classes=%d device=%s precision=%s threads=%d",
             serialized_file,
+            self.served.kind,
             self.served.task,
             len(self.served.classes),
             self.served.device,
@@ -75,7 +88,7 @@ class FastaiHandler:
         return self.postprocess(outcomes, results)
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[Any]:
-        """Read each request's body and decode its images (bad ones stand in for their request)."""
+        """Read each request's body and its instances (bad ones stand in for their request)."""
         bodies = [
             (row.get("body", row.get("data")), (_header(self.context, idx, VERB_HEADER) or PREDICT).lower())
             for idx, row in enumerate(data)
@@ -83,8 +96,8 @@ class FastaiHandler:
         return prepare_requests(self.served, bodies, self.settings)
 
     def inference(self, outcomes: list[Any]) -> list[Any]:
-        """One forward pass for every decoded image in the batch, split back per request."""
-        results = predict_requests(self.served, outcomes, self.settings.max_batch)
+        """One forward pass for every instance in the batch, split back per request."""
+        results = predict_requests(self.served, outcomes, self.settings)
         instances = sum(len(r) for r in results if isinstance(r, list))
         failed = sum(isinstance(r, Exception) for r in results)
         # One line per batch: how many client requests shared it (the tests read it).
@@ -98,6 +111,9 @@ class FastaiHandler:
             if status != 200:
                 self.context.set_response_status(status, reason_phrase(body["error"]), idx)
             self.context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+            # The gRPC front names the version that answered (TF Serving's model_spec.version) and the outputs.
+            self.context.set_response_header(idx, VERSION_HEADER, self.version)
+            self.context.set_response_header(idx, TASK_HEADER, self.served.task)
             bodies.append(json.dumps(body, separators=(",", ":")).encode())
         return bodies
 

@@ -40,7 +40,7 @@ def free_port() -> int:
 
 @dataclass
 class Servers:
-    """A running `scripts/serve`: TorchServe, and the shim unless `with_shim` is False.
+    """A running `scripts/serve`: TorchServe, and the shim and its gRPC front unless `with_shim` is False.
 
     Each keeps TorchServe's pid file in a run folder of its own, so several run side by side.
     """
@@ -48,8 +48,11 @@ class Servers:
     model_store: Path
     log_dir: Path
     with_shim: bool = True
+    with_grpc: bool = True
     default_model: str = ""
+    flags: list[str] = field(default_factory=list)  # more scripts/serve flags
     shim_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     inference_port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -69,6 +72,11 @@ class Servers:
         return f"http://127.0.0.1:{self.shim_port}"
 
     @property
+    def grpc(self) -> str:
+        """The gRPC front's address, as gRPC clients take it."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
     def run_dir(self) -> Path:
         return self.log_dir / "run"
 
@@ -83,6 +91,7 @@ class Servers:
             "--metrics-port", str(self.metrics_port),
             "--grpc-ports", str(self.grpc_ports[0]), str(self.grpc_ports[1]),
             "--port", str(self.shim_port),
+            "--grpc-port", str(self.grpc_port),
             "--shim-host", "127.0.0.1",
             "--run-dir", str(self.run_dir),
         ]  # fmt: skip
@@ -90,6 +99,9 @@ class Servers:
             command += ["--default-model", self.default_model]
         if not self.with_shim:
             command.append("--no-shim")
+        command += self.flags
+        if not self.with_grpc:
+            command.append("--no-grpc")
         with open(self.log_dir / "serve.out", "wb") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         self.wait_ready(models, timeout_s)
@@ -107,8 +119,12 @@ class Servers:
         if not self.with_shim:
             return True
         try:
-            return requests.get(f"{self.shim}/v1/models/{model}", timeout=2).status_code == 200
-        except requests.RequestException:
+            if requests.get(f"{self.shim}/v1/models/{model}", timeout=2).status_code != 200:
+                return False
+            if self.with_grpc:
+                socket.create_connection(("127.0.0.1", self.grpc_port), timeout=2).close()  # the gRPC front listens
+            return True
+        except (requests.RequestException, OSError):
             return False
 
     def wait_ready(self, models: list[str], timeout_s: float) -> None:

@@ -62,3 +62,57 @@ def make_learner(folder: Path) -> Path:
     export_path = folder / "export.pkl"
     learn.export(export_path.resolve())
     return export_path
+
+
+def make_tabular_workload(folder: Path) -> Path:
+    """Export a tabular_learner with fastai's default layers (200, 100), trained briefly on the synthetic table."""
+    from fastai.tabular.all import Categorify, FillMissing, Normalize, TabularDataLoaders, tabular_learner
+
+    from harness.learners import TABULAR_CATEGORICAL, TABULAR_CONTINUOUS, tabular_frame
+
+    frame = tabular_frame(rows=2000)
+    dls = TabularDataLoaders.from_df(
+        frame,
+        y_names="quality",
+        cat_names=list(TABULAR_CATEGORICAL),
+        cont_names=list(TABULAR_CONTINUOUS),
+        procs=[Categorify, FillMissing, Normalize],
+        valid_idx=list(range(1600, 2000)),
+        bs=64,
+        num_workers=0,
+    )
+    learn = tabular_learner(dls)
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learn.fit(1, 1e-2)
+    folder.mkdir(parents=True, exist_ok=True)
+    learn.export((folder / "export.pkl").resolve())
+    return folder / "export.pkl"
+
+
+def make_text_workload(folder: Path) -> Path:
+    """Export a text_classifier_learner with fastai's default AWD-LSTM (not pretrained), trained one short epoch."""
+    from fastai.text.all import AWD_LSTM, TextDataLoaders, text_classifier_learner
+
+    from harness.learners import text_corpus
+
+    dls = TextDataLoaders.from_df(
+        text_corpus(count=200), text_col="text", label_col="label", valid_pct=0.2, seed=0, bs=32, num_workers=0
+    )
+    learn = text_classifier_learner(dls, AWD_LSTM, pretrained=False)
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learn.fit(1, 1e-3)
+    folder.mkdir(parents=True, exist_ok=True)
+    learn.export((folder / "export.pkl").resolve())
+    return folder / "export.pkl"
+
+
+def make_texts(count: int, seed: int = 0) -> list[str]:
+    """`count` reviews of 5 to 120 words (a long tail, as real reviews have), from the test corpus's words."""
+    from harness.learners import BAD_WORDS, FILLER_WORDS, GOOD_WORDS
+
+    rng = np.random.default_rng(seed)
+    words = FILLER_WORDS * 3 + GOOD_WORDS + BAD_WORDS
+    lengths = np.clip(rng.lognormal(mean=3.0, sigma=0.7, size=count), 5, 120).astype(int)
+    return [" ".join(rng.choice(words, length)).capitalize() + "." for length in lengths]

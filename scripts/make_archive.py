@@ -2,7 +2,8 @@
 
 The archive holds the Learner's pickle (under its own file name), our handler and its
 `fastai_serving` package, the optional utils folder of modules the pickle needs, and a
-model config with the batching, worker and timeout settings below.
+model config with the batching, worker and timeout settings below, and the Learner's kind
+(vision, tabular, text or collab: found here by loading it; anything else is refused).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import yaml
 
 import fastai_serving
 from fastai_serving import defaults
+from fastai_serving.compiled import batch_sizes, compile_learner
 from fastai_serving.contract import MODEL_NAME
 from fastai_serving.errors import ModelError
-from fastai_serving.learner import PRECISIONS, load_learner
+from fastai_serving.learner import PRECISIONS, ServedLearner, load_learner
 from fastai_serving.settings import HANDLER_KEY
 from fastai_serving_scripts import MODEL_STORE
 
@@ -35,8 +37,15 @@ COUNT_FLAGS = [
     ("--min-workers", defaults.MIN_WORKERS, "worker processes at start"),
     ("--max-workers", defaults.MAX_WORKERS, "worker processes at most"),
     ("--response-timeout", defaults.RESPONSE_TIMEOUT_S, "seconds a batch may take before the worker is restarted"),
-    ("--max-batch", defaults.MAX_BATCH, "images per forward pass; a bigger batch is cut into passes of this size"),
+    ("--startup-timeout", defaults.STARTUP_TIMEOUT_S, "seconds a worker may take to load (and compile) the model"),
+    (
+        "--max-batch",
+        defaults.MAX_BATCH,
+        "images or texts per forward pass; a bigger batch is cut into passes of this size",
+    ),
+    ("--max-row-batch", defaults.MAX_ROW_BATCH, "tabular and collab rows per forward pass"),
     ("--max-instances", defaults.MAX_INSTANCES, "instances one request may carry"),
+    ("--max-text-chars", defaults.MAX_TEXT_CHARS, "characters one text instance may hold (text Learners)"),
 ]
 
 
@@ -69,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="store the model's weights channels-last: same results to float rounding, about 20%% faster "
         "convolutions on CPU (default: on; --no-channels-last to turn off)",
     )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.COMPILE,
+        help="torch.compile the model when a worker starts, warmed for every batch size before it takes "
+        "requests; tried here first (default: off)",
+    )
+    parser.add_argument(
+        "--compile-fallback",
+        action="store_true",
+        help="with --compile: if the model does not compile here, archive it eager instead of refusing",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     return parser
 
@@ -95,7 +116,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"make-archive: {archive} exists; pass --force to overwrite it")
 
 
-def model_config(args: argparse.Namespace) -> dict:
+def model_config(args: argparse.Namespace, kind: str) -> dict:
     """The archive's model config: TorchServe's batching and workers, then our handler's settings."""
     return {
         "minWorkers": args.min_workers,
@@ -103,13 +124,18 @@ def model_config(args: argparse.Namespace) -> dict:
         "batchSize": args.batch_size,
         "maxBatchDelay": args.max_batch_delay,
         "responseTimeout": args.response_timeout,
+        "startupTimeout": args.startup_timeout,
         HANDLER_KEY: {
+            "kind": kind,
             "max_batch": args.max_batch,
+            "max_row_batch": args.max_row_batch,
             "max_instances": args.max_instances,
+            "max_text_chars": args.max_text_chars,
             "torch_threads": args.torch_threads,
             "utils_dir": UTILS_DIR_IN_ARCHIVE if args.utils else "",
             "precision": args.precision,
             "channels_last": args.channels_last,
+            "compile": args.compile,
         },
     }
 
@@ -122,19 +148,42 @@ def stage_extra_files(staging: Path, utils: Path | None) -> None:
         shutil.copytree(utils, staging / UTILS_DIR_IN_ARCHIVE, ignore=ignore)
 
 
+def try_compile(args: argparse.Namespace) -> None:
+    """Compile the model once here, as a worker will; refuse, or with --compile-fallback archive it eager, if it fails."""
+    served = load_learner(
+        args.learner, "cpu", args.utils.resolve() if args.utils else None, args.precision, args.channels_last
+    )
+    print(f"make-archive: compiling the model for batch sizes {list(batch_sizes(args.max_batch))} (minutes, once)")
+    report = compile_learner(served, args.max_batch)
+    if report.compiled:
+        print(
+            f"make-archive: it compiles ({report.seconds:.0f} s here); each worker compiles it before taking requests"
+        )
+    elif args.compile_fallback:
+        print(f"make-archive: it does not compile ({report.error}); archiving it eager (--compile-fallback)")
+        args.compile = False
+    else:
+        raise SystemExit(
+            f"make-archive: --compile: the model does not compile ({report.error}); "
+            "archive it without --compile, or pass --compile-fallback to archive it eager"
+        )
+
+
 def make_archive(args: argparse.Namespace) -> Path:
     check_args(args)
     try:
         served = load_learner(args.learner, "cpu", args.utils.resolve() if args.utils else None)
     except ModelError as error:
         raise SystemExit(f"make-archive: {error}") from None
-    print(f"make-archive: {args.learner.name}: {served.task}, {len(served.classes)} classes")
+    print(f"make-archive: {args.learner.name}: {served.kind} {served.task}, {_outputs(served)}")
+    if args.compile:
+        try_compile(args)
     args.store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="make-archive-") as tmp:
         staging = Path(tmp) / "extra"
         stage_extra_files(staging, args.utils)
         config_file = Path(tmp) / "model-config.yaml"
-        config_file.write_text(yaml.safe_dump(model_config(args), sort_keys=False))
+        config_file.write_text(yaml.safe_dump(model_config(args, served.kind), sort_keys=False))
         command = [
             sys.executable,
             "-c",
@@ -161,6 +210,15 @@ def make_archive(args: argparse.Namespace) -> Path:
     archive = args.store / f"{args.name}.mar"
     print(f"make-archive: wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
     return archive
+
+
+def _outputs(served: ServedLearner) -> str:
+    """What the model answers, for make-archive's one line: its classes, or its targets."""
+    if served.classes:
+        return f"{len(served.classes)} classes"
+    if served.targets:
+        return f"target(s) {', '.join(served.targets)}"
+    return "values"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,11 @@
 """Serve every archive in a model store: TorchServe, and the TF-Serving shim in front of it.
 
-Starts TorchServe (config.properties, log4j2.xml) and the shim (gunicorn, port 8501), prints
-each model once it has a ready worker, stops both cleanly on Ctrl-C or SIGTERM, and exits
-non-zero as soon as either stops on its own (TorchServe's own `torchserve --stop` included).
+Starts TorchServe (config.properties, log4j2.xml), the shim (gunicorn, port 8501) and its gRPC
+front (port 8500), prints each model once it has a ready worker, and exits non-zero as soon as one
+stops on its own (TorchServe's own `torchserve --stop` included). SIGTERM (what `docker stop` and
+Kubernetes send) drains: readiness fails at once while requests are still served for --drain-s
+seconds, then the fronts stop accepting and answer what they accepted, then TorchServe stops.
+Ctrl-C stops the same way without the drain.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from shim.settings import Settings, env_name
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SHIM_APP = ["-c", "python:shim.gunicorn_conf", "shim.wsgi:app"]
+GRPC_APP = ["-m", "shim.grpc_server"]
 STATE_FOLDER = "fastai-serving"  # in the temp folder: what each running serve serves, for scripts/reload
 
 
@@ -42,7 +46,15 @@ def build_parser(shim: Settings) -> argparse.ArgumentParser:
         default=shim.default_model,
         help="model behind /analyze (default: the only archive in the store)",
     )
-    add("--no-shim", action="store_true", help="serve TorchServe alone")
+    add("--no-shim", action="store_true", help="serve TorchServe alone (no REST shim, no gRPC front)")
+    add(
+        "--grpc-port",
+        type=int,
+        default=shim.grpc_port,
+        help=f"the gRPC front's port, on the shim's address (default: {defaults.GRPC_PORT}); "
+        "--grpc-ports are TorchServe's own",
+    )
+    add("--no-grpc", action="store_true", help="serve without the gRPC front")
     add(
         "--host",
         default=defaults.LOOPBACK,
@@ -76,13 +88,19 @@ def build_parser(shim: Settings) -> argparse.ArgumentParser:
     )
     add("--log-dir", type=Path, default=LOG_DIR, help="TorchServe's log files (default: logs/)")
     add(
+        "--drain-s",
+        type=float,
+        default=shim.drain_s,
+        help=f"after SIGTERM, seconds requests are still served while /ready fails (default: {defaults.DRAIN_S})",
+    )
+    add(
         "--run-dir",
         type=Path,
         default=None,
         help="where TorchServe keeps its pid file (default: the system temp folder, where `torchserve --stop` "
         "looks); give each server its own to run several side by side",
     )
-    return parser  # fmt: skip
+    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,14 +164,22 @@ def torchserve_process(args: argparse.Namespace) -> subprocess.Popen:
     return subprocess.Popen(command, env=torchserve_environment(args), start_new_session=True)
 
 
+def drain_file(args: argparse.Namespace) -> Path:
+    """While this file exists the shim's readiness fails: serve makes it on SIGTERM."""
+    return args.log_dir / "run" / "draining"
+
+
 def shim_environment(args: argparse.Namespace, default_model: str, models: list[str]) -> dict[str, str]:
     torchserve = connectable(args.host)
     settings = {
         "upstream": f"http://{torchserve}:{args.inference_port}",
         "management": f"http://{defaults.LOOPBACK}:{args.management_port}",
+        "torchserve_metrics": f"http://{defaults.LOOPBACK}:{args.metrics_port}/metrics",
         "default_model": default_model,
         "port": str(args.port),
         "host": args.shim_host,
+        "drain_file": str(drain_file(args)),
+        "grpc_port": str(args.grpc_port),
     }
     # Readiness waits for every archive in the store, unless the user named the models it waits for.
     settings["ready_models"] = os.environ.get(env_name("ready_models")) or ",".join(models)
@@ -163,6 +189,12 @@ def shim_environment(args: argparse.Namespace, default_model: str, models: list[
 def shim_process(args: argparse.Namespace, default_model: str, models: list[str]) -> subprocess.Popen:
     gunicorn = Path(sys.executable).parent / "gunicorn"
     command = [str(gunicorn) if gunicorn.exists() else "gunicorn", *SHIM_APP]
+    return subprocess.Popen(command, env=shim_environment(args, default_model, models), start_new_session=True)
+
+
+def grpc_process(args: argparse.Namespace, default_model: str, models: list[str]) -> subprocess.Popen:
+    """The gRPC front, with the shim's settings (it binds to the shim's address, on --grpc-port)."""
+    command = [sys.executable, *GRPC_APP]
     return subprocess.Popen(command, env=shim_environment(args, default_model, models), start_new_session=True)
 
 
@@ -201,7 +233,7 @@ def why_it_ended(name: str, process: subprocess.Popen) -> str:
             "TorchServe stopped from outside (`torchserve --stop`, or its Java process was killed or failed: "
             "see ts_log.log in the log folder)"
         )
-    return f"the shim exited on its own (code {process.returncode})"
+    return f"the {name} exited on its own (code {process.returncode})"
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -212,23 +244,27 @@ def serve(args: argparse.Namespace) -> int:
     args.log_dir = args.log_dir.resolve()
     models = archive_model_names(args.model_store)
     default_model = args.default_model or (models[0] if len(models) == 1 else "")
+    drain_file(args).unlink(missing_ok=True)
     processes = {"TorchServe": torchserve_process(args)}
     if not args.no_shim:
         processes["shim"] = shim_process(args, default_model, models)
+    if not args.no_shim and not args.no_grpc:
+        processes["gRPC front"] = grpc_process(args, default_model, models)
     state = write_state(args)
-    stopping = False
+    stopping: signal.Signals | None = None
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
-        stopping = True
-        print(f"serve: stopping ({signal.Signals(signum).name})", flush=True)
+        if stopping is None:
+            stopping = signal.Signals(signum)
+            print(f"serve: stopping ({stopping.name})", flush=True)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
     announced: set[str] = set()
     exited, next_look = None, 0.0
     try:
-        while not stopping and exited is None:
+        while stopping is None and exited is None:
             exited = next((name for name, process in processes.items() if process.poll() is not None), None)
             if time.monotonic() >= next_look:
                 models_ready = ready_models(args.management_port)
@@ -240,10 +276,8 @@ def serve(args: argparse.Namespace) -> int:
                 next_look = time.monotonic() + (0.5 if waiting else 5.0)
             time.sleep(0.2)
     finally:
-        for process in processes.values():
-            _signal_group(process, signal.SIGTERM)
-        for process in processes.values():
-            _wait_for_group(process, timeout_s=30)
+        drain_s = args.drain_s if stopping == signal.SIGTERM and exited is None and not args.no_shim else 0
+        shut_down(processes, drain_file(args), drain_s, Settings.from_env().graceful_timeout_s)
         state.unlink(missing_ok=True)
     if exited is not None:
         print(f"serve: {why_it_ended(exited, processes[exited])}; stopped the rest", file=sys.stderr)
@@ -251,11 +285,36 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def shut_down(processes: dict[str, subprocess.Popen], draining: Path, drain_s: float, graceful_s: float) -> None:
+    """The fronts first, TorchServe last, so that every request a front accepted is answered.
+
+    With a drain, readiness fails at once (load balancers stop sending) while requests are
+    still served for `drain_s`; then the fronts stop accepting and answer what they accepted
+    (for up to `graceful_s`); then TorchServe stops.
+    """
+    fronts = [process for name, process in processes.items() if name != "TorchServe"]
+    if drain_s > 0:
+        draining.touch()
+        print(f"serve: draining: /ready answers 503; requests are still served for {drain_s:g} s", flush=True)
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and all(process.poll() is None for process in processes.values()):
+            time.sleep(0.1)
+    for process in fronts:
+        _signal_group(process, signal.SIGTERM)
+    for process in fronts:
+        _wait_for_group(process, timeout_s=graceful_s + 10)
+    _signal_group(processes["TorchServe"], signal.SIGTERM)
+    _wait_for_group(processes["TorchServe"], timeout_s=30)
+    draining.unlink(missing_ok=True)
+
+
 def _announce(args: argparse.Namespace, name: str, default_model: str) -> None:
     where = f"http://{connectable(args.host)}:{args.inference_port}/predictions/{name}"
     if not args.no_shim:
         shim = f"http://{defaults.LOOPBACK}:{args.port}"
         where += f", {shim}/v1/models/{name}:predict" + (f", {shim}/analyze:predict" if name == default_model else "")
+        if not args.no_grpc:
+            where += f", gRPC {defaults.LOOPBACK}:{args.grpc_port}"
     print(f"serve: {name} ready at {where}", flush=True)
 
 

@@ -1,5 +1,5 @@
-"""The TF-Serving-compatible REST shim in front of TorchServe (create_app builds it)."""
+"""The TF-Serving front in front of TorchServe: `shim.app.create_app` builds the REST shim.
 
-from shim.app import create_app
-
-__all__ = ["create_app"]
+Importing the package imports nothing else, so gunicorn's config can read the settings
+before prometheus_client is imported (its multiprocess mode is chosen at import).
+"""

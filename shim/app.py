@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask
+from flask import Flask, Response, g
 
+from shim import metrics
 from shim.errors import ShimError, register_error_handlers
 from shim.routes import api
 from shim.settings import Settings
-from shim.status import resolve_version
+from shim.status import metadata_body, resolve_version
 from shim.upstream import TorchServeClient, has_ready_worker
 
 # What TorchServe serves changes only on a reload: the prediction path reads it from here
@@ -80,9 +82,30 @@ class Shim:
             url_version, self._routing.get(("versions", model), lambda: self.client.versions(model), fresh=True), model
         )
 
+    def version_descriptions(self, model: str, url_version: str | None) -> list[dict[str, Any]]:
+        """TorchServe's description of every version of `model`, or of the one a URL names (asked live: status)."""
+        descriptions = self.client.versions(model)
+        if url_version is None:
+            return descriptions
+        wanted = resolve_version(url_version, descriptions, model)
+        return [d for d in descriptions if str(d.get("modelVersion")) == wanted]
+
+    def metadata(self, model: str, url_version: str | None) -> dict[str, Any]:
+        """TF Serving's metadata body of a model's default version (asked live), or of the version a URL names."""
+        if url_version is None:
+            default_version = self.client.versions(model, version=None)  # TorchServe's default version alone
+            torchserve_version = str(default_version[0].get("modelVersion", "")) if default_version else ""
+        else:
+            torchserve_version = resolve_version(url_version, self.client.versions(model), model)
+        return metadata_body(model, torchserve_version, self.described(model, torchserve_version))
+
     def described(self, model: str, version: str) -> dict[str, Any]:
         """The handler's description of a model version, cached: asking goes through a worker."""
         return self._described.get((model, version), lambda: self.client.described(model, version))
+
+    def draining(self) -> bool:
+        """Whether the server is shutting down (scripts/serve got SIGTERM): readiness fails, requests are still served."""
+        return bool(self.settings.drain_file) and os.path.exists(self.settings.drain_file)
 
     def models_ready(self) -> dict[str, bool]:
         """Each model the server's readiness waits for, and whether it has a ready worker (asked live)."""
@@ -107,4 +130,31 @@ def create_app(settings: Settings | None = None, client: TorchServeClient | None
     app.extensions["fastai_serving"] = Shim(settings, client)
     app.register_blueprint(api)
     register_error_handlers(app)
+    _count_requests(app)
     return app
+
+
+def _count_requests(app: Flask) -> None:
+    """Every request's count, time and status in the metrics; while draining, no connection is kept alive."""
+
+    @app.before_request
+    def started() -> None:
+        g.started = time.perf_counter()
+        g.metric = {"model": "", "route": "unmatched", "verb": ""}
+        metrics.IN_FLIGHT.inc()
+
+    @app.after_request
+    def answered(response: Response) -> Response:
+        labels = g.get("metric", {"model": "", "route": "unmatched", "verb": ""})
+        if response.status_code == 404:
+            labels = {**labels, "model": ""}  # a name nobody serves never becomes a label value
+        metrics.REQUESTS.labels(**labels, status=str(response.status_code)).inc()
+        metrics.LATENCY.labels(**labels).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        if app.extensions["fastai_serving"].draining():
+            response.headers["Connection"] = "close"  # so no idle connection is cut when the shim stops
+        return response
+
+    @app.teardown_request
+    def finished(_error: BaseException | None) -> None:
+        if "started" in g:
+            metrics.IN_FLIGHT.dec()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from fastai_serving.contract import PREDICT, VERBS, check_model_name, read_body
+from shim import metrics
 from shim.errors import ShimError
 from shim.relay import relay
-from shim.status import metadata_body, readiness_body, resolve_version, status_body
+from shim.status import readiness_body, status_body
 
 api = Blueprint("api", __name__)
 
@@ -31,42 +32,82 @@ def json_answer(status: int, body: dict) -> Response:
     return response
 
 
+def label(route: str, verb: str = "") -> None:
+    """How this request is counted in the metrics: the route's template and the verb (the model is added once known)."""
+    g.metric = {"model": "", "route": route, "verb": verb}
+
+
+def label_model(model: str) -> None:
+    g.metric["model"] = model
+
+
+# --- Health: alive, and ready ---------------------------------------------------------------------
+
+
+@api.get("/")
+def alive() -> Response:
+    """KServe v1's liveness: the process answers. Never asks TorchServe, so a busy or loading model never fails it."""
+    label("/")
+    return jsonify({"status": "alive"})
+
+
+@api.get("/ready")
+def ready() -> Response:
+    """The server's readiness: every model it serves has a ready worker, and it is not shutting down."""
+    label("/ready")
+    if shim().draining():
+        return json_answer(503, {"ready": False, "draining": True, "models": {}})
+    return json_answer(*readiness_body(shim().models_ready()))
+
+
+@api.get("/metrics")
+def prometheus_metrics() -> Response:
+    label("/metrics")
+    text, content_type = metrics.exposition(shim().settings.torchserve_metrics)
+    return Response(text, mimetype=None, content_type=content_type)
+
+
 # --- /analyze: the original fastai-serving and chip-n-scale endpoint (the default model) ---------
 
 
 @api.post("/analyze:predict")
 def analyze_predict() -> Response:
+    label("/analyze:predict", PREDICT)
     return predict(shim().default_model(), None, PREDICT)
 
 
 @api.get("/analyze")
 def analyze_status() -> Response:
+    label("/analyze")
     return model_status(shim().default_model(), None)
 
 
 @api.get("/analyze/metadata")
 def analyze_metadata() -> Response:
+    label("/analyze/metadata")
     return model_metadata(shim().default_model(), None)
-
-
-# --- The server's readiness: every model it serves can serve --------------------------------------
-
-
-@api.get("/ready")
-def ready() -> Response:
-    return json_answer(*readiness_body(shim().models_ready()))
 
 
 # --- /v1/models/...: TF Serving's REST API ------------------------------------------------------
 
 
+@api.get("/v1/models")
+def list_models() -> Response:
+    """KServe v1's model list: every model TorchServe serves."""
+    label("/v1/models")
+    return jsonify({"models": shim().client.models()})
+
+
 @api.route("/v1/models/<path:model_path>", methods=["GET", "POST"])
 def tf_serving(model_path: str) -> Response:
+    label("/v1/models/unmatched")
     match = MODEL_PATH.match(model_path)
     if match is None:
         raise ShimError(404, f"no such route /v1/models/{model_path}: see /openapi.yaml for the API")
     model, version, verb = match["model"], match["version"], match["verb"]
     check_model_name(model)
+    route = "/v1/models/{model}" + ("/versions/{version}" if version else "")
+    label(route + (":{verb}" if verb else "/metadata" if match["metadata"] else ""), verb or "")
     if match["label"] is not None:
         raise ShimError(404, f"version label {match['label']!r} is not defined: use /versions/<number>")
     if verb is not None:
@@ -87,31 +128,26 @@ def tf_serving(model_path: str) -> Response:
 
 def predict(model: str, version: str | None, verb: str) -> Response:
     """Check the body's outer shape, then forward it as it came (JSON whatever the Content-Type) in one upstream request."""
+    label_model(model)
     body = request.get_data(cache=False)
-    read_body(body, verb, raw_allowed=False)  # the handler reads it again, instance by instance
+    instances = read_body(body, verb, raw_allowed=False).instances  # the handler reads it again, instance by instance
     torchserve_version = shim().predict_version(model, version) if version else None
-    return relay(shim().client.predict(model, torchserve_version, body, verb), model)
+    answer = relay(shim().client.predict(model, torchserve_version, body, verb), model)
+    metrics.INSTANCES.labels(model, verb).observe(len(instances))  # a served model: a bounded label
+    return answer
 
 
 def model_status(model: str, version: str | None) -> Response:
-    descriptions = shim().client.versions(model)
-    if version is not None:
-        wanted = resolve_version(version, descriptions, model)
-        descriptions = [d for d in descriptions if str(d.get("modelVersion")) == wanted]
-    return json_answer(*status_body(model, descriptions))
+    label_model(model)
+    return json_answer(*status_body(model, shim().version_descriptions(model, version)))
 
 
 def model_metadata(model: str, version: str | None) -> Response:
-    client = shim().client
-    if version is None:
-        default_version = client.versions(model, version=None)  # TorchServe's default version alone
-        torchserve_version = str(default_version[0].get("modelVersion", "")) if default_version else ""
-    else:
-        torchserve_version = resolve_version(version, client.versions(model), model)
-    described = shim().described(model, torchserve_version)
-    return jsonify(metadata_body(model, torchserve_version, described))
+    label_model(model)
+    return jsonify(shim().metadata(model, version))
 
 
 @api.get("/openapi.yaml")
 def openapi_document() -> Response:
+    label("/openapi.yaml")
     return Response(resources.files("shim").joinpath("openapi.yaml").read_bytes(), mimetype="application/yaml")

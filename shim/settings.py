@@ -24,12 +24,18 @@ class Settings:
     ready_models: str = ""  # comma-separated models GET /ready waits for; "" = every model TorchServe serves
     host: str = defaults.SHIM_HOST  # the shim's address
     port: int = defaults.SHIM_PORT  # the shim's port
-    max_body_bytes: int = defaults.MAX_BODY_BYTES  # larger request bodies get 413 before they are read
+    max_body_bytes: int = defaults.MAX_BODY_BYTES  # larger request bodies get 413 (gRPC: messages, each way)
     predict_timeout_s: float = defaults.PREDICT_TIMEOUT_S  # a prediction's deadline, then 504
     status_timeout_s: float = defaults.STATUS_TIMEOUT_S  # status and management calls, then 503
     retry_s: float = defaults.RETRY_AFTER_WORKER_DEATH_S  # after a worker death, wait this long for its restart
+    drain_s: float = defaults.DRAIN_S  # after SIGTERM, still serve this long while readiness fails (scripts/serve)
+    graceful_timeout_s: int = defaults.GRACEFUL_TIMEOUT_S  # then accepted requests get this long to finish
+    drain_file: str = ""  # while this file exists the shim is draining: /ready answers 503 (set by scripts/serve)
+    torchserve_metrics: str = f"{_TORCHSERVE}:{defaults.METRICS_PORT}/metrics"  # re-exported by GET /metrics
     workers: int = defaults.SHIM_WORKERS  # gunicorn worker processes
     threads: int = defaults.SHIM_THREADS  # threads per gunicorn worker: concurrent requests
+    grpc_port: int = defaults.GRPC_PORT  # the gRPC front's port (on `host`)
+    grpc_threads: int = defaults.GRPC_THREADS  # the gRPC front's threads: concurrent calls
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

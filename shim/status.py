@@ -5,7 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastai_serving.contract import CLASSIFIERS, IMAGE_INPUT, check_url_version
+from fastai_serving.contract import (
+    BOOLEAN,
+    CLASS_INDEX_SIGNATURE,
+    CLASSIFIERS,
+    CONTINUOUS,
+    IMAGE_INPUT,
+    INTEGER,
+    NUMBER,
+    SEGMENTATION,
+    check_url_version,
+)
 from shim.errors import ShimError
 from shim.upstream import has_ready_worker
 
@@ -51,23 +61,55 @@ def readiness_body(models_ready: dict[str, bool]) -> tuple[int, dict[str, Any]]:
     return (200 if ready else 503), {"ready": ready, "models": models_ready}
 
 
-def metadata_body(model: str, version: str, described: dict[str, Any]) -> dict[str, Any]:
-    """TF Serving's metadata shape, with the fastai facts a client needs (task, classes, input)."""
-    classes = described.get("classes", [])
-    outputs = {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": str(len(classes) or -1)}]}}
-    image_input = {
-        IMAGE_INPUT: {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": f"{IMAGE_INPUT}:0"}
+def signature_output(task: str, signature_name: str) -> tuple[str, str]:
+    """The name and dtype of a signature's one output: what the metadata advertises and a gRPC answer carries."""
+    if signature_name == CLASS_INDEX_SIGNATURE:
+        return "classes", "DT_INT64"  # the original fastai-serving's answer: class indices
+    if task == SEGMENTATION:
+        return "mask", "DT_INT64"  # the class-index mask of each image, [n, height, width]
+    if task in CLASSIFIERS:
+        return "probabilities", "DT_FLOAT"  # probabilities (or multi-label scores) per class
+    return "outputs", "DT_FLOAT"  # the regression values
+
+
+def signature_inputs(described: dict[str, Any]) -> dict[str, Any]:
+    """TF Serving's tensor info for each input the handler describes: the image, the text, or each column."""
+    inputs = described.get("inputs") or [{"name": IMAGE_INPUT, "kind": "image"}]
+    return {
+        str(item["name"]): {
+            "dtype": _dtype(item),
+            "tensor_shape": {"dim": [{"size": "-1"}]},
+            "name": f"{item['name']}:0",
+        }
+        for item in inputs
     }
+
+
+def _dtype(item: dict[str, Any]) -> str:
+    """A column's TF dtype from its kind and JSON type; images and texts are strings."""
+    if item.get("kind") == CONTINUOUS:
+        return "DT_FLOAT"
+    return {INTEGER: "DT_INT64", NUMBER: "DT_FLOAT", BOOLEAN: "DT_BOOL"}.get(item.get("type", ""), "DT_STRING")
+
+
+def metadata_body(model: str, version: str, described: dict[str, Any]) -> dict[str, Any]:
+    """TF Serving's metadata shape, with the fastai facts a client needs (task, classes, inputs)."""
+    classes = described.get("classes", [])
+    output_name, dtype = signature_output(str(described.get("task", "")), "")
+    width = len(classes) or len(described.get("targets", [])) or -1
+    dims = [-1, -1, -1] if described.get("task") == SEGMENTATION else [-1, width]
+    outputs = {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(size)} for size in dims]}}
+    inputs = signature_inputs(described)
     signatures = {
         "serving_default": {
-            "inputs": image_input,
-            "outputs": {"probabilities" if classes else "outputs": {**outputs, "name": "outputs:0"}},
+            "inputs": inputs,
+            "outputs": {output_name: {**outputs, "name": "outputs:0"}},
             "method_name": "tensorflow/serving/predict",
         }
     }
     if described.get("task") in CLASSIFIERS:
         signatures["classes"] = {
-            "inputs": image_input,
+            "inputs": inputs,
             "outputs": {
                 "classes": {"dtype": "DT_INT64", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "classes:0"}
             },

@@ -11,17 +11,21 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from fastai_serving.contract import VERB_HEADER
+from fastai_serving.contract import TASK_HEADER, VERB_HEADER, VERSION_HEADER
+from shim import metrics
 from shim.errors import ShimError
 from shim.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
+JSON = "application/json"
 
 
 @dataclass(frozen=True)
 class UpstreamAnswer:
     status: int
     body: bytes
+    model_version: str = ""  # the TorchServe version that answered, as the handler names it ("": an older handler)
+    task: str = ""  # the answering model's task, as the handler names it
 
 
 def model_path(model: str, version: str | None = None) -> str:
@@ -35,38 +39,65 @@ class TorchServeClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(16, settings.threads * 2))
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(16, settings.threads * 2, settings.grpc_threads))
         self.session.mount("http://", adapter)
 
     # --- inference ----------------------------------------------------------------------------
 
-    def predict(self, model: str, version: str | None, body: bytes, verb: str) -> UpstreamAnswer:
-        """One upstream request; after a worker death, one retry once a worker is ready again."""
-        deadline = time.monotonic() + self.settings.predict_timeout_s
-        answer = self._post_prediction(model, version, body, verb, deadline)
-        if _worker_died(answer) and self._wait_for_ready_worker(model, version, deadline):
-            answer = self._post_prediction(model, version, body, verb, deadline)
+    def predict(
+        self,
+        model: str,
+        version: str | None,
+        body: bytes,
+        verb: str,
+        content_type: str = JSON,
+        timeout_s: float | None = None,
+    ) -> UpstreamAnswer:
+        """One upstream request; after a worker death, one retry once a worker is ready again.
+
+        `timeout_s`: the caller's own deadline (a gRPC client's), when shorter than the predict timeout.
+        """
+        timeout_s = (
+            self.settings.predict_timeout_s if timeout_s is None else min(timeout_s, self.settings.predict_timeout_s)
+        )
+        deadline = time.monotonic() + timeout_s
+        answer = self._post_prediction(model, version, body, verb, content_type, deadline, timeout_s)
+        if _worker_died(answer):
+            metrics.UPSTREAM_ERRORS.labels(model, "worker_died").inc()
+            if self._wait_for_ready_worker(model, version, deadline):
+                metrics.UPSTREAM_RETRIES.labels(model).inc()
+                answer = self._post_prediction(model, version, body, verb, content_type, deadline, timeout_s)
         return answer
 
     def _post_prediction(
-        self, model: str, version: str | None, body: bytes, verb: str, deadline: float
+        self,
+        model: str,
+        version: str | None,
+        body: bytes,
+        verb: str,
+        content_type: str,
+        deadline: float,
+        timeout_s: float,
     ) -> UpstreamAnswer:
         url = f"{self.settings.upstream}/predictions{model_path(model, version)}"
-        remaining = max(0.1, deadline - time.monotonic())
+        remaining = max(0.01, deadline - time.monotonic())
         try:
             response = self.session.post(
                 url,
                 data=body,
-                headers={"Content-Type": "application/json", VERB_HEADER: verb},
-                timeout=(CONNECT_TIMEOUT_S, remaining),
+                headers={"Content-Type": content_type, VERB_HEADER: verb},
+                timeout=(min(CONNECT_TIMEOUT_S, remaining), remaining),
             )
         except requests.Timeout:
-            raise ShimError(
-                504, f"model {model!r} did not answer within {self.settings.predict_timeout_s:.0f} s"
-            ) from None
+            metrics.UPSTREAM_ERRORS.labels(model, "timeout").inc()
+            raise ShimError(504, f"model {model!r} did not answer within {timeout_s:g} s") from None
         except requests.ConnectionError:
+            metrics.UPSTREAM_ERRORS.labels(model, "unreachable").inc()
             raise ShimError(503, "TorchServe is unreachable; retry later") from None
-        return UpstreamAnswer(response.status_code, response.content)
+        headers = response.headers
+        return UpstreamAnswer(
+            response.status_code, response.content, headers.get(VERSION_HEADER, ""), headers.get(TASK_HEADER, "")
+        )
 
     def _wait_for_ready_worker(self, model: str, version: str | None, deadline: float) -> bool:
         give_up = min(deadline, time.monotonic() + self.settings.retry_s)

@@ -6,7 +6,11 @@ Tests that start servers or run the command-line tools are marked `e2e` (module-
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +18,9 @@ from harness import learners
 from harness.servers import Servers, make_archive
 
 # Models the session's TorchServe serves: name -> (builder, make-archive flags).
-# A long batch delay on "classifier" makes concurrent test requests reliably share a batch.
+# A long batch delay on "classifier", "tabular" and "text" makes concurrent test requests reliably
+# share a batch (a batch of 4 requests goes at once); the fuzzing leaves these three out.
+SHARED_BATCH = ["--max-batch-delay", "400", "--batch-size", "4"]
 MODELS = {
     "digits": (None, []),
     "classifier": (learners.make_classifier, ["--max-batch-delay", "400", "--batch-size", "16"]),
@@ -22,7 +28,42 @@ MODELS = {
     "regressor": (learners.make_regressor, []),
     "segmenter": (learners.make_segmenter, []),
     "with_utils": (learners.make_learner_needing_utils, ["--utils", str(learners.UTILS_DIR)]),
+    "tabular": (learners.make_tabular_classifier, SHARED_BATCH),
+    "tabular_multilabel": (learners.make_tabular_multilabel, []),
+    "tabular_regressor": (learners.make_tabular_regressor, []),
+    "tabular_multi_regressor": (learners.make_tabular_multi_regressor, []),
+    "text": (learners.make_text_classifier, SHARED_BATCH),
+    "text_multilabel": (learners.make_text_multilabel, []),
+    "collab": (learners.make_collab, []),
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def inductor_cache(tmp_path_factory) -> Path:
+    """One torch.compile cache for the session's compiles, in-process and in every server's workers."""
+    folder = tmp_path_factory.mktemp("inductor-cache")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
+
+
+class Lazily(Mapping):
+    """A mapping whose values are made on first use and kept: tests pay only for the models they use."""
+
+    def __init__(self, names: list[str], make: Callable[[str], Any]) -> None:
+        self._names, self._make, self._made = names, make, {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._made:
+            self._made[name] = self._make(name)
+        return self._made[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 @pytest.fixture(scope="session")
@@ -37,25 +78,27 @@ def demo_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_learners(tmp_path_factory) -> dict[str, Path]:
-    """The small Learners of each task kind (seconds to train), by model name: their export.pkl."""
-    return {
-        name: builder(tmp_path_factory.mktemp(name)) for name, (builder, _) in MODELS.items() if builder is not None
-    }
+def small_learners(tmp_path_factory) -> Mapping[str, Path]:
+    """The small Learners of each task kind (seconds to train), by model name: their export.pkl, made on first use."""
+    names = [name for name, (builder, _) in MODELS.items() if builder is not None]
+    return Lazily(names, lambda name: MODELS[name][0](tmp_path_factory.mktemp(name)))
 
 
 @pytest.fixture(scope="session")
-def exported_learners(small_learners, demo_model) -> dict[str, Path]:
+def exported_learners(small_learners, demo_model) -> Mapping[str, Path]:
     """Every test model's export.pkl, by model name."""
-    return {"digits": demo_model / "export.pkl", **small_learners}
+    return Lazily(list(MODELS), lambda name: demo_model / "export.pkl" if name == "digits" else small_learners[name])
 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory, exported_learners) -> Path:
     store = tmp_path_factory.mktemp("model_store")
-    for name, (_, flags) in MODELS.items():
-        result = make_archive(name, exported_learners[name], store, *flags)
-        assert result.returncode == 0, result.stderr
+    exports = {name: exported_learners[name] for name in MODELS}  # trained one after another, in this process
+    # Two make-archives at a time: each is mostly its own import of fastai, on one core.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = pool.map(lambda name: make_archive(name, exports[name], store, *MODELS[name][1]), MODELS)
+        for name, result in zip(MODELS, results, strict=True):
+            assert result.returncode == 0, f"make-archive {name}: {result.stderr}"
     return store
 
 
@@ -69,14 +112,33 @@ def torchserve(tmp_path_factory, model_store):
 
 
 @pytest.fixture(scope="session")
-def loaded_learners(exported_learners):
-    """The same Learners loaded in-process, for comparing with what the server answers."""
+def loaded_learners(exported_learners) -> Mapping[str, Any]:
+    """The same Learners loaded in-process (on first use), for comparing with what the server answers."""
     from fastai_serving.learner import load_learner
 
-    return {
-        name: load_learner(path, utils_dir=learners.UTILS_DIR if name == "with_utils" else None)
-        for name, path in exported_learners.items()
-    }
+    return Lazily(
+        list(MODELS),
+        lambda name: load_learner(
+            exported_learners[name], utils_dir=learners.UTILS_DIR if name == "with_utils" else None
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def fresh_learners(exported_learners) -> Mapping[str, Any]:
+    """The exports as fastai itself loads them (`fastai.learner.load_learner`), for `learn.predict`."""
+    import warnings
+
+    from fastai.learner import load_learner
+
+    def load(name: str) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*insecure pickle.*")
+            learn = load_learner(exported_learners[name])
+        learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
+        return learn
+
+    return Lazily(list(MODELS), load)
 
 
 @pytest.fixture(scope="session")

@@ -132,3 +132,75 @@ def test_torchserve_refuses_an_oversize_body_too(torchserve):
     except requests.ConnectionError:
         outcome = "closed"  # TorchServe may close the connection while the body is still arriving
     assert outcome in (413, "closed")
+
+
+# --- Tabular and text models ------------------------------------------------------------------------------
+
+ROW = {"colour": "red", "shape": "round", "grade": 3, "size": 11.5, "weight": 52.0}
+MANY_COLUMNS = {f"column_{i}": i for i in range(100_000)}
+
+
+def rows_body(*rows) -> bytes:
+    return json.dumps({"instances": list(rows)}).encode()
+
+
+def with_value(column: str, raw_json: bytes) -> bytes:
+    """A one-row body whose `column` holds `raw_json` as it is (not necessarily valid JSON)."""
+    row = json.dumps({key: value for key, value in ROW.items() if key != column})
+    return b'{"instances": [' + row[:-1].encode() + b', "' + column.encode() + b'": ' + raw_json + b"}]}"
+
+
+# (model, body, status, what the error says). Built by each test, as above.
+HOSTILE_ROWS_AND_TEXTS = {
+    "row: deeply nested value": ("tabular_regressor", lambda: with_value("size", b"[" * 50_000 + b"]" * 50_000), 400, "not valid JSON"),
+    "row: NaN literal": ("tabular_regressor", lambda: with_value("size", b"NaN"), 400, "NaN is not a JSON value"),
+    "row: Infinity literal": ("tabular_regressor", lambda: with_value("weight", b"Infinity"), 400, "Infinity is not a JSON value"),
+    "row: -Infinity literal": ("tabular_regressor", lambda: with_value("weight", b"-Infinity"), 400, "-Infinity is not a JSON value"),
+    "row: number past float range": ("tabular_regressor", lambda: with_value("size", b"1e999"), 400, "column 'size': inf is not a finite number"),
+    "row: integer of 5000 digits": ("tabular_regressor", lambda: with_value("size", b"9" * 5000), 400, "not valid JSON"),
+    "row: 10 MB string for a number": ("tabular_regressor", lambda: rows_body({**ROW, "size": "9" * 10_000_000}), 400, "column 'size' must be a number, not a string"),
+    "row: object for a category": ("tabular_regressor", lambda: rows_body({**ROW, "colour": {"b64": "aGk="}}), 400, "column 'colour' must be a string"),
+    "row: a list, not an object": ("tabular_regressor", lambda: rows_body(list(ROW.values())), 400, "instance 0 must be a row"),
+    "row: an image, not a row": ("tabular_regressor", lambda: rows_body({"b64": "aGk="}), 400, "instance 0 has no column 'colour'"),
+    "row: 100k columns, none of them the model's": ("tabular_regressor", lambda: rows_body(MANY_COLUMNS), 400, "instance 0 has no column 'colour'"),
+    "columns: 100k named inputs, none the model's": ("tabular_regressor", lambda: json.dumps({"inputs": {k: [v] for k, v in MANY_COLUMNS.items()}}).encode(), 400, "has no column 'colour'"),
+    "columns: lengths that differ": ("tabular_regressor", lambda: json.dumps({"inputs": {"colour": ["red"], "size": [1, 2]}}).encode(), 400, "lists of one length"),
+    "rows: 3,000 of them": ("tabular_regressor", lambda: rows_body(*[ROW] * 3000), 400, "3000 instances in one request, over the limit of 1024"),
+    "text: 10 MB": ("text_multilabel", lambda: json.dumps({"instances": ["word " * 2_000_000]}).encode(), 400, "10000000 characters long, over the limit of 10000"),
+    "text: deeply nested": ("text_multilabel", lambda: b'{"instances": [' + b"[" * 50_000 + b"]" * 50_000 + b"]}", 400, "not valid JSON"),
+    "text: NaN literal": ("text_multilabel", lambda: b'{"instances": [NaN]}', 400, "NaN is not a JSON value"),
+    "text: a number": ("text_multilabel", lambda: b'{"instances": ["fine", 42]}', 400, "instance 1 must be a text"),
+    "text: an object without text": ("text_multilabel", lambda: b'{"instances": [{"review": "good"}]}', 400, "instance 0 has no 'text'"),
+    "text: a lone surrogate": ("text_multilabel", lambda: b'{"instances": ["bad \\ud800 film"]}', 400, "lone UTF-16 surrogate"),
+    "text: bytes that are not UTF-8": ("text_multilabel", lambda: b'{"instances": ["\xff\xfe"]}', 400, "not valid JSON"),
+}  # fmt: skip
+
+
+def assert_tabular_and_text_still_serve(torchserve) -> None:
+    for model, body in (("tabular_regressor", rows_body(ROW)), ("text_multilabel", b'{"instances": ["a great film"]}')):
+        response = requests.post(f"{torchserve.shim}/v1/models/{model}:predict", data=body, timeout=60)
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 1
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_ROWS_AND_TEXTS))
+def test_hostile_rows_and_texts_get_a_400_saying_why_and_the_server_keeps_serving(torchserve, name):
+    model, build_body, status, message = HOSTILE_ROWS_AND_TEXTS[name]
+    response = requests.post(f"{torchserve.shim}/v1/models/{model}:predict", data=build_body(), timeout=120)
+    assert response.status_code == status, response.text[:300]
+    assert_clean_error(response)
+    assert message in response.json()["error"], response.json()["error"][:300]
+    assert_tabular_and_text_still_serve(torchserve)
+
+
+def test_a_row_with_100k_columns_besides_its_own_is_answered_as_the_row_alone(torchserve):
+    url = f"{torchserve.shim}/v1/models/tabular_regressor:predict"
+    alone = requests.post(url, data=rows_body(ROW), timeout=60).json()["predictions"]
+    crowded = requests.post(url, data=rows_body({**MANY_COLUMNS, **ROW}), timeout=120)
+    assert crowded.status_code == 200 and crowded.json()["predictions"] == alone
+
+
+def test_a_10_mb_category_is_read_as_any_category_never_seen(torchserve):
+    url = f"{torchserve.shim}/v1/models/tabular_regressor:predict"
+    unseen = requests.post(url, data=rows_body({**ROW, "colour": "purple"}), timeout=60).json()["predictions"]
+    huge = requests.post(url, data=rows_body({**ROW, "colour": "x" * 10_000_000}), timeout=120)
+    assert huge.status_code == 200 and huge.json()["predictions"] == unseen

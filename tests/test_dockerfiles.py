@@ -47,7 +47,12 @@ def test_image_starts_with_the_plain_install_and_serve_scripts(dockerfile):
     assert "scripts/install --runtime-only --python-only" in text and "scripts/install --java-only" in text
     assert "scripts/install --project-only" in text
     assert re.search(r'^ENTRYPOINT \["tini", "--", "scripts/serve"', text, re.M)
-    assert re.search(r"^USER 10001$", text, re.M) and re.search(r"^EXPOSE 8501$", text, re.M)
+    assert re.search(r"^USER 10001$", text, re.M)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_image_exposes_the_rest_shim_and_its_grpc_front(dockerfile):
+    assert re.search(r"^EXPOSE 8501 8500$", (PROJECT_ROOT / dockerfile).read_text(), re.M)
 
 
 def test_build_context_leaves_out_the_environment_and_build_output():

@@ -7,6 +7,7 @@ status); tests/test_torchserve_handler.py runs the same handler inside a real To
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fastai_serving import batching
-from fastai_serving.contract import VERB_HEADER
+from fastai_serving.contract import TASK_HEADER, VERB_HEADER, VERSION_HEADER, images_body
 from fastai_serving_scripts import PROJECT_ROOT
 
 HANDLER_FILE = PROJECT_ROOT / "handler" / "torchserve_handler.py"
@@ -30,6 +31,7 @@ class Context:
     model_yaml_config: dict = field(default_factory=dict)
     headers: list[dict] = field(default_factory=list)
     statuses: dict[int, tuple[int, str]] = field(default_factory=dict)
+    response_headers: dict[int, dict[str, str]] = field(default_factory=dict)
 
     @property
     def system_properties(self) -> dict:
@@ -37,7 +39,7 @@ class Context:
 
     @property
     def manifest(self) -> dict:
-        return {"model": {"serializedFile": "export.pkl"}}
+        return {"model": {"serializedFile": "export.pkl", "modelVersion": "2.0"}}
 
     def get_all_request_header(self, idx: int) -> dict:
         return self.headers[idx] if idx < len(self.headers) else {}
@@ -47,6 +49,9 @@ class Context:
 
     def set_response_content_type(self, idx: int, content_type: str) -> None:
         pass
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.response_headers.setdefault(idx, {})[key] = value
 
 
 def load_handler_module():
@@ -113,6 +118,30 @@ def test_a_bad_request_fails_alone_with_its_own_status(classifier_handler, small
     assert 0 not in context.statuses
 
 
+def test_the_images_body_is_answered_as_the_row_form_equal_to_json(classifier_handler, small_learners):
+    images = [path.read_bytes() for path in sorted((small_learners["classifier"].parent / "images").glob("*.png"))[:3]]
+    answers, context = handle(
+        classifier_handler, [bytearray(images_body(images)), {"instances": list(map(b64_row, images))}]
+    )
+    assert context.statuses == {} and answers[0] == answers[1] and len(answers[0]["predictions"]) == 3
+
+
+def test_a_bad_image_in_an_images_body_fails_that_request_alone(classifier_handler, small_learners):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    answers, context = handle(classifier_handler, [images_body([image, b"not an image"]), images_body([image])])
+    assert context.statuses[0][0] == 400 and answers[0] == {
+        "error": "instance 1 is not an image this server can decode"
+    }
+    assert 1 not in context.statuses and len(answers[1]["predictions"]) == 1
+
+
+def test_every_answer_names_the_version_that_answered_and_its_task(classifier_handler, small_learners):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    _, context = handle(classifier_handler, [{"instances": [b64_row(image)]}, {"instances": []}])
+    named = {VERSION_HEADER: "2.0", TASK_HEADER: "classification"}
+    assert context.response_headers == {0: named, 1: named}
+
+
 def test_the_verb_header_selects_classify(classifier_handler, small_learners):
     image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
     answers, _ = handle(classifier_handler, [{"examples": [b64_row(image)]}], [{VERB_HEADER.title(): "classify"}])
@@ -146,3 +175,136 @@ def test_a_message_quoting_non_ascii_input_goes_to_torchserve_as_an_ascii_reason
                           "(probabilities) and 'classes' (class indices)"}  # fmt: skip
     status, phrase = context.statuses[0]
     assert status == 400 and phrase.isascii() and "gr\\xf6\\xdfe\\u2192" in phrase
+
+
+# --- Tabular and text Learners ---------------------------------------------------------------------------
+
+ROWS = [
+    {"colour": "red", "shape": "round", "grade": 3, "size": 11.5, "weight": 52.0},
+    {"colour": "blue", "shape": "flat", "grade": 1, "size": None, "weight": 61.2},
+    {"colour": "purple", "shape": "square", "grade": 99, "size": 8.0, "weight": 40, "note": "ignored"},
+    {"colour": None, "shape": "round", "grade": 2, "size": -1.25, "weight": 55.5},
+    {"colour": "green", "shape": "flat", "grade": 5, "size": 13.0, "weight": 47.0},
+]
+TEXTS = ["Great!", "a film", "The plot was dull and the actor awful, " * 10 + "but lovely.", "x", "", "superb " * 5]
+
+
+def handler_for(export: Path, model_dir: Path, settings: dict):
+    shutil.copy(export, model_dir / "export.pkl")
+    handler = load_handler_module().FastaiHandler()
+    handler.initialize(Context(model_dir=model_dir, model_yaml_config={"minWorkers": 1, "handler": settings}))
+    return handler
+
+
+def fastai_learner(export: Path):
+    """The export as fastai loads it, for `learn.predict`."""
+    import warnings
+
+    from fastai.learner import load_learner
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*insecure pickle.*")
+        learn = load_learner(export)
+    learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
+    return learn
+
+
+@pytest.fixture(scope="module")
+def tabular_handler(small_learners, tmp_path_factory):
+    return handler_for(
+        small_learners["tabular"], tmp_path_factory.mktemp("tabular"), {"kind": "tabular", "max_row_batch": 2}
+    )
+
+
+@pytest.fixture(scope="module")
+def text_handler(small_learners, tmp_path_factory):
+    settings = {"kind": "text", "max_batch": 2, "max_text_chars": 500}
+    return handler_for(small_learners["text"], tmp_path_factory.mktemp("text"), settings)
+
+
+def test_a_batch_of_row_requests_is_one_dataframe_and_each_row_answers_learn_predict(
+    tabular_handler, small_learners, monkeypatch
+):
+    import pandas as pd
+
+    frames = []
+    dls = tabular_handler.served.learn.dls
+    real_test_dl = dls.test_dl
+    monkeypatch.setattr(dls, "test_dl", lambda frame, **kwargs: frames.append(frame) or real_test_dl(frame, **kwargs))
+    passes = []
+    hook = tabular_handler.served.learn.model.register_forward_hook(lambda module, args, output: passes.append(1))
+    columns = {name: [row[name] for row in ROWS[2:4]] for name in ROWS[0]}
+    try:
+        answers, context = handle(tabular_handler, [{"instances": ROWS[:2]}, {"inputs": columns}, {"row": ROWS[4]}])
+    finally:
+        hook.remove()
+    assert context.statuses == {} and len(frames) == 1 and len(frames[0]) == 5
+    assert len(passes) == 3  # max_row_batch 2: the one frame goes through the model 2 + 2 + 1 rows at a time
+    learn = fastai_learner(small_learners["tabular"])
+    answered = [*answers[0]["predictions"], *answers[1]["outputs"], answers[2]["probabilities"]]
+    for row, probabilities in zip(ROWS, answered, strict=True):
+        _, _, expected = learn.predict(pd.Series(row))
+        assert probabilities == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_a_bad_row_fails_its_own_request_and_the_batch_goes_on(tabular_handler):
+    bad = {key: value for key, value in ROWS[0].items() if key != "weight"}
+    answers, context = handle(
+        tabular_handler, [{"instances": ROWS[:2]}, {"instances": [ROWS[1], bad]}, {"row": ROWS[3]}]
+    )
+    assert context.statuses[1][0] == 400 and set(context.statuses) == {1}
+    assert answers[1] == {
+        "error": "instance 1 has no column 'weight' (this model reads 'colour', 'shape', 'grade', 'size', 'weight')"
+    }
+    assert len(answers[0]["predictions"]) == 2 and "probabilities" in answers[2]
+
+
+def test_the_handler_describes_a_tabular_learners_columns(tabular_handler):
+    described = tabular_handler.served.describe()
+    assert [(c["name"], c["kind"]) for c in described["inputs"]] == [
+        ("colour", "categorical"), ("shape", "categorical"), ("grade", "categorical"),
+        ("size", "continuous"), ("weight", "continuous"),
+    ]  # fmt: skip
+    assert described["kind"] == "tabular" and described["input"] == "row" and described["targets"] == ["quality"]
+
+
+def test_texts_of_different_lengths_across_requests_answer_learn_predict(text_handler, small_learners):
+    answers, context = handle(
+        text_handler, [{"instances": TEXTS[:3]}, {"text": TEXTS[3]}, {"inputs": {"text": TEXTS[4:]}}]
+    )
+    assert context.statuses == {}
+    learn = fastai_learner(small_learners["text"])
+    answered = [*answers[0]["predictions"], answers[1]["probabilities"], *answers[2]["outputs"]]
+    for text, probabilities in zip(TEXTS, answered, strict=True):
+        assert probabilities == pytest.approx(learn.predict(text)[2].tolist(), abs=1e-5)
+
+
+def test_the_archives_text_limit_bounds_each_text(text_handler):
+    answers, context = handle(text_handler, [{"instances": ["fine", "y" * 501]}, {"instances": ["fine"]}])
+    assert context.statuses[0][0] == 400 and 1 not in context.statuses
+    assert answers[0] == {"error": "instance 1 is 501 characters long, over the limit of 500"}
+
+
+def test_a_worker_refuses_an_archive_whose_recorded_kind_is_not_the_learners(small_learners, tmp_path):
+    from fastai_serving.errors import ModelError
+
+    with pytest.raises(
+        ModelError, match="make-archive found a vision Learner in export.pkl, this worker a tabular one"
+    ):
+        handler_for(small_learners["tabular"], tmp_path, {"kind": "vision"})
+
+
+def test_texts_that_fastais_get_preds_pads_wrongly_in_one_batch_are_answered_as_learn_predict(
+    text_handler, small_learners, monkeypatch
+):
+    # 11, 6 and 3 tokens with chunks of 8: fastai pads "superb film" to start at the last chunk, where
+    # its encoder runs only the leading rows still holding text, and skips it (see fastai_serving.text).
+    texts = ["the movie was great and the plot was lovely too", "the film was awful indeed", "superb film"]
+    learn = fastai_learner(small_learners["text"])
+    expected = [learn.predict(text)[2] for text in texts]
+    fastai_batch, _ = learn.get_preds(dl=learn.dls.test_dl(texts, bs=16))
+    assert (fastai_batch[2] - expected[2]).abs().max() > 1e-3
+    monkeypatch.setattr(text_handler, "settings", dataclasses.replace(text_handler.settings, max_batch=16))
+    answers, _ = handle(text_handler, [{"instances": texts}])
+    for answer, wanted in zip(answers[0]["predictions"], expected, strict=True):
+        assert answer == pytest.approx(wanted.tolist(), abs=1e-5)

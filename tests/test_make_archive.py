@@ -8,7 +8,7 @@ import zipfile
 import pytest
 import yaml
 
-from harness.learners import UTILS_DIR
+from harness.learners import UTILS_DIR, make_language_model, make_tensor_learner
 from harness.servers import make_archive
 
 pytestmark = pytest.mark.e2e
@@ -78,3 +78,39 @@ def test_an_existing_archive_is_kept_unless_forced(tmp_path, exported_learners):
 def test_a_model_name_unsafe_in_urls_is_refused(tmp_path, exported_learners):
     result = make_archive("../escape", exported_learners["regressor"], tmp_path)
     assert result.returncode != 0 and "--name" in result.stderr
+
+
+KINDS = {
+    "digits": "vision", "segmenter": "vision", "tabular": "tabular", "tabular_multilabel": "tabular",
+    "tabular_regressor": "tabular", "tabular_multi_regressor": "tabular", "text": "text",
+    "text_multilabel": "text", "collab": "collab",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_every_archive_records_its_learners_kind(model_store, name):
+    with zipfile.ZipFile(model_store / f"{name}.mar") as archive:
+        config = yaml.safe_load(archive.read("model-config.yaml"))
+    assert config["handler"]["kind"] == KINDS[name]
+    assert config["handler"]["max_text_chars"] == 10_000 and config["handler"]["max_row_batch"] == 1024
+
+
+def test_make_archive_says_the_kind_and_task_it_found(tmp_path, exported_learners):
+    result = make_archive("prices", exported_learners["tabular_multi_regressor"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "export.pkl: tabular regression, target(s) price, volume" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "build, found",
+    [
+        (make_language_model, "a text Learner whose model is a SequentialRNN without a SentenceEncoder, such as a "
+                              "language model (language_model_learner)"),
+        (make_tensor_learner, "a Learner whose inputs are read by ItemGetter into a Linear"),
+    ],
+)  # fmt: skip
+def test_a_learner_of_another_kind_is_refused_naming_what_was_found(tmp_path, build, found):
+    result = make_archive("other", build(tmp_path / "learner"), tmp_path)
+    assert result.returncode != 0 and not (tmp_path / "other.mar").exists()
+    assert found in result.stderr
+    assert "fastai-serving serves" in result.stderr

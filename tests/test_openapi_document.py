@@ -18,7 +18,7 @@ def test_every_verb_is_documented_for_a_model_and_for_one_version():
 
 
 def test_status_metadata_analyze_and_readiness_are_documented():
-    for path in ("/analyze", "/analyze/metadata", "/ready", "/v1/models/{model}", "/v1/models/{model}/versions/{version}",
+    for path in ("/", "/metrics", "/v1/models", "/analyze", "/analyze/metadata", "/ready", "/v1/models/{model}", "/v1/models/{model}/versions/{version}",
                  "/v1/models/{model}/metadata", "/v1/models/{model}/versions/{version}/metadata"):  # fmt: skip
         assert "get" in PATHS[path], path
     assert "post" in PATHS["/analyze:predict"]

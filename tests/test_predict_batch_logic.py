@@ -454,7 +454,7 @@ def test_durations_read_as_a_clock():
 # --- the command ----------------------------------------------------------------------------------------------------
 
 
-def test_grpc_is_refused_at_once_until_the_grpc_front_lands(tmp_path, capsys):
+def test_grpc_is_refused_at_once_until_predict_batch_speaks_it(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     with pytest.raises(SystemExit) as exit_info:
         cli.main(
@@ -469,7 +469,7 @@ def test_grpc_is_refused_at_once_until_the_grpc_front_lands(tmp_path, capsys):
             ]
         )
     assert exit_info.value.code == 2
-    assert "--protocol grpc is not available yet" in capsys.readouterr().err
+    assert "--protocol grpc is not available in predict-batch yet" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
 
 

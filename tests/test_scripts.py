@@ -32,6 +32,19 @@ def test_the_shim_reaches_torchserve_where_host_binds_it(tmp_path, host, reachab
     assert environment["FASTAI_SERVING_MANAGEMENT"] == f"http://{defaults.LOOPBACK}:{defaults.MANAGEMENT_PORT}"
 
 
+def test_the_grpc_front_gets_the_shims_settings_and_its_own_port(tmp_path):
+    environment = serve.shim_environment(
+        serve_args("--grpc-port", "9500", "--shim-host", "10.1.2.3", log_dir=tmp_path), "digits", ["digits"]
+    )
+    assert environment["FASTAI_SERVING_GRPC_PORT"] == "9500" and environment["FASTAI_SERVING_HOST"] == "10.1.2.3"
+    assert environment["FASTAI_SERVING_DEFAULT_MODEL"] == "digits"
+
+
+def test_the_grpc_front_is_on_by_default_on_tf_servings_port(tmp_path):
+    args = serve_args(log_dir=tmp_path)
+    assert args.grpc_port == defaults.GRPC_PORT == 8500 and args.no_grpc is False
+
+
 def test_readiness_waits_for_every_archive_in_the_store_unless_told_otherwise(tmp_path, monkeypatch):
     args = serve_args(log_dir=tmp_path)
     monkeypatch.delenv("FASTAI_SERVING_READY_MODELS", raising=False)
@@ -128,10 +141,14 @@ def test_make_archive_refuses_what_would_make_a_broken_archive(tmp_path, flags, 
 
 
 def test_the_archives_model_config_holds_batching_and_the_handlers_settings(tmp_path):
-    args = make_archive.parse_args(["--name", "m", "--learner", "x.pkl", "--no-channels-last", "--max-batch", "8"])
-    config = make_archive.model_config(args)
+    args = make_archive.parse_args(
+        ["--name", "m", "--learner", "x.pkl", "--no-channels-last", "--max-batch", "8", "--max-text-chars", "500"]
+    )
+    config = make_archive.model_config(args, "text")
     assert (config["batchSize"], config["maxBatchDelay"]) == (defaults.BATCH_SIZE, defaults.MAX_BATCH_DELAY_MS)
     assert config["handler"]["channels_last"] is False and config["handler"]["max_batch"] == 8
+    assert config["handler"]["kind"] == "text" and config["handler"]["max_text_chars"] == 500
+    assert config["handler"]["max_row_batch"] == defaults.MAX_ROW_BATCH
 
 
 # --- soak ------------------------------------------------------------------------------------------------

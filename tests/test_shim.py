@@ -168,6 +168,8 @@ def test_metadata_tells_task_classes_and_input(torchserve):
             "classes": [str(d) for d in range(10)],
             "input": "image",
             "precision": "fp32",
+            "kind": "vision",
+            "inputs": [{"name": "image_bytes", "kind": "image"}],
         }
         assert "serving_default" in body["metadata"]["signature_def"]["signature_def"]
 
@@ -179,6 +181,8 @@ def test_metadata_of_a_segmenter_names_its_codes(torchserve):
         "classes": ["background", "bright"],
         "input": "image",
         "precision": "fp32",
+        "kind": "vision",
+        "inputs": [{"name": "image_bytes", "kind": "image"}],
     }
 
 
@@ -342,3 +346,49 @@ def test_ready_is_503_while_torchserve_is_down(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+# --- KServe v1 and Prometheus ------------------------------------------------------------------------
+
+
+def test_kserve_v1_routes_answer_as_its_protocol_documents(torchserve, demo_model):
+    assert requests.get(f"{torchserve.shim}/", timeout=5).json() == {"status": "alive"}
+    assert (
+        "digits"
+        in checked(requests.get(f"{torchserve.shim}/v1/models", timeout=10), "/v1/models", "GET").json()["models"]
+    )
+    status = requests.get(f"{torchserve.shim}/v1/models/digits", timeout=10).json()
+    assert (status["name"], status["ready"]) == ("digits", True)
+    body = {"instances": [{"b64": b64(digit_png(demo_model, 7))}]}
+    answer = requests.post(f"{torchserve.shim}/v1/models/digits:predict", json=body, timeout=60).json()
+    assert int(np.argmax(answer["predictions"][0])) == 7
+
+
+def prometheus_samples(text: str) -> list:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def requests_counted(samples: list, **labels: str) -> float:
+    return sum(
+        sample.value
+        for sample in samples
+        if sample.name == "fastai_serving_requests_total" and labels.items() <= sample.labels.items()
+    )
+
+
+def test_metrics_are_prometheus_text_that_moves_with_traffic_and_carries_torchserves(torchserve, demo_model):
+    before = prometheus_samples(requests.get(f"{torchserve.shim}/metrics", timeout=10).text)
+    body = {"instances": [{"b64": b64(digit_png(demo_model, d))} for d in range(4)]}
+    for _ in range(3):
+        assert requests.post(f"{torchserve.shim}/v1/models/digits:predict", json=body, timeout=60).status_code == 200
+    response = checked(requests.get(f"{torchserve.shim}/metrics", timeout=10), "/metrics", "GET")
+    after = prometheus_samples(response.text)  # parsing it is the check that it is valid Prometheus text
+    wanted = {"model": "digits", "verb": "predict", "status": "200"}
+    assert requests_counted(after, **wanted) - requests_counted(before, **wanted) >= 3  # the shim's workers, summed
+    names = {sample.name for sample in after}
+    assert {"fastai_serving_requests_in_flight", "fastai_serving_request_duration_seconds_bucket"} <= names
+    # TorchServe's own, re-exported (the parser names a counter's samples <name>_total).
+    assert {"ts_queue_latency_microseconds_total", "ts_inference_latency_microseconds_total", "QueueTime"} <= names
+    assert next(s.value for s in after if s.name == "fastai_serving_torchserve_metrics_up") == 1

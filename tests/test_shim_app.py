@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fastai_serving.contract import read_body
 from fastai_serving.errors import BadInput
@@ -53,6 +54,8 @@ class FakeTorchServe:
 
     def predict(self, model: str, version: str | None, body: bytes, verb: str) -> UpstreamAnswer:
         self.calls.append(("predict", model, version, body, verb))
+        if model not in self.served:
+            return UpstreamAnswer(404, b'{"code": 404, "message": "Model not found"}')
         return self.answer
 
     def count(self, kind: str) -> int:
@@ -148,6 +151,9 @@ def test_upstream_urls_escape_each_segment():
         b'{"instances": [], "inputs": []}',
         b'{"instances": ["aGk="], "examples": ["aGk="]}',
         b'{"instances": ["aGk="], "signature_name": 3}',
+        b'{"inputs": {"colour": ["red", "blue"], "size": [1.5]}}',
+        b'{"instances": [{"colour": "red", "size": NaN}]}',
+        b'{"text": "one", "row": {"colour": "red"}}',
     ],
 )
 def test_a_malformed_body_is_refused_with_the_contracts_message_before_it_goes_upstream(body):
@@ -157,6 +163,23 @@ def test_a_malformed_body_is_refused_with_the_contracts_message_before_it_goes_u
         read_body(body, raw_allowed=False)
     assert response.status_code == 400 and response.json == {"error": refused.value.message}
     assert fake.count("predict") == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"instances": [{"colour": "red", "size": None}, {"colour": "blue", "size": 1.5}]},
+        {"inputs": {"colour": ["red", "blue"], "size": [None, 1.5]}},
+        {"row": {"colour": "red", "size": 1.5}},
+        {"instances": ["a text", {"text": "another"}]},
+        {"text": "one text"},
+    ],
+)
+def test_tabular_and_text_bodies_go_upstream_as_they_came(body):
+    fake = FakeTorchServe()
+    data = json.dumps(body).encode()
+    assert shim_of(fake).post("/v1/models/digits:predict", data=data).status_code == 200
+    assert fake.calls == [("predict", "digits", None, data, "predict")]
 
 
 def test_classify_without_examples_is_refused_before_it_goes_upstream():
@@ -306,6 +329,41 @@ def test_metadata_of_a_regressor_has_outputs_and_no_classes_signature():
     assert "outputs" in signatures["signature_def"]["serving_default"]["outputs"]
 
 
+def test_metadata_of_a_segmenter_says_its_output_is_a_class_index_mask():
+    body = metadata_body("s", "1.0", {"task": "segmentation", "classes": ["background", "road"], "input": "image"})
+    outputs = body["metadata"]["signature_def"]["signature_def"]["serving_default"]["outputs"]
+    assert outputs == {
+        "mask": {"dtype": "DT_INT64", "tensor_shape": {"dim": [{"size": "-1"}] * 3}, "name": "outputs:0"}
+    }
+
+
+def test_metadata_of_a_tabular_model_gives_each_column_its_tensor_type():
+    described = {
+        "task": "regression", "classes": [], "input": "row", "kind": "tabular", "targets": ["price", "volume"],
+        "inputs": [
+            {"name": "colour", "kind": "categorical", "type": "string", "categories": ["red"], "nullable": True},
+            {"name": "grade", "kind": "categorical", "type": "integer", "categories": [1, 2], "nullable": True},
+            {"name": "size", "kind": "continuous", "type": "number", "nullable": False},
+        ],
+    }  # fmt: skip
+    body = metadata_body("prices", "1.0", described)
+    serving = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert {name: tensor["dtype"] for name, tensor in serving["inputs"].items()} == {
+        "colour": "DT_STRING", "grade": "DT_INT64", "size": "DT_FLOAT",
+    }  # fmt: skip
+    assert serving["outputs"]["outputs"]["tensor_shape"]["dim"][1] == {"size": "2"}
+    assert body["metadata"]["fastai"] == described
+
+
+def test_metadata_of_a_text_model_has_one_string_input():
+    described = {"task": "classification", "classes": ["neg", "pos"], "input": "text", "kind": "text",
+                 "inputs": [{"name": "text", "kind": "text", "max_chars": 10000}]}  # fmt: skip
+    inputs = metadata_body("reviews", "1.0", described)["metadata"]["signature_def"]["signature_def"]["classes"][
+        "inputs"
+    ]
+    assert inputs == {"text": {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "text:0"}}
+
+
 def test_metadata_is_asked_of_the_handler_once_a_minute_not_per_request():
     fake = FakeTorchServe()
     client = shim_of(fake)
@@ -333,3 +391,79 @@ def test_settings_come_from_fastai_serving_variables():
 def test_a_setting_that_is_not_a_number_is_refused_with_its_variable():
     with pytest.raises(ValueError, match="FASTAI_SERVING_WORKERS='two' is not a valid int"):
         Settings.from_env({"FASTAI_SERVING_WORKERS": "two"})
+
+
+# --- Liveness, the model list, draining, metrics -----------------------------------------------------
+
+
+def test_alive_answers_without_asking_torchserve():
+    fake = FakeTorchServe()
+    response = shim_of(fake).get("/")
+    assert response.status_code == 200 and response.json == {"status": "alive"} and fake.calls == []
+
+
+def test_the_model_list_is_kserves_v1_shape():
+    fake = FakeTorchServe(served={"digits": [version("1.0")], "buildings": [version("1.0")]})
+    assert shim_of(fake).get("/v1/models").json == {"models": ["digits", "buildings"]}
+
+
+def test_while_draining_readiness_fails_at_once_and_predictions_are_still_answered(tmp_path):
+    fake, drain_file = FakeTorchServe(), tmp_path / "draining"
+    client = shim_of(fake, drain_file=str(drain_file))
+    assert client.get("/ready").status_code == 200
+    drain_file.touch()  # what scripts/serve does on SIGTERM
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json == {"ready": False, "draining": True, "models": {}}
+    answer = client.post("/v1/models/digits:predict", data=BODY)
+    assert answer.status_code == 200 and answer.headers["Connection"] == "close"
+    assert client.get("/").status_code == 200  # alive all the while
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """A sample's value in Prometheus text (0 when absent)."""
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    return next((sample.value for sample in samples if sample.name == name and sample.labels == labels), 0.0)
+
+
+def test_metrics_count_requests_by_model_route_verb_and_status():
+    client = shim_of(FakeTorchServe(), torchserve_metrics="http://127.0.0.1:9/metrics")
+    name, labels = "fastai_serving_requests_total", {"model": "digits", "route": "/v1/models/{model}:{verb}"}
+    before = client.get("/metrics").get_data(as_text=True)
+    for _ in range(3):
+        client.post("/v1/models/digits:predict", data=BODY)
+    client.post("/v1/models/digits:predict", data=b"{}")
+    after = client.get("/metrics").get_data(as_text=True)
+    ok, bad = {**labels, "verb": "predict", "status": "200"}, {**labels, "verb": "predict", "status": "400"}
+    assert metric_value(after, name, **ok) - metric_value(before, name, **ok) == 3
+    assert metric_value(after, name, **bad) - metric_value(before, name, **bad) == 1
+
+
+def test_metrics_count_instances_per_request_and_never_label_unknown_models():
+    client = shim_of(FakeTorchServe(), torchserve_metrics="http://127.0.0.1:9/metrics")
+    before = client.get("/metrics").get_data(as_text=True)
+    client.post("/v1/models/digits:predict", data=json.dumps({"instances": ["aGk="] * 5}))
+    client.post("/v1/models/nobody_serves_this:predict", data=BODY)
+    after = client.get("/metrics").get_data(as_text=True)
+    count = "fastai_serving_instances_per_request_count"
+    assert (
+        metric_value(after, count, model="digits", verb="predict")
+        - metric_value(before, count, model="digits", verb="predict")
+        == 1
+    )
+    total = "fastai_serving_instances_per_request_sum"
+    assert (
+        metric_value(after, total, model="digits", verb="predict")
+        - metric_value(before, total, model="digits", verb="predict")
+        == 5
+    )
+    assert "nobody_serves_this" not in after
+
+
+def test_metrics_say_when_torchserves_own_could_not_be_read():
+    text = (
+        shim_of(FakeTorchServe(), torchserve_metrics="http://127.0.0.1:9/metrics")
+        .get("/metrics")
+        .get_data(as_text=True)
+    )
+    assert metric_value(text, "fastai_serving_torchserve_metrics_up") == 0
+    assert "# TYPE fastai_serving_requests_in_flight gauge" in text

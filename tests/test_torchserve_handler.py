@@ -284,6 +284,8 @@ def test_model_metadata_is_described_by_the_handler(torchserve):
         "classes": [str(d) for d in range(10)],
         "input": "image",
         "precision": "fp32",
+        "kind": "vision",
+        "inputs": [{"name": "image_bytes", "kind": "image"}],
     }
 
 

@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--model", default=None, metavar="NAME", help="the model: /v1/models/NAME:predict (default: /analyze:predict)"
     )
-    server.add_argument("--protocol", default=defaults.PROTOCOL, choices=PROTOCOLS, help="rest (grpc: not yet)")
+    server.add_argument(
+        "--protocol", default=defaults.PROTOCOL, choices=PROTOCOLS, help="rest (grpc: not yet in predict-batch)"
+    )
     out = parser.add_argument_group("where results go")
     out.add_argument(
         "--out", required=True, metavar="DEST", help="a .jsonl, .csv or .geojson file, or a postgresql:// URL"

@@ -1,6 +1,6 @@
 """Sending images to a TF-Serving endpoint: one small interface, `Predictor`, and its REST form.
 
-`--protocol grpc` gets its own Predictor once the gRPC front lands; the runner needs nothing else.
+`--protocol grpc` will be a second Predictor (TF Serving's PredictionService/Predict); the runner needs nothing else.
 What a predictor raises tells the runner what to do:
 - `InputRejected`: the server refused this request's input (400, 413, 422, or 500: the model failed
   on it). The runner sends a multi-image batch again one image at a time to find the bad one(s);
@@ -60,8 +60,8 @@ def make_predictor(
         return RestPredictor(server, model, stopping, backoff, timeout_s)
     if protocol == "grpc":
         raise ValueError(
-            "--protocol grpc is not available yet: fastai-serving's gRPC front has not landed. "
-            "Use --protocol rest (the default): every TF-Serving server answers it on its REST port (8501)."
+            "--protocol grpc is not available in predict-batch yet. Use --protocol rest (the default): "
+            "every TF-Serving server, fastai-serving included, answers it on its REST port (8501)."
         )
     raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
 

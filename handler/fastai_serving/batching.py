@@ -1,8 +1,12 @@
 """Many client requests into one model batch, and the results back to each request.
 
-A TorchServe batch holds several requests, each with one or many instances. They are
-flattened into one list of images for one forward pass, then split back in order. A
-request's bad input fails that request alone; the others are still answered.
+A TorchServe batch holds several requests, each with one or many instances. Each request's
+body is read and each instance checked as the Learner's kind reads it (image bytes, decoded
+below; a tabular row, column by column; a text, within its length bound), so a bad instance
+fails its own request before any batch is built. The instances of every request that passed
+are flattened into one list for one forward pass (vision: one test DataLoader of images;
+tabular and collab: one DataFrame; text: one padded, length-sorted DataLoader), then split
+back in order. A request's bad input fails that request alone; the others are still answered.
 """
 
 from __future__ import annotations
@@ -12,9 +16,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
-from .contract import Body, check_answerable, image_bytes, read_body
+from .contract import (
+    COLLAB,
+    TABULAR,
+    TEXT,
+    VISION,
+    Body,
+    check_answerable,
+    check_form,
+    image_bytes,
+    read_body,
+    read_row,
+    read_text,
+)
 from .errors import BadInput
 from .learner import ServedLearner
 from .predict import Prediction, decode_images, predict_images
@@ -26,10 +40,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PreparedRequest:
-    """A request whose body was read and whose images all decoded."""
+    """A request whose body was read and whose instances were all read (images: decoded)."""
 
     body: Body
-    images: list[Image.Image]
+    inputs: list[Any]  # PIL images, checked tabular rows, or texts
 
 
 class PredictionFailed(RuntimeError):
@@ -41,19 +55,31 @@ class PredictionFailed(RuntimeError):
 Outcome = PreparedRequest | BadInput
 
 
+def read_instances(served: ServedLearner, body: Body, settings: HandlerSettings) -> list[Any]:
+    """Each instance of `body` as the Learner's kind reads it: image bytes, a checked row, or a text."""
+    names = [body.instance_name(index, served.kind) for index in range(len(body.instances))]
+    if served.kind == VISION:
+        return [image_bytes(value, name) for value, name in zip(body.instances, names, strict=True)]
+    if served.kind in (TABULAR, COLLAB):
+        return [read_row(value, name, served.columns) for value, name in zip(body.instances, names, strict=True)]
+    return [read_text(value, name, served.max_text_chars) for value, name in zip(body.instances, names, strict=True)]
+
+
 def prepare_requests(
     served: ServedLearner, bodies: Sequence[tuple[Any, str]], settings: HandlerSettings
 ) -> list[Outcome]:
-    """Read each (body, verb) and decode its images; a failure stands in for its request."""
-    readable: list[tuple[Body, list[bytes]] | BadInput] = []
+    """Read each (body, verb) and its instances (images: decoded); a failure stands in for its request."""
+    readable: list[tuple[Body, list[Any]] | BadInput] = []
     for raw_body, verb in bodies:
         try:
             body = read_body(raw_body, verb, max_instances=settings.max_instances)
+            check_form(served.kind, body)
             check_answerable(served.task, body)
-            encoded = [image_bytes(value, body.instance_name(i)) for i, value in enumerate(body.instances)]
-            readable.append((body, encoded))
+            readable.append((body, read_instances(served, body, settings)))
         except BadInput as error:
             readable.append(error)
+    if served.kind != VISION:
+        return [entry if isinstance(entry, BadInput) else PreparedRequest(*entry) for entry in readable]
     read = [entry for entry in readable if not isinstance(entry, BadInput)]
     names = [body.instance_name(index) for body, encoded in read for index in range(len(encoded))]
     decoded = iter(decode_images([b for _, encoded in read for b in encoded], names, settings.max_image_pixels))
@@ -65,40 +91,55 @@ def prepare_requests(
         body, encoded = entry
         images = [next(decoded) for _ in encoded]
         error = next((image for image in images if isinstance(image, BadInput)), None)
-        outcomes.append(error or PreparedRequest(body=body, images=images))
+        outcomes.append(error or PreparedRequest(body=body, inputs=images))
     return outcomes
 
 
 def predict_requests(
-    served: ServedLearner, outcomes: Sequence[Outcome], max_batch: int
+    served: ServedLearner, outcomes: Sequence[Outcome], settings: HandlerSettings
 ) -> list[list[Prediction] | Exception]:
-    """One forward pass over every prepared request's images, split back per request.
+    """One forward pass over every prepared request's instances, split back per request.
 
     If the batch as a whole raises, each request is predicted alone, so the input that
     breaks the model fails only its own request.
     """
     prepared = [o for o in outcomes if isinstance(o, PreparedRequest)]
-    images = [image for request in prepared for image in request.images]
+    inputs = [value for request in prepared for value in request.inputs]
     try:
-        predictions = iter(_predict_counted(served, images, max_batch))
-        per_request = {id(r): [next(predictions) for _ in r.images] for r in prepared}
+        predictions = iter(_predict_counted(served, inputs, settings))
+        per_request = {id(r): [next(predictions) for _ in r.inputs] for r in prepared}
     except Exception:
-        logger.exception("batch of %d images failed; predicting its requests one by one", len(images))
-        per_request = {id(r): _predict_alone(served, r, max_batch) for r in prepared}
+        logger.exception("batch of %d instances failed; predicting its requests one by one", len(inputs))
+        per_request = {id(r): _predict_alone(served, r, settings) for r in prepared}
     return [per_request[id(o)] if isinstance(o, PreparedRequest) else o for o in outcomes]
 
 
-def _predict_counted(served: ServedLearner, images: list[Image.Image], max_batch: int) -> list[Prediction]:
-    """The predictions of `images`, one each, or an error: never a result that could belong to another image."""
-    predictions = predict_images(served, images, max_batch)
-    if len(predictions) != len(images):
-        raise RuntimeError(f"{len(predictions)} predictions for {len(images)} images")
+def _predict(served: ServedLearner, inputs: list[Any], settings: HandlerSettings) -> list[Prediction]:
+    """The kind's one batched prediction: images, rows (one DataFrame) or texts."""
+    if served.kind in (TABULAR, COLLAB):
+        from .tabular import predict_rows
+
+        return predict_rows(served, inputs, settings.max_row_batch)
+    if served.kind == TEXT:
+        from .text import predict_texts
+
+        return predict_texts(served, inputs, settings.max_batch)
+    return predict_images(served, inputs, settings.max_batch)
+
+
+def _predict_counted(served: ServedLearner, inputs: list[Any], settings: HandlerSettings) -> list[Prediction]:
+    """The predictions of `inputs`, one each, or an error: never a result that could belong to another instance."""
+    predictions = _predict(served, inputs, settings)
+    if len(predictions) != len(inputs):
+        raise RuntimeError(f"{len(predictions)} predictions for {len(inputs)} instances")
     return predictions
 
 
-def _predict_alone(served: ServedLearner, request: PreparedRequest, max_batch: int) -> list[Prediction] | Exception:
+def _predict_alone(
+    served: ServedLearner, request: PreparedRequest, settings: HandlerSettings
+) -> list[Prediction] | Exception:
     try:
-        return _predict_counted(served, request.images, max_batch)
+        return _predict_counted(served, request.inputs, settings)
     except Exception as error:
         logger.exception("prediction failed for one request")
         return PredictionFailed(f"the model failed on this request's input ({type(error).__name__})")

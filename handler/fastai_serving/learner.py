@@ -1,4 +1,9 @@
-"""Load an exported fastai Learner for serving and say what kind of model it is."""
+"""Load an exported fastai Learner for serving and say what kind of model it is.
+
+Four kinds are served (`kind_of`): vision Learners, tabular Learners (`tabular_learner`), text
+classifiers (`text_classifier_learner`) and collaborative filtering (`collab_learner`); each
+does one of four tasks (`task_of`). Anything else is refused with what was found.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,28 @@ from typing import Any
 import torch
 
 from . import defaults
-from .contract import MULTI_LABEL, REGRESSION, SEGMENTATION, SINGLE_LABEL
+from .contract import (
+    COLLAB,
+    IMAGE_INPUT,
+    MULTI_LABEL,
+    REGRESSION,
+    SEGMENTATION,
+    SINGLE_LABEL,
+    TABULAR,
+    TEXT,
+    TEXT_INPUT,
+    VISION,
+    Column,
+)
 from .errors import ModelError
 
 FP32, BF16 = "fp32", "bf16"
 PRECISIONS = (FP32, BF16)
+
+# The metadata's "input" (kept from the first, image-only release): what one instance is.
+INPUT_OF_KIND = {VISION: "image", TABULAR: "row", COLLAB: "row", TEXT: "text"}
+# fastai's collaborative-filtering models (collab_learner): their Learner is tabular underneath.
+COLLAB_MODELS = ("EmbeddingDotBias", "EmbeddingNN")
 
 
 class _NamingUnpickler(pickle.Unpickler):
@@ -54,10 +76,35 @@ class ServedLearner:
     classes: list[str] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = FP32
+    kind: str = VISION
+    columns: list[Column] = field(default_factory=list)  # tabular and collab: the columns a row needs
+    targets: list[str] = field(default_factory=list)  # tabular and collab: the predicted columns, in output order
+    max_text_chars: int = defaults.MAX_TEXT_CHARS  # text: the longest text one instance may be
+    compile_report: Any = None  # a compiled.CompileReport once a compile was asked for
 
     def describe(self) -> dict[str, Any]:
-        """The model's metadata: task, classes in output order, input kind, and the precision it runs in."""
-        return {"task": self.task, "classes": self.classes, "input": "image", "precision": self.precision}
+        """The model's metadata: task, classes in output order, input kind and inputs, its precision and its compile."""
+        described = {
+            "task": self.task,
+            "classes": self.classes,
+            "input": INPUT_OF_KIND[self.kind],
+            "precision": self.precision,
+            "kind": self.kind,
+            "inputs": self.inputs(),
+        }
+        if self.targets:
+            described["targets"] = self.targets
+        if self.compile_report is not None:
+            described |= self.compile_report.describe()
+        return described
+
+    def inputs(self) -> list[dict[str, Any]]:
+        """What one instance holds: the image, the text and its limit, or each column with its kind."""
+        if self.kind == VISION:
+            return [{"name": IMAGE_INPUT, "kind": "image"}]
+        if self.kind == TEXT:
+            return [{"name": TEXT_INPUT, "kind": "text", "max_chars": self.max_text_chars}]
+        return [column.describe() for column in self.columns]
 
 
 def load_learner(
@@ -66,6 +113,7 @@ def load_learner(
     utils_dir: str | Path | None = None,
     precision: str = defaults.PRECISION,
     channels_last: bool = defaults.CHANNELS_LAST,
+    max_text_chars: int = defaults.MAX_TEXT_CHARS,
 ) -> ServedLearner:
     """Load `learner_path` (an `export.pkl`) onto `device`, ready to serve.
 
@@ -74,7 +122,8 @@ def load_learner(
     opt-in fast path: bfloat16 autocast and channels-last memory, where the device
     has fast bfloat16 (it falls back to fp32, with a warning, where it has not).
     `channels_last` stores the model's weights channels-last in any precision: the same
-    results to float rounding (about 1e-6), faster convolutions on CPUs and recent GPUs.
+    results to float rounding (about 1e-6), faster convolutions on CPUs and recent GPUs
+    (vision Learners only). `max_text_chars` bounds a text Learner's instances.
     """
     if precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -101,14 +150,63 @@ def load_learner(
             ) from None
     if not hasattr(learn, "dls") or not hasattr(learn, "model"):
         raise ModelError(f"{learner_path.name} holds a {type(learn).__name__}, not a fastai Learner")
+    kind = kind_of(learn, learner_path.name)
     _prepare_for_serving(learn, device)
     if precision == BF16 and not has_fast_bf16(device):
         warnings.warn(f"{device} has no fast bfloat16; serving in fp32", stacklevel=2)
         precision = FP32
-    if precision == BF16 or channels_last:
+    if kind == VISION and (precision == BF16 or channels_last):
         learn.model.to(memory_format=torch.channels_last)
-    task = task_of(learn)
-    return ServedLearner(learn=learn, task=task, classes=classes_of(learn, task), device=device, precision=precision)
+    task = task_of(learn, kind)
+    served = ServedLearner(
+        learn=learn,
+        task=task,
+        classes=classes_of(learn, task, kind),
+        device=device,
+        precision=precision,
+        kind=kind,
+        max_text_chars=max_text_chars,
+    )
+    if kind in (TABULAR, COLLAB):
+        from .tabular import columns_of
+
+        served.columns = columns_of(learn)
+        served.targets = [str(name) for name in learn.dls.train_ds.y_names]
+    return served
+
+
+def kind_of(learn: Any, name: str = "the Learner") -> str:
+    """Vision, tabular, text (a classifier) or collab, from the Learner's data and model; else `ModelError`."""
+    dataset = getattr(learn.dls, "train_ds", None)
+    model_name = type(learn.model).__name__
+    if any(cls.__name__ == "Tabular" for cls in type(dataset).__mro__):
+        return COLLAB if model_name in COLLAB_MODELS else TABULAR
+    readers = _input_transform_names(dataset)
+    if {"Tokenizer", "Numericalize"} & set(readers):
+        encoder = learn.model[0] if isinstance(learn.model, torch.nn.Sequential) and len(learn.model) else None
+        if type(encoder).__name__ == "SentenceEncoder":
+            return TEXT
+        raise ModelError(
+            f"{name} is a text Learner whose model is a {model_name} without a SentenceEncoder, such as a "
+            "language model (language_model_learner): fastai-serving serves text classifiers "
+            "(text_classifier_learner)"
+        )
+    if any("PIL" in reader for reader in readers):
+        return VISION
+    raise ModelError(
+        f"{name} is a {type(learn).__name__} whose inputs are read by "
+        f"{', '.join(readers) or f'a {type(dataset).__name__}'} into a {model_name}: fastai-serving serves "
+        "vision, tabular (tabular_learner), text classifier (text_classifier_learner) and collaborative "
+        "filtering (collab_learner) Learners"
+    )
+
+
+def _input_transform_names(dataset: Any) -> list[str]:
+    """The names of the transforms that read an input (the first pipeline of the Datasets)."""
+    pipelines = getattr(dataset, "tls", None) or []
+    if not pipelines:
+        return []
+    return [str(getattr(tfm, "name", type(tfm).__name__)).split(" -- ")[0] for tfm in pipelines[0].fs]
 
 
 def has_fast_bf16(device: torch.device) -> bool:
@@ -143,14 +241,17 @@ def _mask_codes(learn: Any) -> Any:
     return next((tfm for tfm in learn.dls.after_item.fs if type(tfm).__name__ == "AddMaskCodes"), None)
 
 
-def task_of(learn: Any) -> str:
-    """Which of the four served tasks the Learner does, from its target pipeline."""
-    names = {type(tfm).__name__ for tfm in _target_transforms(learn)}
-    if "MultiCategorize" in names or "OneHotEncode" in names:
+def task_of(learn: Any, kind: str = VISION) -> str:
+    """Which of the four served tasks the Learner does, from its target pipeline (tabular: its procs)."""
+    if kind in (TABULAR, COLLAB):
+        names = {type(proc).__name__ for proc in learn.dls.train_ds.procs.fs}
+    else:
+        names = {type(tfm).__name__ for tfm in _target_transforms(learn)}
+    if {"MultiCategorize", "OneHotEncode", "EncodedMultiCategorize"} & names:
         return MULTI_LABEL
     if "Categorize" in names:
         return SINGLE_LABEL
-    if _mask_codes(learn) is not None:
+    if kind == VISION and _mask_codes(learn) is not None:
         return SEGMENTATION
     if "RegressionSetup" in names:
         return REGRESSION
@@ -167,7 +268,7 @@ def _task_from_loss(learn: Any) -> str:
     return REGRESSION
 
 
-def classes_of(learn: Any, task: str) -> list[str]:
+def classes_of(learn: Any, task: str, kind: str = VISION) -> list[str]:
     """Class names in output order (segmentation: the codes), or [] for regression."""
     if task == REGRESSION:
         return []
@@ -177,6 +278,8 @@ def classes_of(learn: Any, task: str) -> list[str]:
     vocab = getattr(learn.dls, "vocab", None)
     if vocab is None:
         return []
-    if task == MULTI_LABEL and len(vocab) == 2 and isinstance(vocab[0], (list, tuple)):
+    if kind == TEXT:
+        vocab = vocab[-1]  # a text classifier's vocab is (the tokens, the classes)
+    elif task == MULTI_LABEL and len(vocab) == 2 and isinstance(vocab[0], (list, tuple)):
         vocab = vocab[-1]
     return [str(name) for name in vocab]

@@ -1,4 +1,4 @@
-"""One batched forward pass over many images, as `learn.get_preds` does it."""
+"""One batched forward pass over many instances, as `learn.get_preds` does it; images decoded for it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -44,19 +45,28 @@ def decode_images(
 def predict_images(
     served: ServedLearner, images: Sequence[Image.Image], max_batch: int = MAX_BATCH
 ) -> list[Prediction]:
-    """Predict every image with one test DataLoader, `max_batch` images per forward pass.
-
-    As `learn.get_preds(with_decoded=True)`, except that the loss function's activation and
-    decoding run in float32 after the forward pass, which may run in bfloat16.
-    """
+    """Predict every image with one test DataLoader, `max_batch` images per forward pass."""
     if not images:
         return []
+    test_dl = served.learn.dls.test_dl(list(images), bs=max_batch, num_workers=0)
+    return predict_loader(served, test_dl)
+
+
+def predict_loader(
+    served: ServedLearner, test_dl: Any, count: int | None = None, reorder: bool = True
+) -> list[Prediction]:
+    """Every instance of `test_dl` through the model: as `learn.get_preds(with_decoded=True)`, except that
+    the loss function's activation and decoding run in float32 after the forward pass, which may run in
+    bfloat16. `count`: the number of instances, to give each its own row of outputs (fastai squeezes a
+    one-row batch of a model with one output per row, such as a collaborative-filtering dot product).
+    """
     from fastcore.basics import getcallable, noop
 
     learn = served.learn
-    test_dl = learn.dls.test_dl(list(images), bs=max_batch, num_workers=0)
     with precision_context(served):
-        raw_outputs, _ = learn.get_preds(dl=test_dl, act=noop)
+        raw_outputs, _ = learn.get_preds(dl=test_dl, act=noop, reorder=reorder)
+    if count is not None:
+        raw_outputs = raw_outputs.reshape(count, -1)
     outputs = getcallable(learn.loss_func, "activation")(raw_outputs.float())
     decoded = getcallable(learn.loss_func, "decodes")(outputs)
     return [Prediction(output=output, decoded=label) for output, label in zip(outputs, decoded, strict=True)]

@@ -18,13 +18,17 @@ HANDLER_KEY = "handler"
 
 @dataclass(frozen=True)
 class HandlerSettings:
-    max_batch: int = defaults.MAX_BATCH  # images per forward pass; larger batches are chunked
+    max_batch: int = defaults.MAX_BATCH  # images (or texts) per forward pass; larger batches are chunked
+    max_row_batch: int = defaults.MAX_ROW_BATCH  # tabular and collab rows per forward pass
     max_instances: int = defaults.MAX_INSTANCES  # instances one request may carry
     max_image_pixels: int = defaults.MAX_IMAGE_PIXELS  # width × height of one decoded image
+    max_text_chars: int = defaults.MAX_TEXT_CHARS  # characters in one text instance
     torch_threads: int = defaults.TORCH_THREADS  # torch threads per worker; 0: cores ÷ the model's workers
     utils_dir: str = ""  # folder inside the archive holding the modules the pickle needs
     precision: str = defaults.PRECISION  # "bf16": bfloat16 autocast, where the device has fast bf16
     channels_last: bool = defaults.CHANNELS_LAST  # the model's weights channels-last (faster on CPU, same results)
+    compile: bool = defaults.COMPILE  # torch.compile at worker start, warmed for every batch size
+    kind: str = ""  # the Learner's kind as make-archive found it; the worker checks it finds the same
 
     @classmethod
     def from_model_config(cls, model_config: Mapping[str, Any] | None) -> HandlerSettings:

@@ -1,0 +1,224 @@
+"""TF Serving's gRPC services on the shim's logic: PredictionService and ModelService.
+
+Each call is one upstream request to TorchServe's inference API through the shim's pooled
+client (so gRPC and REST calls share TorchServe's dynamic batches), carrying the images as
+they arrived in the images body (no base64, no JSON). Models, versions, the default model,
+status and metadata come from the same `Shim` as the REST routes, so both fronts give the
+same answers; errors are `ServingError`s with the REST shim's statuses and messages.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+
+from fastai_serving.contract import (
+    CLASS_INDEX_SIGNATURE,
+    CLASSIFY,
+    IMAGES_CONTENT_TYPE,
+    MULTI_LABEL,
+    PREDICT,
+    REGRESS,
+    check_model_name,
+    images_body,
+)
+from fastai_serving.errors import BadInput, ServingError
+from shim.app import Shim
+from shim.errors import ShimError
+from shim.grpc_errors import answers_errors
+from shim.grpc_tensors import (
+    images_of_examples,
+    images_of_inputs,
+    model_spec,
+    signature_def_map,
+    struct_of,
+    tensor_of,
+)
+from shim.protos import tensorflow_serving_pb2 as serving
+from shim.protos import tensorflow_serving_pb2_grpc as serving_grpc
+from shim.protos.tensorflow_core_pb2 import DataType
+from shim.protos.tensorflow_error_pb2 import Code
+from shim.relay import upstream_error
+from shim.status import signature_output, status_body, tf_version
+from shim.upstream import UpstreamAnswer
+
+SIGNATURE_DEF = "signature_def"  # TF Serving's one metadata field
+FASTAI = "fastai"  # ours: the handler's description (task, classes in output order, input), as a Struct
+DEFAULT_SIGNATURE = "serving_default"
+
+
+class Target:
+    """Which model and version a ModelSpec names: the default model when it names none, as /analyze."""
+
+    def __init__(self, shim: Shim, spec: serving.ModelSpec) -> None:
+        self.model = spec.name or shim.default_model()
+        check_model_name(self.model)
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            raise ShimError(404, f"version label {spec.version_label!r} is not defined: use a version number")
+        self.url_version = str(spec.version.value) if choice == "version" else None  # as a REST URL's /versions/<n>
+
+
+class PredictionService(serving_grpc.PredictionServiceServicer):
+    """Predict, Classify, Regress and GetModelMetadata; TF Serving's MultiInference answers UNIMPLEMENTED."""
+
+    def __init__(self, shim: Shim) -> None:
+        self.shim = shim
+
+    @answers_errors
+    def Predict(self, request: serving.PredictRequest, context: grpc.ServicerContext) -> serving.PredictResponse:
+        target = Target(self.shim, request.model_spec)
+        signature_name = request.model_spec.signature_name
+        images = images_of_inputs(request.inputs)
+        answer, answers = self._infer(target, images, PREDICT, signature_name, context)
+        if signature_name == CLASS_INDEX_SIGNATURE and answer.task == MULTI_LABEL:
+            raise BadInput(
+                "signature_name 'classes' of a multi-label model answers a list of class indices per image, "
+                "which no tensor holds: use serving_default (one score per class) and threshold it"
+            )
+        name, dtype = signature_output(answer.task, signature_name)
+        unknown = [alias for alias in request.output_filter if alias != name]
+        if unknown:
+            raise BadInput(f"output_filter names {unknown[0]!r}: this signature's one output is {name!r}")
+        return serving.PredictResponse(
+            model_spec=model_spec(target.model, tf_version(answer.model_version), signature_name or DEFAULT_SIGNATURE),
+            outputs={name: tensor_of(answers["predictions"], DataType.Value(dtype))},
+        )
+
+    @answers_errors
+    def Classify(
+        self, request: serving.ClassificationRequest, context: grpc.ServicerContext
+    ) -> serving.ClassificationResponse:
+        target = Target(self.shim, request.model_spec)
+        images = images_of_examples(request.input)
+        answer, answers = self._infer(target, images, CLASSIFY, request.model_spec.signature_name, context)
+        result = serving.ClassificationResult(
+            classifications=[
+                serving.Classifications(classes=[serving.Class(label=label, score=score) for label, score in scores])
+                for scores in answers["results"]
+            ]
+        )
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        return serving.ClassificationResponse(
+            model_spec=model_spec(target.model, tf_version(answer.model_version), signature), result=result
+        )
+
+    @answers_errors
+    def Regress(self, request: serving.RegressionRequest, context: grpc.ServicerContext) -> serving.RegressionResponse:
+        target = Target(self.shim, request.model_spec)
+        images = images_of_examples(request.input)
+        answer, answers = self._infer(target, images, REGRESS, request.model_spec.signature_name, context)
+        values = answers["results"]
+        several = next((value for value in values if isinstance(value, list)), None)
+        if several is not None:
+            raise BadInput(f"Regress answers one value per example; this model gives {len(several)}: use Predict")
+        result = serving.RegressionResult(regressions=[serving.Regression(value=value) for value in values])
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        return serving.RegressionResponse(
+            model_spec=model_spec(target.model, tf_version(answer.model_version), signature), result=result
+        )
+
+    @answers_errors
+    def GetModelMetadata(
+        self, request: serving.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> serving.GetModelMetadataResponse:
+        fields = list(request.metadata_field)
+        if not fields:
+            raise BadInput("GetModelMetadataRequest must specify at least one metadata_field ('signature_def')")
+        unsupported = [field for field in fields if field not in (SIGNATURE_DEF, FASTAI)]
+        if unsupported:
+            raise BadInput(f"metadata field {unsupported[0]!r} is not supported: ask for 'signature_def' or 'fastai'")
+        target = Target(self.shim, request.model_spec)
+        body = self.shim.metadata(target.model, target.url_version)  # the REST metadata route's body
+        metadata = {}
+        for field in fields:
+            packed = any_pb2.Any()
+            if field == SIGNATURE_DEF:
+                packed.Pack(signature_def_map(body["metadata"]["signature_def"]["signature_def"]))
+            else:
+                packed.Pack(struct_of(body["metadata"]["fastai"]))
+            metadata[field] = packed
+        return serving.GetModelMetadataResponse(
+            model_spec=model_spec(target.model, body["model_spec"]["version"]), metadata=metadata
+        )
+
+    def _infer(
+        self, target: Target, images: list[bytes], verb: str, signature_name: str, context: grpc.ServicerContext
+    ) -> tuple[UpstreamAnswer, dict[str, Any]]:
+        """One upstream request for `images`, within the client's deadline; the handler's answer, checked."""
+        version = self.shim.predict_version(target.model, target.url_version) if target.url_version else None
+        answer = self.shim.client.predict(
+            target.model,
+            version,
+            images_body(images, signature_name),
+            verb,
+            content_type=IMAGES_CONTENT_TYPE,
+            timeout_s=context.time_remaining(),
+        )
+        error = upstream_error(answer, target.model)
+        if error is not None:
+            raise error
+        if not answer.model_version:  # the handler names its version on every answer, its errors too
+            raise ShimError(
+                412,
+                f"the archive of model {target.model!r} was made by an older fastai-serving, whose handler "
+                "cannot read the gRPC front's requests: rebuild it with scripts/make-archive",
+            )
+        answers = json.loads(answer.body)
+        if answer.status != 200:
+            raise ServingError(str(answers.get("error", "")), answer.status)  # the handler's own, as REST answers it
+        return answer, answers
+
+
+class ModelService(serving_grpc.ModelServiceServicer):
+    """GetModelStatus from TorchServe's workers; TF Serving's HandleReloadConfigRequest answers UNIMPLEMENTED."""
+
+    def __init__(self, shim: Shim) -> None:
+        self.shim = shim
+
+    @answers_errors
+    def GetModelStatus(
+        self, request: serving.GetModelStatusRequest, context: grpc.ServicerContext
+    ) -> serving.GetModelStatusResponse:
+        target = Target(self.shim, request.model_spec)
+        _, body = status_body(target.model, self.shim.version_descriptions(target.model, target.url_version))
+        return serving.GetModelStatusResponse(
+            model_version_status=[
+                serving.ModelVersionStatus(
+                    version=int(status["version"]),
+                    state=serving.ModelVersionStatus.State.Value(status["state"]),
+                    status=serving.StatusProto(
+                        error_code=Code.Value(status["status"]["error_code"]),
+                        error_message=status["status"]["error_message"],
+                    ),
+                )
+                for status in body["model_version_status"]
+                if status["version"].isdigit()  # TF Serving's versions are numbers; TorchServe's "1.5" has none
+            ]
+        )
+
+
+def unimplemented(service: str, method: str) -> str:
+    """What a client is told when it calls a TF Serving method this server does not serve."""
+    served = {
+        "tensorflow.serving.PredictionService": "Predict, Classify, Regress and GetModelMetadata",
+        "tensorflow.serving.ModelService": "GetModelStatus",
+    }
+    return f"{service}/{method} is not served by fastai-serving; it serves {served.get(service, 'TF Serving')}"
+
+
+class Unimplemented(grpc.GenericRpcHandler):
+    """TF Serving's methods we do not serve (MultiInference, HandleReloadConfigRequest): UNIMPLEMENTED, saying what is."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        if not service.startswith("tensorflow.serving."):
+            return None  # gRPC's own answer: UNIMPLEMENTED, method not found
+
+        def refuse(request: bytes, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, unimplemented(service, method))
+
+        return grpc.unary_unary_rpc_method_handler(refuse)

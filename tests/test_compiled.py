@@ -1,0 +1,129 @@
+"""The compiled fast path (make-archive --compile): answers as eager, never a compile on a request, a clean fallback.
+
+Compiling takes tens of seconds per model on two cores, so these are end-to-end tests; every
+compile of the session shares one inductor cache (conftest.py), as a machine's workers do.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+import zipfile
+
+import pytest
+import requests
+import torch
+import yaml
+
+from fastai_serving.compiled import batch_sizes, compile_learner, compiled_graphs
+from fastai_serving.learner import load_learner
+from fastai_serving.predict import decode_images, predict_images
+from harness import learners
+from harness.servers import Servers, make_archive
+
+pytestmark = pytest.mark.e2e
+
+MAX_BATCH = 2  # batches of 1 and 2 images: two graphs a model, and a tail batch padded
+
+
+def images_of(export_path) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((export_path.parent / "images").glob("*.png"))[:5]]
+
+
+def outputs(served, images: list[bytes]) -> torch.Tensor:
+    decoded = decode_images(images, [f"image {i}" for i in range(len(images))])
+    return torch.stack([prediction.output for prediction in predict_images(served, decoded, MAX_BATCH)])
+
+
+@pytest.fixture(scope="module")
+def uncompilable(tmp_path_factory):
+    return learners.make_uncompilable(tmp_path_factory.mktemp("uncompilable"))
+
+
+@pytest.mark.parametrize("kind", ["classifier", "multilabel", "regressor"])
+def test_a_compiled_learner_answers_as_eager_and_compiles_nothing_after_its_warm_up(small_learners, kind):
+    images = images_of(small_learners[kind])  # five: two full batches and one padded
+    eager = outputs(load_learner(small_learners[kind]), images)
+    served = load_learner(small_learners[kind])
+    report = compile_learner(served, MAX_BATCH)
+    assert report.compiled and report.batch_sizes == (1, 2), report.error
+    graphs = compiled_graphs()
+    compiled = outputs(served, images)
+    assert compiled_graphs() == graphs  # every batch size was warmed: no request compiles
+    assert (compiled - eager).abs().max() < 1e-5
+
+
+def test_a_unet_segmenter_does_not_compile_and_is_served_eager_saying_why(small_learners):
+    # torch 2.14's dynamo recurses through fastai's patched Tensor.as_subclass inside DynamicUnet.
+    images = images_of(small_learners["segmenter"])
+    eager = outputs(load_learner(small_learners["segmenter"]), images)
+    served = load_learner(small_learners["segmenter"])
+    served.compile_report = compile_learner(served, MAX_BATCH)
+    assert served.describe()["compiled"] is False and "RecursionError" in served.describe()["compile_error"]
+    assert torch.equal(outputs(served, images), eager)
+
+
+def test_a_model_that_does_not_compile_stays_eager_and_says_why(uncompilable):
+    served = load_learner(uncompilable, utils_dir=learners.UTILS_DIR)
+    eager = outputs(served, images_of(uncompilable))
+    served.compile_report = compile_learner(served, MAX_BATCH)
+    described = served.describe()
+    assert not served.compile_report.compiled and described["compiled"] is False
+    assert described["compile_error"].startswith(("RecursionError", "BackendCompilerFailed"))  # torch's own words
+    assert torch.equal(outputs(served, images_of(uncompilable)), eager)
+
+
+def test_make_archive_refuses_a_model_that_does_not_compile_unless_told_to_fall_back(uncompilable, tmp_path):
+    flags = ["--utils", str(learners.UTILS_DIR), "--compile", "--max-batch", str(MAX_BATCH)]
+    refused = make_archive("uncompilable", uncompilable, tmp_path, *flags)
+    assert refused.returncode != 0 and "does not compile" in refused.stderr and "--compile-fallback" in refused.stderr
+    assert not (tmp_path / "uncompilable.mar").exists()
+    eager = make_archive("uncompilable", uncompilable, tmp_path, *flags, "--compile-fallback")
+    assert eager.returncode == 0 and "archiving it eager" in eager.stdout
+    with zipfile.ZipFile(tmp_path / "uncompilable.mar") as archive:
+        assert yaml.safe_load(archive.read("model-config.yaml"))["handler"]["compile"] is False
+
+
+@pytest.fixture(scope="module")
+def compiled_servers(tmp_path_factory, small_learners):
+    store = tmp_path_factory.mktemp("compiled-store")
+    made = make_archive("compiled", small_learners["classifier"], store, "--compile", "--max-batch", str(MAX_BATCH))
+    assert made.returncode == 0 and "it compiles" in made.stdout, made.stderr
+    servers = Servers(model_store=store, log_dir=tmp_path_factory.mktemp("compiled-logs")).start(["compiled"])
+    yield servers
+    servers.stop()
+
+
+def described(servers: Servers) -> dict:
+    return requests.get(f"{servers.shim}/v1/models/compiled/metadata", timeout=60).json()["metadata"]["fastai"]
+
+
+def worker_pid(servers: Servers) -> int:
+    (version,) = requests.get(f"{servers.management}/models/compiled", timeout=10).json()
+    return int(version["workers"][0]["pid"])
+
+
+def test_a_compiled_archive_serves_eager_answers_and_never_compiles_on_a_request(compiled_servers, small_learners):
+    before = described(compiled_servers)
+    assert before["compiled"] is True and before["compiled_batch_sizes"] == list(batch_sizes(MAX_BATCH))
+    images = images_of(small_learners["classifier"])
+    eager = outputs(load_learner(small_learners["classifier"]), images)
+    for count in (1, 2, 3, 5):  # every size, whole batches and padded tails
+        body = {"instances": [{"b64": base64.b64encode(image).decode()} for image in images[:count]]}
+        answer = requests.post(f"{compiled_servers.shim}/v1/models/compiled:predict", json=body, timeout=60)
+        assert answer.status_code == 200
+        assert torch.tensor(answer.json()["predictions"]).sub(eager[:count]).abs().max() < 1e-5
+    assert described(compiled_servers)["compiled_graphs"] == before["compiled_graphs"]
+
+
+def test_a_restarted_worker_compiles_again_before_it_is_ready(compiled_servers):
+    first = worker_pid(compiled_servers)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while not (compiled_servers.ready("compiled") and worker_pid(compiled_servers) != first):
+        assert time.monotonic() < deadline, "no compiled worker came back"
+        time.sleep(1)
+    again = described(compiled_servers)
+    assert again["compiled"] is True and again["compiled_batch_sizes"] == list(batch_sizes(MAX_BATCH))

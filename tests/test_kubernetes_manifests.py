@@ -1,0 +1,215 @@
+"""deploy/kubernetes: every overlay renders with kustomize, validates strictly offline, and keeps the invariants
+that make many replicas safe: probes that mean what they say, a locked-down pod, sized resources, the shim's
+own ports and paths, and a grace period that covers the drain.
+
+No cluster can run here: rendering is `kubectl kustomize`, validation is deploy/validate_manifests.py in the
+tools environment scripts/install makes (.venv-deploy).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fastai_serving import defaults
+from fastai_serving_scripts import PROJECT_ROOT
+from shim import metrics
+from shim.settings import Settings, env_name
+
+OVERLAYS = ["cpu", "gpu", "kserve", "store-pvc", "store-init", "hpa-in-flight"]
+KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]  # the oldest we state, and the newest kubernetes-validate bundles
+TOOLS_PYTHON = PROJECT_ROOT / ".venv-deploy" / "bin" / "python"
+IMAGE_USER = 10001  # Dockerfile.cpu and .gpu: USER 10001
+WRITABLE = {"/tmp", "/srv/logs"}  # what the image writes: temp files, TorchServe's logs and unpacked archives
+TORCHSERVE_STOP_S = 10
+
+
+@cache
+def rendered(overlay: str) -> str:
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(PROJECT_ROOT / "deploy" / "kubernetes" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def resources(overlay: str, kind: str | None = None) -> list[dict]:
+    documents = [document for document in yaml.safe_load_all(rendered(overlay)) if document]
+    return [document for document in documents if kind is None or document["kind"] == kind]
+
+
+def pod_spec(overlay: str) -> dict:
+    """The pod template of the overlay's server: the Deployment's, or the InferenceService's predictor."""
+    if overlay == "kserve":
+        return resources(overlay, "InferenceService")[0]["spec"]["predictor"]
+    return resources(overlay, "Deployment")[0]["spec"]["template"]["spec"]
+
+
+def server_container(overlay: str) -> dict:
+    (container,) = pod_spec(overlay)["containers"]
+    return container
+
+
+def settings_of(overlay: str) -> Settings:
+    (config_map,) = resources(overlay, "ConfigMap")
+    environment = {key: value for key, value in config_map["data"].items()}
+    return Settings.from_env(environment)
+
+
+def validate(manifests: list[Path], versions: list[str]) -> subprocess.CompletedProcess:
+    """deploy/validate_manifests.py in the tools environment."""
+    flags = [flag for version in versions for flag in ("--kubernetes", version)]
+    command = [str(TOOLS_PYTHON), str(PROJECT_ROOT / "deploy" / "validate_manifests.py"), *flags, *map(str, manifests)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def validation(tmp_path_factory) -> subprocess.CompletedProcess:
+    """Every overlay, rendered and validated in one run of the validator."""
+    folder = tmp_path_factory.mktemp("rendered")
+    for overlay in OVERLAYS:
+        (folder / f"{overlay}.yaml").write_text(rendered(overlay))
+    return validate([folder / f"{overlay}.yaml" for overlay in OVERLAYS], KUBERNETES_VERSIONS)
+
+
+def test_every_overlay_validates_strictly_against_kubernetes_and_kserve(validation):
+    assert validation.returncode == 0, validation.stdout + validation.stderr
+    count = sum(len(resources(overlay)) for overlay in OVERLAYS)
+    versions = ", ".join(KUBERNETES_VERSIONS)
+    assert f"validated {count} resources against Kubernetes {versions}: 0 problems" in validation.stdout
+
+
+def test_the_validator_refuses_an_unknown_field(tmp_path):
+    documents = resources("kserve")
+    documents[-1]["spec"]["predictor"]["containers"][0]["livenessProbes"] = {}
+    manifest = tmp_path / "wrong.yaml"
+    manifest.write_text(yaml.safe_dump_all(documents))
+    result = validate([manifest], KUBERNETES_VERSIONS[:1])
+    assert result.returncode == 1 and "livenessProbes: unknown field of V1Container" in result.stdout
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_are_present_distinct_and_on_the_shims_own_routes(overlay):
+    container = server_container(overlay)
+    paths = {
+        probe: container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert paths == {"startupProbe": "/ready", "readinessProbe": "/ready", "livenessProbe": "/"}
+    openapi = yaml.safe_load((PROJECT_ROOT / "shim" / "openapi.yaml").read_text())["paths"]
+    assert all("get" in openapi[path] for path in paths.values())
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # a large model loads in that time
+    assert container["readinessProbe"]["failureThreshold"] == 1  # a draining replica leaves at its first 503
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pod_runs_non_root_on_a_read_only_root_with_nothing_to_escalate(overlay):
+    pod = pod_spec(overlay)
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == IMAGE_USER
+    for container in pod["containers"] + pod.get("initContainers", []):
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] == IMAGE_USER
+        assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"]["drop"] == ["ALL"]
+    empty_dirs = {volume["name"] for volume in pod["volumes"] if "emptyDir" in volume}
+    mounted = {mount["mountPath"] for mount in server_container(overlay)["volumeMounts"] if mount["name"] in empty_dirs}
+    assert WRITABLE <= mounted
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_requests_and_limits(overlay):
+    pod = pod_spec(overlay)
+    for container in pod["containers"] + pod.get("initContainers", []):
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][bound]), (container["name"], bound)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_grace_period_covers_prestop_drain_accepted_requests_and_torchserves_stop(overlay):
+    pod, container, settings = pod_spec(overlay), server_container(overlay), settings_of(overlay)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    needed = int(command[1]) + settings.drain_s + settings.graceful_timeout_s + TORCHSERVE_STOP_S
+    assert pod["terminationGracePeriodSeconds"] >= needed
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_settings_configmap_holds_only_settings_the_shim_reads(overlay):
+    (config_map,) = resources(overlay, "ConfigMap")
+    known = {env_name(name) for name in Settings.__dataclass_fields__}
+    assert set(config_map["data"]) <= known
+    settings_of(overlay)  # and each converts to its type
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_container_ports_and_scrape_annotations_are_the_shims(overlay):
+    container = server_container(overlay)
+    expected = [defaults.SHIM_PORT] if overlay == "kserve" else [defaults.SHIM_PORT, defaults.GRPC_PORT]
+    assert [port["containerPort"] for port in container["ports"]] == expected
+    annotated = resources(overlay, "InferenceService") or [resources(overlay, "Deployment")[0]["spec"]["template"]]
+    annotations = annotated[0]["metadata"]["annotations"]
+    assert (
+        annotations["prometheus.io/port"] == str(defaults.SHIM_PORT) and annotations["prometheus.io/path"] == "/metrics"
+    )
+
+
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o != "kserve"])
+def test_the_service_hpa_and_pdb_point_at_the_deployments_pods(overlay):
+    (deployment,) = resources(overlay, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (service,) = resources(overlay, "Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    ports = [(port["port"], port["targetPort"]) for port in service["spec"]["ports"]]
+    assert ports == [(defaults.SHIM_PORT, "http"), (defaults.GRPC_PORT, "grpc")]
+    (budget,) = resources(overlay, "PodDisruptionBudget")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (autoscaler,) = resources(overlay, "HorizontalPodAutoscaler")
+    assert autoscaler["apiVersion"] == "autoscaling/v2"
+    assert autoscaler["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+
+
+def test_the_default_hpa_scales_on_cpu():
+    (autoscaler,) = resources("cpu", "HorizontalPodAutoscaler")
+    assert autoscaler["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_the_in_flight_hpa_scales_on_the_shims_own_gauge():
+    (autoscaler,) = resources("hpa-in-flight", "HorizontalPodAutoscaler")
+    (metric,) = autoscaler["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == metrics.IN_FLIGHT._name
+
+
+def test_the_gpu_overlay_asks_for_a_gpu_where_nvidias_device_plugin_offers_one():
+    pod, container = pod_spec("gpu"), server_container("gpu")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert container["image"].endswith(":gpu")
+
+
+def test_the_kserve_overlay_is_a_raw_deployment_custom_predictor_with_our_image():
+    (service,) = resources("kserve", "InferenceService")
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert re.fullmatch(r".+/fastai-serving:cpu", server_container("kserve")["image"])
+
+
+@pytest.mark.parametrize("overlay, mount", [("store-pvc", "persistentVolumeClaim"), ("store-init", "emptyDir")])
+def test_model_archives_can_come_from_a_volume(overlay, mount):
+    pod = pod_spec(overlay)
+    (store,) = [m for m in server_container(overlay)["volumeMounts"] if m["mountPath"] == "/srv/model_store"]
+    volume = next(v for v in pod["volumes"] if v["name"] == store["name"])
+    assert mount in volume and store.get("readOnly") is True
+    assert Path("/srv/model_store").as_posix() in (PROJECT_ROOT / "Dockerfile.cpu").read_text()

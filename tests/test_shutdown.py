@@ -1,0 +1,103 @@
+"""SIGTERM, as Kubernetes and `docker stop` send it: readiness fails first, every accepted request is answered, then both servers exit.
+
+The clients stand in for a load balancer: they stop sending new requests once `/ready`
+answers 503, as a Service does once its probe fails, and they never drop one they sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from harness.load import expected_probabilities, run_checked_load
+from harness.servers import Servers, make_archive
+
+pytestmark = pytest.mark.e2e
+
+DRAIN_S = 2
+
+
+@pytest.fixture()
+def draining_servers(tmp_path, exported_learners):
+    store = tmp_path / "store"
+    assert make_archive("digits", exported_learners["digits"], store).returncode == 0
+    # "slow" holds each lone request 4 s (it waits that long to fill a batch): one is still in flight
+    # after the drain, when the shim stops accepting.
+    slow = make_archive("slow", exported_learners["digits"], store, "--max-batch-delay", "4000")
+    assert slow.returncode == 0
+    servers = Servers(model_store=store, log_dir=tmp_path / "logs", flags=["--drain-s", str(DRAIN_S)])
+    yield servers.start(["digits", "slow"])
+    servers.stop()
+
+
+def test_sigterm_under_load_answers_every_accepted_request_then_exits_cleanly(
+    draining_servers, demo_model, loaded_learners
+):
+    servers = draining_servers
+    images = [path.read_bytes() for path in sorted((demo_model / "images").rglob("*.png"))[:30]]
+    expected = expected_probabilities(loaded_learners["digits"], images)
+    routable, readiness = threading.Event(), []
+    routable.set()
+
+    def load_balancer() -> None:  # polls readiness as a Service's probe does, and stops routing on a 503
+        while routable.is_set():
+            try:
+                status = requests.get(f"{servers.shim}/ready", timeout=2).status_code
+            except requests.ConnectionError:
+                status = 0
+            readiness.append((time.monotonic(), status))
+            if status != 200:
+                routable.clear()
+            time.sleep(0.05)
+
+    outcome: dict = {}
+    stopped_routing = threading.Event()
+    probe = threading.Thread(target=load_balancer)
+    load = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "result",
+            run_checked_load(
+                f"{servers.shim}/v1/models/digits:predict", images, expected, clients=6, max_instances=16,
+                duration_s=120, until=stopped_routing,
+            ),
+        )
+    )  # fmt: skip
+    body = {"instances": [{"b64": base64.b64encode(images[0]).decode()}]}
+    slow_answer: dict = {}
+
+    def slow_request() -> None:
+        slow_answer["response"] = requests.post(f"{servers.shim}/v1/models/slow:predict", json=body, timeout=60)
+        slow_answer["at"] = time.monotonic()
+
+    slow = threading.Thread(target=slow_request)
+    probe.start()
+    load.start()
+    time.sleep(3)  # the load is running
+    slow.start()
+    time.sleep(0.5)  # the slow request is in flight
+    servers.process.send_signal(signal.SIGTERM)
+    while routable.is_set():
+        time.sleep(0.05)
+    stopped_routing.set()  # the load balancer saw readiness fail: it sends no new request
+    load.join(timeout=120)
+    slow.join(timeout=60)
+    exit_code = servers.process.wait(timeout=120)
+    probe.join(timeout=10)
+
+    result = outcome["result"]
+    assert result.requests > 0 and result.errors == {} and result.failures == [] and result.mismatches == []
+    first_not_ready = next(when for when, status in readiness if status != 200)
+    assert (
+        next(status for when, status in readiness if when >= first_not_ready) == 503
+    )  # readiness failed, not the shim
+    # In flight through the drain and past it, when the shim stopped accepting: answered, after readiness failed.
+    assert slow_answer["response"].status_code == 200 and slow_answer["at"] > first_not_ready
+    assert slow_answer["response"].json()["predictions"][0] == pytest.approx(expected[0], abs=1e-4)
+    assert exit_code == 0
+    log = (servers.log_dir / "serve.out").read_text()
+    assert "serve: draining" in log and "stopping (SIGTERM)" in log
