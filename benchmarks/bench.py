@@ -17,6 +17,8 @@ Rows (same Learner, same images, one run):
   6c, 6d           row 6 and 6b with --compile: the worker compiles and warms the model before it is ready
 Every archive's server is started twice, and both starts are timed: with an empty torch.compile
 cache, and again with the cache the first start left (a restarted worker's case).
+  7 predict-batch  scripts/predict-batch through the shim: the same tiles as files in a folder, read, sent
+                   CLIENTS requests in flight of INSTANCES tiles each, every answer committed to a JSONL file
 
 Each row says the precision it ran in: a served row's is what its worker reports (a CPU without
 fast bfloat16 serves a bf16 archive in fp32), and each row is divided by its own precision's ceiling.
@@ -39,6 +41,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -54,7 +57,7 @@ import grpc
 import psutil
 import requests
 
-from harness.servers import Servers, free_port, make_archive
+from harness.servers import ROOT, Servers, free_port, make_archive
 from harness.workload import make_learner, make_tabular_workload, make_text_workload, make_texts, make_tiles
 from shim.protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
 from shim.protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
@@ -390,6 +393,30 @@ def rows_served(servers: Servers, tiles, clients, instances, per_client, key: st
     return rows
 
 
+def row_predict_batch(servers: Servers, tiles, clients, instances, per_client, folder: Path) -> Row:
+    """Row 7: the batch client users run, on as many images as row 6 sends, from files, into a JSONL file."""
+    precision = served_description(servers)["precision"]
+    images = folder / "tiles"
+    images.mkdir(parents=True)
+    for index in range(clients * per_client * instances):
+        (images / f"{index:05d}.jpg").write_bytes(tiles[index % len(tiles)])
+    command = [str(ROOT / "scripts" / "predict-batch"), str(images), "--server", servers.shim]
+    command += ["--out", str(folder / "results.jsonl"), "--batch", str(instances), "--concurrency", str(clients)]
+    with open(folder / "predict-batch.log", "w+") as log:
+        client = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        with PeakRss([servers.process.pid, client.pid]) as rss:
+            client.wait(timeout=600)
+        log.seek(0)
+        output = log.read()
+    # Its own summary line: the run's images and rate, timed from the first image to the last commit.
+    summary = re.search(r"images, done (\d+), skipped \d+ \(done before\), failed (\d+), ([\d.]+) images/s", output)
+    if client.returncode != 0 or not summary or summary.group(2) != "0":
+        raise SystemExit(f"bench: predict-batch failed (exit {client.returncode}):\n{output[-2000:]}")
+    done, rate = int(summary.group(1)), float(summary.group(3))
+    note = "files -> JSONL, fsync'ed as answers arrive"
+    return Row("7 predict-batch -> shim", done, done / rate, peak_rss_mb=rss.peak_mb, note=note, precision=precision)
+
+
 def one_image_overhead(servers: Servers, tile: bytes, count: int) -> tuple[float, float, float]:
     """p50 of one-image requests, TorchServe direct, through the shim and through the gRPC front, one at a time."""
     body = request_body([tile])
@@ -464,6 +491,7 @@ def print_targets(rows: list[Row], overhead: tuple[float, float], answers: dict[
         ),
         ("row 6b / its ceiling", own_ceiling("6b"), ">= 0.8"),
         ("row 6 / row 3 (predict loop)", speed["6"] / speed["3"], "> 1"),
+        ("row 7 predict-batch / row 6 shim", speed["7"] / speed["6"], ">= 0.95"),
         ("row 6 / row 4 (original method)", speed["6"] / speed["4"], "> 1"),
         ("shim's added p50, one image (ms)", overhead[1] - overhead[0], "<= 2"),
         ("row 6g gRPC / row 6 REST shim (same load)", speed["6g"] / speed["6"], ">= 1 (no base64, no JSON)"),
@@ -744,6 +772,11 @@ def main(argv: list[str] | None = None) -> None:
                 answers[key] = served_probabilities(servers, tiles)
                 if key == "default":
                     overhead = one_image_overhead(servers, tiles[0], 10 if args.quick else 30)
+                    rows.append(
+                        row_predict_batch(
+                            servers, tiles, args.clients, args.instances, per_client, tmp / "predict-batch"
+                        )
+                    )
             finally:
                 servers.stop()
         rows.sort(key=lambda row: row.name)

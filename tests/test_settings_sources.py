@@ -1,4 +1,5 @@
-"""Each default is defined once (fastai_serving.defaults): config.properties and the README's tables must agree with it."""
+"""Each default is defined once (fastai_serving.defaults, and the batch client's fastai_serving_client.defaults):
+config.properties and the README's tables must agree with them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fastai_serving import defaults
+from fastai_serving_client import cli as predict_batch
 from fastai_serving_scripts import PROJECT_ROOT, make_archive, serve
 from shim.settings import Settings, env_name
 
@@ -123,3 +125,15 @@ def test_readme_serve_table_is_serves_flags():
 @pytest.mark.parametrize("value", [defaults.MAX_INSTANCES, defaults.MAX_BODY_BYTES // defaults.MIB])
 def test_readme_states_the_limits(value):
     assert str(value) in README
+
+
+def test_readme_predict_batch_table_is_its_flags():
+    table = readme_table("predict-batch flag")
+    parser = predict_batch.build_parser()
+    flags = {action.option_strings[0]: action for action in parser._actions if documented_flag(action)}
+    assert set(table) == set(flags)
+    for flag, action in flags.items():
+        if action.required:
+            assert "required" in table[flag], flag
+        else:
+            assert_same_default(flag, table[flag], action.default)

@@ -1,0 +1,16 @@
+"""Every default of predict-batch, defined once: the CLI reads them here, the README's table is checked against them."""
+
+BATCH = 8  # instances per request: chip-n-scale's shape
+CONCURRENCY = 8  # requests in flight
+FETCHERS = 16  # images read or downloaded at once
+RETRIES = 8  # tries of one request before giving up on it
+BACKOFF_S = 1.0  # the first wait between tries; doubles each time
+BACKOFF_MAX_S = 60.0  # the longest wait between tries
+RETRY_AFTER_MAX_S = 300.0  # a server's Retry-After is obeyed up to this
+TIMEOUT_S = 300.0  # one prediction request
+FETCH_TIMEOUT_S = 30.0  # one image download
+PROGRESS_EVERY_S = 10.0  # how often a progress line is printed when not on a terminal
+TABLE = "results"  # chip-n-scale's table
+PROTOCOL = "rest"
+SHARD = "0/1"
+FAILURES_LISTED = 20  # failed keys printed at the end; all of them are recorded
