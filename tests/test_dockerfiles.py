@@ -51,6 +51,14 @@ def test_image_starts_with_the_plain_install_and_serve_scripts(dockerfile):
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_image_holds_predict_batch_for_the_batch_job(dockerfile):
+    """deploy/kubernetes/batch-job runs predict-batch from the server's image: the client is installed, its code copied."""
+    text = (PROJECT_ROOT / dockerfile).read_text()
+    assert "scripts/install --client-only" in text
+    assert text.count("COPY client/ client/") == 2  # the build stage installs it editable; the final stage runs it
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_image_exposes_the_rest_shim_and_its_grpc_front(dockerfile):
     assert re.search(r"^EXPOSE 8501 8500$", (PROJECT_ROOT / dockerfile).read_text(), re.M)
 

@@ -8,15 +8,18 @@ tools environment scripts/install makes (.venv-deploy).
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 from functools import cache
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from fastai_serving import defaults
+from fastai_serving_client.cli import EXIT_FAILED_INPUTS, build_parser
 from fastai_serving_scripts import PROJECT_ROOT
 from shim import metrics
 from shim.settings import Settings, env_name
@@ -29,10 +32,14 @@ WRITABLE = {"/tmp", "/srv/logs"}  # what the image writes: temp files, TorchServ
 TORCHSERVE_STOP_S = 10
 
 
+BATCH_JOB = "batch-job"  # deploy/kubernetes/batch-job: predict-batch as an Indexed Job, not an overlay of the server
+
+
 @cache
 def rendered(overlay: str) -> str:
+    folder = PROJECT_ROOT / "deploy" / "kubernetes" / (overlay if overlay == BATCH_JOB else f"overlays/{overlay}")
     result = subprocess.run(
-        ["kubectl", "kustomize", str(PROJECT_ROOT / "deploy" / "kubernetes" / "overlays" / overlay)],
+        ["kubectl", "kustomize", str(folder)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -75,14 +82,14 @@ def validate(manifests: list[Path], versions: list[str]) -> subprocess.Completed
 def validation(tmp_path_factory) -> subprocess.CompletedProcess:
     """Every overlay, rendered and validated in one run of the validator."""
     folder = tmp_path_factory.mktemp("rendered")
-    for overlay in OVERLAYS:
+    for overlay in [*OVERLAYS, BATCH_JOB]:
         (folder / f"{overlay}.yaml").write_text(rendered(overlay))
-    return validate([folder / f"{overlay}.yaml" for overlay in OVERLAYS], KUBERNETES_VERSIONS)
+    return validate([folder / f"{overlay}.yaml" for overlay in [*OVERLAYS, BATCH_JOB]], KUBERNETES_VERSIONS)
 
 
-def test_every_overlay_validates_strictly_against_kubernetes_and_kserve(validation):
+def test_every_overlay_and_the_batch_job_validate_strictly_against_kubernetes_and_kserve(validation):
     assert validation.returncode == 0, validation.stdout + validation.stderr
-    count = sum(len(resources(overlay)) for overlay in OVERLAYS)
+    count = sum(len(resources(overlay)) for overlay in [*OVERLAYS, BATCH_JOB])
     versions = ", ".join(KUBERNETES_VERSIONS)
     assert f"validated {count} resources against Kubernetes {versions}: 0 problems" in validation.stdout
 
@@ -213,3 +220,58 @@ def test_model_archives_can_come_from_a_volume(overlay, mount):
     volume = next(v for v in pod["volumes"] if v["name"] == store["name"])
     assert mount in volume and store.get("readOnly") is True
     assert Path("/srv/model_store").as_posix() in (PROJECT_ROOT / "Dockerfile.cpu").read_text()
+
+
+def batch_pod() -> dict:
+    (job,) = resources(BATCH_JOB, "Job")
+    return job["spec"]["template"]["spec"]
+
+
+def batch_arguments() -> argparse.Namespace:
+    """The Job's predict-batch arguments as predict-batch itself parses them, its $(VARIABLES) filled in."""
+    (container,) = batch_pod()["containers"]
+    (source,) = container["envFrom"]
+    (settings,) = [
+        c for c in resources(BATCH_JOB, "ConfigMap") if c["metadata"]["name"] == source["configMapRef"]["name"]
+    ]
+    values = {**settings["data"], "DATABASE_URL": "postgresql://chips@db/chips", "SHARD_INDEX": "5"}
+    arguments = [re.sub(r"\$\((\w+)\)", lambda variable: values[variable[1]], text) for text in container["args"]]
+    return build_parser().parse_args(arguments)
+
+
+def test_the_batch_job_runs_the_images_own_predict_batch_on_the_servers_service():
+    (container,) = batch_pod()["containers"]
+    client = tomllib.loads((PROJECT_ROOT / "client" / "pyproject.toml").read_text())
+    assert container["command"] == ["predict-batch"] and "predict-batch" in client["project"]["scripts"]
+    assert container["image"] == server_container("cpu")["image"]
+    (service,) = resources("cpu", "Service")
+    assert batch_arguments().server == f"http://{service['metadata']['name']}:{defaults.SHIM_PORT}"
+
+
+def test_the_batch_jobs_indexes_are_its_shards():
+    (job,) = resources(BATCH_JOB, "Job")
+    assert job["spec"]["completionMode"] == "Indexed"
+    (container,) = batch_pod()["containers"]
+    (index,) = [variable for variable in container["env"] if variable["name"] == "SHARD_INDEX"]
+    annotation = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert index["valueFrom"]["fieldRef"]["fieldPath"] == annotation
+    assert batch_arguments().shard == f"5/{job['spec']['completions']}"
+    assert batch_arguments().out.startswith("postgresql://")  # pods keep no disk: the table is the record
+
+
+def test_a_shard_that_finished_with_failed_tiles_is_not_rerun():
+    (job,) = resources(BATCH_JOB, "Job")
+    (rule,) = [rule for rule in job["spec"]["podFailurePolicy"]["rules"] if "onExitCodes" in rule]
+    assert rule["action"] == "FailIndex" and rule["onExitCodes"]["values"] == [EXIT_FAILED_INPUTS]
+    assert job["spec"]["backoffLimitPerIndex"] >= 1 and batch_pod()["restartPolicy"] == "Never"
+
+
+def test_the_batch_pod_runs_non_root_on_a_read_only_root_with_bounded_resources():
+    pod = batch_pod()
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == IMAGE_USER
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    for bound in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][bound])
