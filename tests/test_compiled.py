@@ -17,7 +17,7 @@ import requests
 import torch
 import yaml
 
-from fastai_serving.compiled import batch_sizes, compile_learner, compiled_graphs
+from fastai_serving.compiled import batch_sizes, compile_learner, compiled_graphs, split_fastai_cast
 from fastai_serving.learner import load_learner
 from fastai_serving.predict import decode_images, predict_images
 from harness import learners
@@ -55,14 +55,28 @@ def test_a_compiled_learner_answers_as_eager_and_compiles_nothing_after_its_warm
     assert (compiled - eager).abs().max() < 1e-5
 
 
-def test_a_unet_segmenter_does_not_compile_and_is_served_eager_saying_why(small_learners):
-    # torch 2.14's dynamo recurses through fastai's patched Tensor.as_subclass inside DynamicUnet.
+def test_a_unet_segmenter_compiles_with_its_fastai_cast_left_outside_the_graph(small_learners):
     images = images_of(small_learners["segmenter"])
     eager = outputs(load_learner(small_learners["segmenter"]), images)
     served = load_learner(small_learners["segmenter"])
-    served.compile_report = compile_learner(served, MAX_BATCH)
-    assert served.describe()["compiled"] is False and "RecursionError" in served.describe()["compile_error"]
-    assert torch.equal(outputs(served, images), eager)
+    report = compile_learner(served, MAX_BATCH)
+    assert report.compiled, report.error
+    graphs = compiled_graphs()
+    assert (outputs(served, images) - eager).abs().max() < 1e-5  # per-pixel probabilities
+    assert compiled_graphs() == graphs
+
+
+def test_leaving_the_fastai_cast_out_shares_the_models_parameters_and_keeps_its_layers():
+    from fastai.vision.all import DynamicUnet, create_body, resnet18
+
+    unet = DynamicUnet(create_body(resnet18(), pretrained=False), n_out=2, img_size=(32, 32)).eval()
+    body, tail = split_fastai_cast(unet)
+    assert type(tail).__name__ == "ToTensorBase" and len(body.layers) == len(unet.layers) - 1
+    assert type(unet.layers[-1]).__name__ == "ToTensorBase"  # the served model is untouched
+    assert {id(p) for p in body.parameters()} == {id(p) for p in unet.parameters()}
+    batch = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(tail(body(batch)), unet(batch))
 
 
 def test_a_model_that_does_not_compile_stays_eager_and_says_why(uncompilable):

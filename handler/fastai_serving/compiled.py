@@ -9,6 +9,7 @@ compiling leaves the Learner eager, and says why: a model is never left unserved
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -66,20 +67,38 @@ def batch_sizes(max_batch: int) -> tuple[int, ...]:
 
 
 class PaddedModel(nn.Module):
-    """Runs `compiled` on inputs padded along the batch dimension to one of `sizes`, and cuts the outputs back."""
+    """Runs `compiled` on inputs padded along the batch dimension to one of `sizes`, cuts the outputs back,
+    and applies `tail` (the model's own last layer, when it is left out of the compiled graph)."""
 
-    def __init__(self, eager: nn.Module, compiled: nn.Module, sizes: Sequence[int]) -> None:
+    def __init__(self, eager: nn.Module, compiled: nn.Module, sizes: Sequence[int], tail: nn.Module | None) -> None:
         super().__init__()
         self.eager = eager  # kept for the fallback and for fastai's own uses of the module
         self.compiled = compiled
         self.sizes = tuple(sizes)
+        self.tail = tail if tail is not None else nn.Identity()
 
     def forward(self, *inputs: Any) -> Any:
         count = next(tensor.shape[0] for tensor in inputs if isinstance(tensor, torch.Tensor))
         size = next((size for size in self.sizes if size >= count), None)
         if size is None:  # larger than any warmed size: cannot happen from the handler, which cuts at max_batch
             return self.eager(*inputs)
-        return _cut(self.compiled(*(_pad(tensor, size) for tensor in inputs)), count)
+        return self.tail(_cut(self.compiled(*(_pad(tensor, size) for tensor in inputs)), count))
+
+
+def split_fastai_cast(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """The model to compile and the layer to run after it: a last `ToTensorBase` (DynamicUnet ends in one) stays eager.
+
+    dynamo recurses without end through fastai's patched `Tensor.as_subclass` when a graph
+    returns fastai's `TensorBase`; the cast is free, so it runs outside the graph. The copy
+    shares every parameter with `model`.
+    """
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not layers or type(layers[-1]).__name__ != "ToTensorBase":
+        return model, None
+    body = copy.copy(model)
+    body._modules = dict(model._modules)  # the copy's own module table, so the original keeps its layers
+    body.layers = nn.ModuleList(list(layers)[:-1])
+    return body, layers[-1]
 
 
 def _pad(value: Any, size: int) -> Any:
@@ -133,7 +152,9 @@ def compile_learner(served: ServedLearner, max_batch: int) -> CompileReport:
             error="the Learner keeps each input's own size (no Resize), so it cannot be compiled ahead of requests",
         )
     try:
-        learn.model = PaddedModel(eager, torch.compile(eager, mode=compile_mode(served.device), dynamic=False), sizes)
+        body, tail = split_fastai_cast(eager)
+        compiled = torch.compile(body, mode=compile_mode(served.device), dynamic=False)
+        learn.model = PaddedModel(eager, compiled, sizes, tail)
         for size in sizes:
             predict_images(served, [image] * size, max_batch)
     except Exception as error:  # inductor raises many kinds; the model must stay served
