@@ -12,6 +12,7 @@ import base64
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -419,12 +420,17 @@ def test_sigterm_lets_the_call_in_flight_finish_then_exits_cleanly(torchserve, t
 
 
 def test_serve_without_grpc_starts_no_grpc_front(digits_only_store, tmp_path):
-    servers = Servers(model_store=digits_only_store, log_dir=tmp_path / "logs", with_grpc=False).start(["digits"])
-    try:
-        assert requests.get(f"{servers.shim}/v1/models/digits", timeout=5).status_code == 200
-        channel = grpc.insecure_channel(servers.grpc)
-        with pytest.raises(grpc.FutureTimeoutError):
-            grpc.channel_ready_future(channel).result(timeout=3)
-        assert "gRPC" not in (servers.log_dir / "serve.out").read_text()
-    finally:
-        assert servers.stop() == 0
+    # The port is held (bound, never listening) so no other process on the machine can answer on it.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        servers = Servers(
+            model_store=digits_only_store, log_dir=tmp_path / "logs", with_grpc=False, grpc_port=held.getsockname()[1]
+        ).start(["digits"])
+        try:
+            assert requests.get(f"{servers.shim}/v1/models/digits", timeout=5).status_code == 200
+            channel = grpc.insecure_channel(servers.grpc)
+            with pytest.raises(grpc.FutureTimeoutError):
+                grpc.channel_ready_future(channel).result(timeout=3)
+            assert "gRPC" not in (servers.log_dir / "serve.out").read_text()
+        finally:
+            assert servers.stop() == 0
