@@ -57,10 +57,10 @@ import grpc
 import psutil
 import requests
 
+from fastai_serving_protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
+from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 from harness.servers import ROOT, Servers, free_port, make_archive
 from harness.workload import make_learner, make_tabular_workload, make_text_workload, make_texts, make_tiles
-from shim.protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
-from shim.protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 
 BF16, FP32 = "bf16", "fp32"
 

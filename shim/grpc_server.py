@@ -21,9 +21,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fastai_serving.errors import ServingError
+from fastai_serving_protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
 from shim.app import Shim
 from shim.grpc_services import ModelService, PredictionService, Unimplemented
-from shim.protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
 from shim.settings import Settings
 
 logger = logging.getLogger("fastai_serving.grpc")

@@ -26,6 +26,10 @@ from fastai_serving.contract import (
     images_body,
 )
 from fastai_serving.errors import BadInput, ServingError
+from fastai_serving_protos import tensorflow_serving_pb2 as serving
+from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
+from fastai_serving_protos.tensorflow_core_pb2 import DataType
+from fastai_serving_protos.tensorflow_error_pb2 import Code
 from shim.app import Shim
 from shim.errors import ShimError
 from shim.grpc_errors import answers_errors
@@ -37,10 +41,6 @@ from shim.grpc_tensors import (
     struct_of,
     tensor_of,
 )
-from shim.protos import tensorflow_serving_pb2 as serving
-from shim.protos import tensorflow_serving_pb2_grpc as serving_grpc
-from shim.protos.tensorflow_core_pb2 import DataType
-from shim.protos.tensorflow_error_pb2 import Code
 from shim.relay import upstream_error
 from shim.status import signature_output, status_body, tf_version
 from shim.upstream import UpstreamAnswer

@@ -16,8 +16,15 @@ from google.protobuf import struct_pb2
 
 from fastai_serving.contract import IMAGE_INPUT
 from fastai_serving.errors import BadInput
-from shim.protos.tensorflow_core_pb2 import DataType, Example, SignatureDef, TensorInfo, TensorProto, TensorShapeProto
-from shim.protos.tensorflow_serving_pb2 import Input, ModelSpec, SignatureDefMap
+from fastai_serving_protos.tensorflow_core_pb2 import (
+    DataType,
+    Example,
+    SignatureDef,
+    TensorInfo,
+    TensorProto,
+    TensorShapeProto,
+)
+from fastai_serving_protos.tensorflow_serving_pb2 import Input, ModelSpec, SignatureDefMap
 
 EXPECTED_INPUT = f"'{IMAGE_INPUT}', a DT_STRING tensor of shape [n] holding the encoded images"
 

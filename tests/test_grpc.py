@@ -25,12 +25,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from test_torchserve_handler import batch_lines, batches_since, concurrently, in_process
 
+from fastai_serving_protos import tensorflow_serving_pb2 as serving
+from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
+from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 from harness.load import expected_probabilities
 from harness.servers import Servers, free_port
 from harness.tfserving_client import TFServingClient
-from shim.protos import tensorflow_serving_pb2 as serving
-from shim.protos import tensorflow_serving_pb2_grpc as serving_grpc
-from shim.protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 
 pytestmark = pytest.mark.e2e
 
@@ -315,7 +315,7 @@ def test_sixteen_concurrent_tf_clients_get_every_answer_right(tf_client, samples
 
 
 def test_our_messages_have_tf_servings_field_numbers_and_types(tf_client):
-    from shim.protos import tensorflow_core_pb2, tensorflow_error_pb2
+    from fastai_serving_protos import tensorflow_core_pb2, tensorflow_error_pb2
 
     ours = [
         *tensorflow_serving_pb2_messages(),

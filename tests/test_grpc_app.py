@@ -20,13 +20,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fastai_serving.contract import IMAGES_CONTENT_TYPE, read_body
+from fastai_serving_protos import tensorflow_serving_pb2 as serving
+from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
+from fastai_serving_protos.tensorflow_core_pb2 import (
+    DataType,
+    Example,
+    Feature,
+    Features,
+    TensorProto,
+    TensorShapeProto,
+)
 from shim.app import Shim
 from shim.errors import ShimError
 from shim.grpc_errors import grpc_code
 from shim.grpc_server import GrpcFront
-from shim.protos import tensorflow_serving_pb2 as serving
-from shim.protos import tensorflow_serving_pb2_grpc as serving_grpc
-from shim.protos.tensorflow_core_pb2 import DataType, Example, Feature, Features, TensorProto, TensorShapeProto
 from shim.settings import Settings
 from shim.status import metadata_body
 from shim.upstream import UpstreamAnswer

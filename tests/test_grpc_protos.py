@@ -1,14 +1,14 @@
 """The gRPC front's .proto files are the single source: the committed generated code is what they make.
 
-Regenerate with `make protos` after editing shim/protos/*.proto. tests/test_grpc.py checks the
+Regenerate with `make protos` after editing client/fastai_serving_protos/*.proto. tests/test_grpc.py checks the
 same messages against TF Serving's own descriptors, field by field.
 """
 
 from __future__ import annotations
 
+from fastai_serving_protos import tensorflow_serving_pb2
 from fastai_serving_scripts import PROJECT_ROOT
 from fastai_serving_scripts.protos import PROTO_FOLDER, generate
-from shim.protos import tensorflow_serving_pb2
 
 
 def test_the_committed_generated_code_is_what_the_proto_files_make(tmp_path):

@@ -25,6 +25,7 @@ from fastai_serving_client.sources import Shard, select
 from fastai_serving_client.tiles import parse_tile, tile_polygon
 from fastai_serving_scripts import PROJECT_ROOT
 from harness.postgres import PostgresCluster
+from harness.servers import free_port
 from harness.tile_server import TileServer
 
 pytestmark = pytest.mark.e2e
@@ -285,17 +286,82 @@ def test_shards_split_a_list_of_paths_and_urls_across_processes_with_every_key_o
     assert sorted(table_rows(postgres.url, "shards")) == sorted(lines)
 
 
-def test_the_client_installs_alone_without_torch_fastai_or_the_server(tmp_path):
-    venv.create(tmp_path / "venv", with_pip=True)
-    python = tmp_path / "venv" / "bin" / "python"
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", str(PROJECT_ROOT / "client")],
-        capture_output=True, text=True, timeout=300,
+def test_a_folder_through_grpc_gives_the_same_jsonl_answers_as_through_rest(torchserve, digit_files, tmp_path):
+    images = image_folder(digit_files, tmp_path / "images", 24)
+    common = [tmp_path / "images", "--concurrency", "1", "--batch", "8"]  # the same batches both ways
+    over_rest = predict_batch(*common, "--server", torchserve.shim, "--out", tmp_path / "rest.jsonl")
+    over_grpc = predict_batch(
+        *common, "--protocol", "grpc", "--server", torchserve.grpc, "--out", tmp_path / "grpc.jsonl"
+    )
+    assert over_rest.returncode == 0, over_rest.stderr
+    assert over_grpc.returncode == 0, over_grpc.stderr
+    assert f"grpc://{torchserve.grpc} PredictionService/Predict, the default model (GRPC, batch 8" in over_grpc.stderr
+    by_rest, by_grpc = dict(jsonl_rows(tmp_path / "rest.jsonl")), dict(jsonl_rows(tmp_path / "grpc.jsonl"))
+    assert sorted(by_grpc) == sorted(images)
+    for key, probabilities in by_rest.items():
+        assert by_grpc[key] == pytest.approx(probabilities, abs=1e-6), key
+
+
+def test_a_bad_image_through_grpc_is_recorded_with_its_reason_and_the_others_are_answered(
+    torchserve, digit_files, tmp_path
+):
+    images = image_folder(digit_files, tmp_path / "images", 15)
+    (tmp_path / "images" / "broken.png").write_bytes(b"these bytes are not an image")
+    out = tmp_path / "results.jsonl"
+    result = predict_batch(
+        tmp_path / "images", "--protocol", "grpc", "--server", f"grpc://{torchserve.grpc}", "--model", "digits",
+        "--out", out,
     )  # fmt: skip
-    assert install.returncode == 0, install.stderr
-    installed = subprocess.run([python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True)
-    names = {line.split("==")[0].lower() for line in installed.stdout.split()}
+    assert result.returncode == 3, result.stderr  # finished, one input failed for good
+    assert_same_answers(dict(jsonl_rows(out)), server_answers(torchserve, images))
+    (failure,) = map(json.loads, (tmp_path / "results.jsonl.failed.jsonl").read_text().splitlines())
+    assert failure["key"] == "broken.png"
+    assert failure["reason"].startswith("the server answered INVALID_ARGUMENT:") and "instance 0" in failure["reason"]
+    assert "failed 1" in result.stderr and "  broken.png  the server answered INVALID_ARGUMENT" in result.stderr
+
+
+def test_an_unreachable_grpc_server_is_tried_again_then_the_run_stops_saying_why(digit_files, tmp_path):
+    image_folder(digit_files, tmp_path / "images", 4)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    out = tmp_path / "results.jsonl"
+    result = predict_batch(
+        tmp_path / "images", "--protocol", "grpc", "--server", address, "--out", out, "--tries", "3",
+        "--backoff", "0.05",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    stopped = f"predict-batch: stopped: grpc://{address} PredictionService/Predict, the default model is unavailable: "
+    assert stopped in result.stderr and "UNAVAILABLE" in result.stderr and "(after 3 tries)" in result.stderr
+    assert "run the same command again to resume" in result.stderr
+    assert jsonl_rows(out) == []
+
+
+def test_the_client_installs_alone_without_torch_fastai_or_the_server_and_speaks_grpc_with_its_extra(
+    torchserve, digit_files, tmp_path
+):
+    venv.create(tmp_path / "venv", with_pip=True)
+    python, command = tmp_path / "venv" / "bin" / "python", tmp_path / "venv" / "bin" / "predict-batch"
+
+    def install(what: str) -> set[str]:
+        pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", what]
+        done = subprocess.run(pip, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        installed = subprocess.run([python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True)
+        return {line.split("==")[0].lower() for line in installed.stdout.split()}
+
+    names = install(str(PROJECT_ROOT / "client"))
     assert "fastai-serving-client" in names and "psycopg" in names
-    assert not names & {"torch", "fastai", "fastai-serving", "numpy", "pillow", "flask"}
-    usage = subprocess.run([tmp_path / "venv" / "bin" / "predict-batch", "--help"], capture_output=True, text=True)
+    assert not names & {"torch", "fastai", "fastai-serving", "numpy", "pillow", "flask", "grpcio", "protobuf"}
+    usage = subprocess.run([command, "--help"], capture_output=True, text=True)
     assert usage.returncode == 0 and "--shard K/N" in usage.stdout
+    image_folder(digit_files, tmp_path / "images", 4)
+    args = [tmp_path / "images", "--protocol", "grpc", "--server", torchserve.grpc, "--out", tmp_path / "out.jsonl"]
+    without_grpcio = subprocess.run([command, *args], capture_output=True, text=True, timeout=60)
+    assert without_grpcio.returncode == 2
+    assert "--protocol grpc needs grpcio and protobuf" in without_grpcio.stderr
+    assert "pip install './client[grpc]'" in without_grpcio.stderr
+
+    names = install(f"{PROJECT_ROOT / 'client'}[grpc]")
+    assert {"grpcio", "protobuf"} <= names and not names & {"torch", "fastai", "fastai-serving", "numpy"}
+    over_grpc = subprocess.run([command, *args], capture_output=True, text=True, timeout=120)
+    assert over_grpc.returncode == 0, over_grpc.stderr
+    assert len(jsonl_rows(tmp_path / "out.jsonl")) == 4

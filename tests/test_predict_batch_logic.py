@@ -9,14 +9,20 @@ import csv
 import io
 import json
 import re
+import socket
+import struct
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from fastai_serving_client import cli
+from fastai_serving_client.grpc_predictor import GrpcPredictor, grpc_target, predictions_of
 from fastai_serving_client.progress import Progress, duration
 from fastai_serving_client.protocol import InputRejected, RestPredictor, ServerFailed, request_body
 from fastai_serving_client.retry import Backoff, retry_after_s
@@ -24,6 +30,9 @@ from fastai_serving_client.runner import Outcome, Writer, predict_items
 from fastai_serving_client.sinks import CsvSink, GeoJsonSink, JsonLinesSink, SinkError, masked, open_sink, tile_feature
 from fastai_serving_client.sources import FolderSource, ListSource, Shard, TileSource, parse_shard, select
 from fastai_serving_client.tiles import Tile, parse_tile, tile_bounds, tile_polygon, tile_url
+from fastai_serving_protos import tensorflow_serving_pb2 as serving
+from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
+from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 
 MERCATOR_LIMIT = 85.0511287798066  # the latitude where web mercator's square world ends
 
@@ -389,6 +398,216 @@ def test_backoff_doubles_to_its_cap_and_obeys_retry_after_up_to_five_minutes():
     assert backoff.delay_s(1, retry_after_s=3600) == 300
 
 
+# --- sending over gRPC: TF Serving's PredictionService --------------------------------------------------------------
+
+
+class ScriptedGrpcServer:
+    """A loopback gRPC server answering each Predict with the next of a script: a PredictResponse or an error."""
+
+    def __init__(self, answers: list, metadata: serving.GetModelMetadataResponse | None = None, **options: int):
+        self.answers, self.requests, self.metadata = list(answers), [], metadata
+        server = self
+
+        class Servicer(serving_grpc.PredictionServiceServicer):
+            def Predict(self, request, context):  # noqa: N802
+                server.requests.append(request)
+                answer = server.answers.pop(0)
+                if isinstance(answer, serving.PredictResponse):
+                    return answer
+                code, details, trailing = answer
+                context.set_trailing_metadata(trailing)
+                context.abort(code, details)
+
+            def GetModelMetadata(self, request, context):  # noqa: N802
+                server.requests.append(request)
+                if server.metadata is None:  # TF Serving's answer to a field it does not know
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Metadata field fastai is not supported")
+                return server.metadata
+
+        self.server = grpc.server(ThreadPoolExecutor(4), options=[(f"grpc.{k}", v) for k, v in options.items()])
+        serving_grpc.add_PredictionServiceServicer_to_server(Servicer(), self.server)
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def __enter__(self) -> ScriptedGrpcServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.stop(0)
+
+
+def tensor(dtype: int, shape: list[int], **values) -> TensorProto:
+    return TensorProto(dtype=dtype, tensor_shape=TensorShapeProto(dim=[{"size": size} for size in shape]), **values)
+
+
+def probabilities(*rows: list[float]) -> serving.PredictResponse:
+    values = [value for row in rows for value in row]
+    return serving.PredictResponse(
+        outputs={"probabilities": tensor(DataType.DT_FLOAT, [len(rows), len(rows[0])], float_val=values)}
+    )
+
+
+def grpc_error(code: grpc.StatusCode, details: str, *trailing: tuple[str, str]) -> tuple:
+    return code, details, trailing
+
+
+def grpc_predictor(server: ScriptedGrpcServer, model: str | None = None, tries: int = 3, first_s: float = 0.01):
+    return GrpcPredictor(server.address, model, threading.Event(), Backoff(tries=tries, first_s=first_s))
+
+
+def test_grpc_requests_carry_the_encoded_images_as_tf_servings_string_tensor_under_image_bytes():
+    with ScriptedGrpcServer([probabilities([0.1, 0.9], [0.8, 0.2])] * 2) as server:
+        grpc_predictor(server).predict([b"\x89PNG one", b"\xff\xd8 two"])
+        grpc_predictor(server, model="buildings").predict([b"a", b"b"])
+    default, named = server.requests
+    assert default.HasField("model_spec") and default.model_spec.name == ""  # the server's default model
+    assert named.model_spec.name == "buildings"
+    (name, images), *others = default.inputs.items()
+    assert name == "image_bytes" and not others
+    assert images.dtype == DataType.DT_STRING and [dim.size for dim in images.tensor_shape.dim] == [2]
+    assert list(images.string_val) == [b"\x89PNG one", b"\xff\xd8 two"]
+
+
+def test_grpc_answers_are_the_rest_predictions_one_entry_per_image():
+    with ScriptedGrpcServer([probabilities([0.25, 0.75], [0.5, 0.5])]) as server:
+        assert grpc_predictor(server).predict([b"a", b"b"]) == [[0.25, 0.75], [0.5, 0.5]]
+
+
+@pytest.mark.parametrize(
+    "outputs, expected",
+    [
+        ({"mask": tensor(DataType.DT_INT64, [1, 2, 2], int64_val=[0, 1, 1, 0])}, [[[0, 1], [1, 0]]]),
+        ({"outputs": tensor(DataType.DT_DOUBLE, [2], double_val=[1.5, -2.0])}, [1.5, -2.0]),
+        ({"scores": tensor(DataType.DT_FLOAT, [2, 1], tensor_content=struct.pack("<2f", 0.5, 0.25))}, [[0.5], [0.25]]),
+        ({"zeros": tensor(DataType.DT_INT32, [2, 2], int_val=[0])}, [[0, 0], [0, 0]]),  # one value fills the tensor
+        ({"label": tensor(DataType.DT_STRING, [2], string_val=[b"cat", b"\xff"])}, ["cat", {"b64": "/w=="}]),
+        (
+            {
+                "classes": tensor(DataType.DT_INT64, [2], int64_val=[3, 1]),
+                "scores": tensor(DataType.DT_FLOAT, [2, 2], float_val=[0.5, 0.5, 0.75, 0.25]),
+            },
+            [{"classes": 3, "scores": [0.5, 0.5]}, {"classes": 1, "scores": [0.75, 0.25]}],
+        ),  # fmt: skip
+    ],
+)
+def test_grpc_tensors_read_as_tf_servings_rest_row_form(outputs, expected):
+    assert predictions_of(outputs) == expected
+
+
+@pytest.mark.parametrize(
+    "code, details",
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "instance 0 is not an image"),
+        (grpc.StatusCode.OUT_OF_RANGE, "index out of range"),
+        (grpc.StatusCode.INTERNAL, "the model failed on this input"),  # fastai-serving's 500
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (70000000 vs. 67108864)"),
+    ],
+)
+def test_a_grpc_refusal_of_the_input_is_not_tried_again(code, details):
+    with ScriptedGrpcServer([grpc_error(code, details)]) as server:
+        with pytest.raises(InputRejected) as refused:
+            grpc_predictor(server).predict([b"junk"])
+    assert refused.value.reason.startswith(f"the server answered {code.name}: {details}")
+    assert len(server.requests) == 1
+
+
+def test_a_batch_over_the_grpc_servers_message_limit_is_sent_again_one_image_at_a_time():
+    answers = [probabilities([0.5, 0.5])] * 2  # for the two single images; gRPC itself refuses the pair
+    with ScriptedGrpcServer(answers, max_receive_message_length=1000) as server:
+        answered, failed = predict_items(grpc_predictor(server), [("a", b"a" * 600), ("b", b"b" * 600)])
+    assert answered == [("a", [0.5, 0.5]), ("b", [0.5, 0.5])] and failed == []
+    assert [len(request.inputs["image_bytes"].string_val) for request in server.requests] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,  # fastai-serving: an archive too old for the gRPC front
+        grpc.StatusCode.UNKNOWN,
+    ],
+)
+def test_a_grpc_server_that_cannot_serve_stops_the_run(code):
+    with ScriptedGrpcServer([grpc_error(code, "what the server said")]) as server:
+        with pytest.raises(ServerFailed, match=f"Predict, model 'digits' answered {code.name}: what the server said"):
+            grpc_predictor(server, model="digits").predict([b"image"])
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "code, details",
+    [
+        (grpc.StatusCode.UNAVAILABLE, "model 'digits' cannot serve right now"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "model 'digits' did not answer in time"),
+        (grpc.StatusCode.ABORTED, "aborted"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests in flight"),  # busy, not a size limit
+    ],
+)
+def test_a_transient_grpc_failure_is_tried_again(code, details):
+    with ScriptedGrpcServer([grpc_error(code, details), probabilities([0.1, 0.9])]) as server:
+        assert grpc_predictor(server).predict([b"image"]) == [[pytest.approx(0.1), pytest.approx(0.9)]]
+    assert len(server.requests) == 2
+
+
+def test_a_retry_after_in_the_trailing_metadata_is_obeyed():
+    answers = [grpc_error(grpc.StatusCode.UNAVAILABLE, "loading", ("retry-after", "0")), probabilities([1.0])]
+    with ScriptedGrpcServer(answers) as server:  # a backoff of 600 s would stop the test: the server's 0 s is taken
+        assert grpc_predictor(server, first_s=600).predict([b"image"]) == [[1.0]]
+
+
+def test_a_grpc_server_unreachable_after_every_try_stops_the_run():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{unused.getsockname()[1]}"  # bound, never listening: connections are refused
+        predictor = GrpcPredictor(address, None, threading.Event(), Backoff(tries=3, first_s=0.01))
+        with pytest.raises(ServerFailed, match=r"the default model is unavailable: UNAVAILABLE.*\(after 3 tries\)"):
+            predictor.predict([b"image"])
+
+
+def test_tf_serving_without_a_model_name_stops_the_run_asking_for_one():
+    answer = grpc_error(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")  # TF Serving's words
+    with ScriptedGrpcServer([answer]) as server:
+        with pytest.raises(ServerFailed, match="ModelSpec has no name specified.*give --model"):
+            grpc_predictor(server).predict([b"image"])
+
+
+def test_a_count_of_grpc_predictions_that_does_not_match_stops_the_run():
+    with ScriptedGrpcServer([probabilities([0.5, 0.5])]) as server:
+        with pytest.raises(ServerFailed, match="1 predictions for 2 images"):
+            grpc_predictor(server).predict([b"a", b"b"])
+
+
+def test_grpc_class_names_come_from_fastai_servings_metadata_and_none_from_other_servers():
+    fastai = struct_pb2.Struct()
+    fastai.update({"task": "classification", "classes": ["background", "building"]})
+    metadata = serving.GetModelMetadataResponse()
+    metadata.metadata["fastai"].Pack(fastai)
+    with ScriptedGrpcServer([], metadata) as ours, ScriptedGrpcServer([]) as other:
+        assert grpc_predictor(ours, model="buildings").class_names() == ["background", "building"]
+        assert grpc_predictor(other).class_names() is None
+    assert ours.requests[0].model_spec.name == "buildings" and list(ours.requests[0].metadata_field) == ["fastai"]
+
+
+@pytest.mark.parametrize(
+    "server, target",
+    [("127.0.0.1:8500", "127.0.0.1:8500"), ("grpc://serving:8500", "serving:8500"), ("[::1]:8500", "[::1]:8500")],
+)
+def test_the_grpc_server_is_host_and_port_with_or_without_grpc_scheme(server, target):
+    assert grpc_target(server) == target
+
+
+@pytest.mark.parametrize(
+    "server, why",
+    [("http://127.0.0.1:8501", "for an http\\(s\\) URL use --protocol rest"), ("serving", "with its port")],
+)
+def test_a_grpc_server_that_is_no_grpc_address_is_refused(server, why):
+    with pytest.raises(ValueError, match=why):
+        grpc_target(server)
+
+
 class Refusing:
     """A stand-in predictor that refuses any request holding a `bad` image."""
 
@@ -454,22 +673,13 @@ def test_durations_read_as_a_clock():
 # --- the command ----------------------------------------------------------------------------------------------------
 
 
-def test_grpc_is_refused_at_once_until_predict_batch_speaks_it(tmp_path, capsys):
+def test_grpc_with_an_http_url_is_a_usage_error_saying_what_to_give(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(
-            [
-                str(tmp_path / "images"),
-                "--server",
-                "http://127.0.0.1:1",
-                "--out",
-                str(tmp_path / "out.jsonl"),
-                "--protocol",
-                "grpc",
-            ]
-        )
+        cli.main([str(tmp_path / "images"), "--protocol", "grpc", "--server", "http://127.0.0.1:8501", "--out",
+                  str(tmp_path / "out.jsonl")])  # fmt: skip
     assert exit_info.value.code == 2
-    assert "--protocol grpc is not available in predict-batch yet" in capsys.readouterr().err
+    assert "--protocol grpc takes the gRPC address, host:port or grpc://host:port" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -481,7 +691,7 @@ def test_tiles_need_an_imagery_template(tmp_path, capsys):
 
 
 def test_the_client_imports_neither_torch_nor_fastai_nor_the_server():
-    modules = ["cli", "fetch", "progress", "protocol", "retry", "runner", "sinks", "sources", "tiles"]
+    modules = ["cli", "fetch", "grpc_predictor", "progress", "protocol", "retry", "runner", "sinks", "sources", "tiles"]
     code = (
         "import sys, psycopg\n"
         + "".join(f"import fastai_serving_client.{name}\n" for name in modules)
@@ -492,6 +702,19 @@ def test_the_client_imports_neither_torch_nor_fastai_nor_the_server():
     )
     assert "fastai_serving_client" in loaded
     assert not loaded & {"torch", "fastai", "fastai_serving", "shim", "numpy", "PIL", "harness"}
+
+
+def test_rest_runs_never_import_grpc_so_the_client_installs_without_it():
+    code = (
+        "import sys, threading\n"
+        "from fastai_serving_client import cli, protocol\n"
+        "protocol.make_predictor('rest', 'http://127.0.0.1:8501', None, threading.Event())\n"
+        "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert "fastai_serving_client" in loaded and not loaded & {"grpc", "google", "fastai_serving_protos"}
 
 
 def test_a_run_with_nothing_to_do_draws_no_bar():

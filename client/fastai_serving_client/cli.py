@@ -26,6 +26,7 @@ from .sources import FolderSource, ListSource, Source, TileSource, parse_shard, 
 EXIT_DONE, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_INPUTS = 0, 1, 2, 3
 EXAMPLES = """examples:
   predict-batch tiles/ --server http://127.0.0.1:8501 --out results.jsonl
+  predict-batch tiles/ --protocol grpc --server 127.0.0.1:8500 --out results.jsonl
   predict-batch --tiles tiles.txt --imagery 'https://imagery.example/{z}/{x}/{y}.png' \\
       --server http://127.0.0.1:8501 --out postgresql://user@db/chips
   predict-batch --tiles tiles.txt --imagery URL --server URL --out buildings.geojson --threshold 1 0.5
@@ -71,13 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server = parser.add_argument_group("the server")
     server.add_argument(
-        "--server", required=True, metavar="URL", help="the TF-Serving endpoint's base URL, e.g. http://host:8501"
+        "--server",
+        required=True,
+        metavar="URL",
+        help="the TF-Serving endpoint: REST, its base URL (http://host:8501); gRPC, host:port or grpc://host:port",
     )
     server.add_argument(
-        "--model", default=None, metavar="NAME", help="the model: /v1/models/NAME:predict (default: /analyze:predict)"
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="the model: /v1/models/NAME:predict, or gRPC's model_spec.name (default: /analyze:predict, or a "
+        "model_spec naming no model: the server's default model)",
     )
     server.add_argument(
-        "--protocol", default=defaults.PROTOCOL, choices=PROTOCOLS, help="rest (grpc: not yet in predict-batch)"
+        "--protocol",
+        default=defaults.PROTOCOL,
+        choices=PROTOCOLS,
+        help="rest: TF Serving's REST API (port 8501); grpc: its gRPC PredictionService/Predict (port 8500), "
+        "the images sent raw (needs grpcio: pip install './client[grpc]')",
     )
     out = parser.add_argument_group("where results go")
     out.add_argument(

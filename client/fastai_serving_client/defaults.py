@@ -8,6 +8,7 @@ BACKOFF_S = 1.0  # the first wait between tries; doubles each time
 BACKOFF_MAX_S = 60.0  # the longest wait between tries
 RETRY_AFTER_MAX_S = 300.0  # a server's Retry-After is obeyed up to this
 TIMEOUT_S = 300.0  # one prediction request
+GRPC_MAX_MESSAGE_MIB = 64  # --protocol grpc: the largest message each way (fastai-serving's own limit)
 FETCH_TIMEOUT_S = 30.0  # one image download
 PROGRESS_EVERY_S = 10.0  # how often a progress line is printed when not on a terminal
 TABLE = "results"  # chip-n-scale's table

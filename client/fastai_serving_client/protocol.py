@@ -1,13 +1,19 @@
-"""Sending images to a TF-Serving endpoint: one small interface, `Predictor`, and its REST form.
+"""Sending images to a TF-Serving endpoint: one small interface, `Predictor`, and its two forms.
 
-`--protocol grpc` will be a second Predictor (TF Serving's PredictionService/Predict); the runner needs nothing else.
+`RestPredictor` (here) POSTs TF Serving's REST row form; `GrpcPredictor` (grpc_predictor.py, imported
+only for `--protocol grpc`) calls TF Serving's PredictionService/Predict. Both answer the same
+predictions for the same images; the runner needs nothing else.
 What a predictor raises tells the runner what to do:
-- `InputRejected`: the server refused this request's input (400, 413, 422, or 500: the model failed
-  on it). The runner sends a multi-image batch again one image at a time to find the bad one(s);
-  a single image refused is recorded as failed with the server's message.
+- `InputRejected`: the server refused this request's input (REST: 400, 413, 422, or 500: the model
+  failed on it; gRPC: INVALID_ARGUMENT, OUT_OF_RANGE, INTERNAL, or RESOURCE_EXHAUSTED for a message
+  over a size limit). The runner sends a multi-image batch again one image at a time to find the
+  bad one(s); a single image refused is recorded as failed with the server's message.
 - `ServerFailed`: the server cannot serve at all (unknown model, refused credentials, still
-  unavailable after every retry, an answer that is not TF Serving's): the run stops, keeping what it committed.
-- 503, 504, 429, 502 and dropped connections are retried with backoff inside `predict`, obeying Retry-After.
+  unavailable after every retry, an answer that is not TF Serving's; gRPC: NOT_FOUND, UNIMPLEMENTED,
+  UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION and the rest): the run stops, keeping what it committed.
+- Transient failures are retried with backoff inside `predict`: REST's 503, 504, 429, 502 and dropped
+  connections, obeying Retry-After; gRPC's UNAVAILABLE (unreachable, too), DEADLINE_EXCEEDED, ABORTED,
+  CANCELLED and RESOURCE_EXHAUSTED (busy), obeying a `retry-after` in the trailing metadata.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -59,11 +66,29 @@ def make_predictor(
     if protocol == "rest":
         return RestPredictor(server, model, stopping, backoff, timeout_s)
     if protocol == "grpc":
-        raise ValueError(
-            "--protocol grpc is not available in predict-batch yet. Use --protocol rest (the default): "
-            "every TF-Serving server, fastai-serving included, answers it on its REST port (8501)."
-        )
+        try:  # only here: the REST client needs neither grpcio nor protobuf
+            from .grpc_predictor import GrpcPredictor
+        except ImportError as error:
+            raise ValueError(
+                f"--protocol grpc needs grpcio and protobuf ({error}): pip install 'fastai-serving-client[grpc]' "
+                "(from a checkout: pip install './client[grpc]'), or use --protocol rest"
+            ) from error
+        return GrpcPredictor(server, model, stopping, backoff, timeout_s)
     raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+
+
+def predictions_tried(
+    send: Callable[[], Any], count: int, endpoint: str, backoff: Backoff, stopping: threading.Event
+) -> list[Any]:
+    """`send()`'s predictions, tried again while it raises `Retryable`: one per image, or ServerFailed saying why not."""
+    try:
+        predictions = with_retries(send, backoff, stopping)
+    except GaveUp as failure:
+        raise ServerFailed(f"{endpoint} is unavailable: {failure}") from failure
+    if not isinstance(predictions, list) or len(predictions) != count:
+        answered = len(predictions) if isinstance(predictions, list) else "no list of"
+        raise ServerFailed(f"{endpoint} answered {answered} predictions for {count} images")
+    return predictions
 
 
 def request_body(images: list[bytes]) -> bytes:
@@ -95,7 +120,10 @@ class RestPredictor:
         timeout_s: float = defaults.TIMEOUT_S,
     ) -> None:
         if not server.startswith(("http://", "https://")):
-            raise ValueError(f"--server must be an http(s) URL such as http://127.0.0.1:8501, not {server!r}")
+            raise ValueError(
+                f"--server must be an http(s) URL such as http://127.0.0.1:8501, not {server!r} "
+                "(for a gRPC address, host:port, add --protocol grpc)"
+            )
         base = server.rstrip("/")
         self.model_url = f"{base}/v1/models/{quote(model, safe='')}" if model else f"{base}/analyze"
         self.endpoint = f"{self.model_url}:predict"
@@ -109,14 +137,7 @@ class RestPredictor:
 
     def predict(self, images: list[bytes]) -> list[Any]:
         body = request_body(images)
-        try:
-            predictions = with_retries(lambda: self._post(body), self.backoff, self.stopping)
-        except GaveUp as failure:
-            raise ServerFailed(f"{self.endpoint} is unavailable: {failure}") from failure
-        if not isinstance(predictions, list) or len(predictions) != len(images):
-            count = len(predictions) if isinstance(predictions, list) else "no list of"
-            raise ServerFailed(f"{self.endpoint} answered {count} predictions for {len(images)} images")
-        return predictions
+        return predictions_tried(lambda: self._post(body), len(images), self.endpoint, self.backoff, self.stopping)
 
     def _post(self, body: bytes) -> Any:
         try:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from shim.protos import tensorflow_serving_pb2 as shim_dot_protos_dot_tensorflow__serving__pb2
+from fastai_serving_protos import tensorflow_serving_pb2 as fastai__serving__protos_dot_tensorflow__serving__pb2
 
 GRPC_GENERATED_VERSION = '1.84.0'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in shim/protos/tensorflow_serving_pb2_grpc.py depends on'
+        + ' but the generated code in fastai_serving_protos/tensorflow_serving_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,23 +37,23 @@ class PredictionServiceStub:
         """
         self.Classify = channel.unary_unary(
                 '/tensorflow.serving.PredictionService/Classify',
-                request_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.ClassificationRequest.SerializeToString,
-                response_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.ClassificationResponse.FromString,
+                request_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.ClassificationRequest.SerializeToString,
+                response_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.ClassificationResponse.FromString,
                 _registered_method=True)
         self.Regress = channel.unary_unary(
                 '/tensorflow.serving.PredictionService/Regress',
-                request_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.RegressionRequest.SerializeToString,
-                response_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.RegressionResponse.FromString,
+                request_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.RegressionRequest.SerializeToString,
+                response_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.RegressionResponse.FromString,
                 _registered_method=True)
         self.Predict = channel.unary_unary(
                 '/tensorflow.serving.PredictionService/Predict',
-                request_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.PredictRequest.SerializeToString,
-                response_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.PredictResponse.FromString,
+                request_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.PredictRequest.SerializeToString,
+                response_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.GetModelMetadata = channel.unary_unary(
                 '/tensorflow.serving.PredictionService/GetModelMetadata',
-                request_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.GetModelMetadataRequest.SerializeToString,
-                response_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.GetModelMetadataResponse.FromString,
+                request_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelMetadataRequest.SerializeToString,
+                response_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelMetadataResponse.FromString,
                 _registered_method=True)
 
 
@@ -90,23 +90,23 @@ def add_PredictionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Classify': grpc.unary_unary_rpc_method_handler(
                     servicer.Classify,
-                    request_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.ClassificationRequest.FromString,
-                    response_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.ClassificationResponse.SerializeToString,
+                    request_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.ClassificationRequest.FromString,
+                    response_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.ClassificationResponse.SerializeToString,
             ),
             'Regress': grpc.unary_unary_rpc_method_handler(
                     servicer.Regress,
-                    request_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.RegressionRequest.FromString,
-                    response_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.RegressionResponse.SerializeToString,
+                    request_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.RegressionRequest.FromString,
+                    response_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.RegressionResponse.SerializeToString,
             ),
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.PredictRequest.FromString,
-                    response_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.PredictRequest.FromString,
+                    response_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.PredictResponse.SerializeToString,
             ),
             'GetModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelMetadata,
-                    request_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.GetModelMetadataRequest.FromString,
-                    response_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.GetModelMetadataResponse.SerializeToString,
+                    request_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelMetadataRequest.FromString,
+                    response_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelMetadataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,8 +135,8 @@ class PredictionService:
             request,
             target,
             '/tensorflow.serving.PredictionService/Classify',
-            shim_dot_protos_dot_tensorflow__serving__pb2.ClassificationRequest.SerializeToString,
-            shim_dot_protos_dot_tensorflow__serving__pb2.ClassificationResponse.FromString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.ClassificationRequest.SerializeToString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.ClassificationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -162,8 +162,8 @@ class PredictionService:
             request,
             target,
             '/tensorflow.serving.PredictionService/Regress',
-            shim_dot_protos_dot_tensorflow__serving__pb2.RegressionRequest.SerializeToString,
-            shim_dot_protos_dot_tensorflow__serving__pb2.RegressionResponse.FromString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.RegressionRequest.SerializeToString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.RegressionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -189,8 +189,8 @@ class PredictionService:
             request,
             target,
             '/tensorflow.serving.PredictionService/Predict',
-            shim_dot_protos_dot_tensorflow__serving__pb2.PredictRequest.SerializeToString,
-            shim_dot_protos_dot_tensorflow__serving__pb2.PredictResponse.FromString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.PredictRequest.SerializeToString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -216,8 +216,8 @@ class PredictionService:
             request,
             target,
             '/tensorflow.serving.PredictionService/GetModelMetadata',
-            shim_dot_protos_dot_tensorflow__serving__pb2.GetModelMetadataRequest.SerializeToString,
-            shim_dot_protos_dot_tensorflow__serving__pb2.GetModelMetadataResponse.FromString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelMetadataRequest.SerializeToString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -241,8 +241,8 @@ class ModelServiceStub:
         """
         self.GetModelStatus = channel.unary_unary(
                 '/tensorflow.serving.ModelService/GetModelStatus',
-                request_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.GetModelStatusRequest.SerializeToString,
-                response_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.GetModelStatusResponse.FromString,
+                request_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelStatusRequest.SerializeToString,
+                response_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelStatusResponse.FromString,
                 _registered_method=True)
 
 
@@ -261,8 +261,8 @@ def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetModelStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStatus,
-                    request_deserializer=shim_dot_protos_dot_tensorflow__serving__pb2.GetModelStatusRequest.FromString,
-                    response_serializer=shim_dot_protos_dot_tensorflow__serving__pb2.GetModelStatusResponse.SerializeToString,
+                    request_deserializer=fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelStatusRequest.FromString,
+                    response_serializer=fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -291,8 +291,8 @@ class ModelService:
             request,
             target,
             '/tensorflow.serving.ModelService/GetModelStatus',
-            shim_dot_protos_dot_tensorflow__serving__pb2.GetModelStatusRequest.SerializeToString,
-            shim_dot_protos_dot_tensorflow__serving__pb2.GetModelStatusResponse.FromString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelStatusRequest.SerializeToString,
+            fastai__serving__protos_dot_tensorflow__serving__pb2.GetModelStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
