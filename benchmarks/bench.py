@@ -136,7 +136,9 @@ def timed_forward(served, tiles: list[bytes], batch: int) -> tuple[float, float]
 
     learn = served.learn
     dl = learn.dls.test_dl(decoded_images(tiles), bs=batch, num_workers=0)
-    batches = [xb[0] for xb in dl]  # decoded, resized, normalised: only the forward pass is timed
+    # Decoded, resized, normalised: only the forward pass is timed. Plain tensors, as fastai's CastToTensor
+    # callback gives the model in get_preds (and so in serving).
+    batches = [xb[0].as_subclass(torch.Tensor) for xb in dl]
     with PeakRss([psutil.Process().pid]) as rss, torch.inference_mode(), precision_context(served):
         learn.model(batches[0])  # warm-up
         start = time.perf_counter()
