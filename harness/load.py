@@ -146,3 +146,20 @@ def _compare(body: dict, chosen: list[int], expected: list[list[float]], toleran
         if len(prediction) != len(expected[image])
         or max(abs(a - b) for a, b in zip(prediction, expected[image], strict=True)) > tolerance
     ]
+
+
+def concurrently(calls: list) -> list:
+    """Run the calls at the same moment on threads; their results in order."""
+    results: list = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(index: int) -> None:
+        barrier.wait()
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+BATCH_LINE = re.compile(r"fastai-serving batch: requests=(\d+) instances=(\d+) failed=(\d+)")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM_COMMAND = [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:shim.gunicorn_conf", "shim.wsgi:app"]
@@ -151,6 +154,20 @@ class Servers:
     def model_log(self) -> str:
         path = self.log_dir / "model_log.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def batch_lines(self) -> list[dict[str, int]]:
+        """The handler's 'fastai-serving batch:' log lines, parsed: how TorchServe's batches were made up."""
+        return [
+            {"requests": int(r), "instances": int(i), "failed": int(f)}
+            for r, i, f in BATCH_LINE.findall(self.model_log())
+        ]
+
+    def batches_since(self, before: int, wanted: dict[str, int]) -> list[dict[str, int]]:
+        """The batch lines logged after the first `before`, once `wanted` is among them (the log may trail the answers)."""
+        deadline = time.monotonic() + 10
+        while wanted not in self.batch_lines()[before:] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.batch_lines()[before:]
 
     def log_tail(self, lines: int = 60) -> str:
         text = ""

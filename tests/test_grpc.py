@@ -23,12 +23,12 @@ import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from test_torchserve_handler import batch_lines, batches_since, concurrently, in_process
+from test_torchserve_handler import in_process
 
 from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
-from harness.load import expected_probabilities
+from harness.load import concurrently, expected_probabilities
 from harness.servers import Servers, free_port
 from harness.tfserving_client import TFServingClient
 
@@ -267,7 +267,7 @@ def test_a_message_just_under_the_limit_is_answered(tf_client):
 def test_concurrent_grpc_and_rest_calls_share_one_torchserve_batch(torchserve, samples):
     images = samples["classifier"]
     stub = our_stub(torchserve)
-    before = len(batch_lines(torchserve))
+    before = len(torchserve.batch_lines())
     grpc_answer, rest_answer = concurrently(
         [
             lambda: stub.Predict(our_predict_request("classifier", images[:2]), timeout=60),
@@ -275,14 +275,14 @@ def test_concurrent_grpc_and_rest_calls_share_one_torchserve_batch(torchserve, s
         ]
     )
     wanted = {"requests": 2, "instances": 3, "failed": 0}
-    assert wanted in batches_since(torchserve, before, wanted)
+    assert wanted in torchserve.batches_since(before, wanted)
     assert len(grpc_answer.outputs["probabilities"].float_val) == 2 * 3 and len(rest_answer["predictions"]) == 1
 
 
 def test_a_bad_image_in_one_grpc_call_never_fails_another_call_in_its_batch(torchserve, samples, loaded_learners):
     good = samples["classifier"]
     stub = our_stub(torchserve)
-    before = len(batch_lines(torchserve))
+    before = len(torchserve.batch_lines())
 
     def bad_call():
         try:
@@ -293,7 +293,7 @@ def test_a_bad_image_in_one_grpc_call_never_fails_another_call_in_its_batch(torc
     bad, answer = concurrently([bad_call, lambda: stub.Predict(our_predict_request("classifier", good), timeout=60)])
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "instance 1 is not an image" in bad.details()
     wanted = {"requests": 2, "instances": 3, "failed": 1}
-    assert wanted in batches_since(torchserve, before, wanted)
+    assert wanted in torchserve.batches_since(before, wanted)
     probabilities = np.asarray(answer.outputs["probabilities"].float_val).reshape(3, -1)
     for image, answered in zip(good, probabilities, strict=True):
         assert answered == pytest.approx(in_process(loaded_learners["classifier"], image)[2].numpy(), abs=1e-4)

@@ -9,9 +9,6 @@ different lengths in one batch. Responses are checked against the OpenAPI docume
 from __future__ import annotations
 
 import math
-import re
-import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -19,6 +16,7 @@ import pytest
 import requests
 
 from harness.learners import TABULAR_CATEGORICAL, TABULAR_CONTINUOUS, ratings_frame, tabular_frame
+from harness.load import concurrently
 from openapi_contract import assert_matches_spec
 
 pytestmark = pytest.mark.e2e
@@ -191,7 +189,7 @@ def test_nan_and_infinity_literals_are_refused_as_json(torchserve):
 
 def test_a_bad_row_fails_only_its_own_request_in_a_shared_batch(torchserve, fresh_learners):
     """Four requests to "tabular" (it gathers batches of 4 for 400 ms) share one batch and one DataFrame."""
-    before = len(batch_lines(torchserve))
+    before = len(torchserve.batch_lines())
     bad = {**ROWS[0], "size": "big"}
     bodies = [{"instances": ROWS[:2]}, {"instances": [ROWS[2], bad]}, {"inputs": columns(ROWS[3:4])}, {"row": ROWS[4]}]
     url = f"{torchserve.shim}/v1/models/tabular:predict"
@@ -199,7 +197,7 @@ def test_a_bad_row_fails_only_its_own_request_in_a_shared_batch(torchserve, fres
     assert [r.status_code for r in responses] == [200, 400, 200, 200]
     assert "instance 1, column 'size'" in responses[1].json()["error"]
     wanted = {"requests": 4, "instances": 4, "failed": 1}
-    assert wanted in batches_since(torchserve, before, wanted)
+    assert wanted in torchserve.batches_since(before, wanted)
     learn = fresh_learners["tabular"]
     answered = [*responses[0].json()["predictions"], *responses[2].json()["outputs"], responses[3].json()]
     for row, answer in zip([ROWS[0], ROWS[1], ROWS[3], ROWS[4]], answered, strict=True):
@@ -313,13 +311,13 @@ def test_an_instance_that_is_no_text_is_named(torchserve, body, message):
 
 
 def test_texts_from_concurrent_requests_share_a_batch_and_each_gets_its_own_answers(torchserve, fresh_learners):
-    before = len(batch_lines(torchserve))
+    before = len(torchserve.batch_lines())
     bodies = [{"instances": TEXTS[:3]}, {"instances": TEXTS[3:5]}, {"text": TEXTS[5]}, {"instances": TEXTS[6:]}]
     url = f"{torchserve.shim}/v1/models/text:predict"
     responses = concurrently([lambda body=body: requests.post(url, json=body, timeout=60) for body in bodies])
     assert [r.status_code for r in responses] == [200] * 4
     wanted = {"requests": 4, "instances": len(TEXTS), "failed": 0}
-    assert wanted in batches_since(torchserve, before, wanted)
+    assert wanted in torchserve.batches_since(before, wanted)
     answered = [*responses[0].json()["predictions"], *responses[1].json()["predictions"]]
     answered += [responses[2].json()["probabilities"], *responses[3].json()["predictions"]]
     for text, answer in zip(TEXTS, answered, strict=True):
@@ -376,37 +374,3 @@ def test_text_metadata_names_the_input_and_its_length_limit(torchserve):
 
 
 # --- Helpers ---------------------------------------------------------------------------------------------
-
-
-def concurrently(calls: list) -> list:
-    """Run the calls at the same moment on threads; their results in order."""
-    results: list = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(index: int) -> None:
-        barrier.wait()
-        results[index] = calls[index]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
-
-
-def batch_lines(torchserve) -> list[dict[str, int]]:
-    """The handler's 'fastai-serving batch:' log lines, parsed."""
-    pattern = re.compile(r"fastai-serving batch: requests=(\d+) instances=(\d+) failed=(\d+)")
-    return [
-        {"requests": int(r), "instances": int(i), "failed": int(f)}
-        for r, i, f in pattern.findall(torchserve.model_log())
-    ]
-
-
-def batches_since(torchserve, before: int, wanted: dict[str, int]) -> list[dict[str, int]]:
-    """The batch lines logged after the first `before`, once `wanted` is among them (the log may trail the answers)."""
-    deadline = time.monotonic() + 10
-    while wanted not in batch_lines(torchserve)[before:] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return batch_lines(torchserve)[before:]

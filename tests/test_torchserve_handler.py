@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import re
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import torch
 from PIL import Image
 
 from fastai_serving.learner import ServedLearner
+from harness.load import concurrently
 
 pytestmark = pytest.mark.e2e
 
@@ -48,40 +46,6 @@ def in_process(served: ServedLearner, image: bytes):
 
 def sample_images(folder: Path, count: int = 3) -> list[bytes]:
     return [path.read_bytes() for path in sorted((folder.parent / "images").glob("*.png"))[:count]]
-
-
-def concurrently(calls: list) -> list:
-    """Run the calls at the same moment on threads; their results in order."""
-    results: list = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(index: int) -> None:
-        barrier.wait()
-        results[index] = calls[index]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
-
-
-def batch_lines(torchserve) -> list[dict[str, int]]:
-    """The handler's 'fastai-serving batch:' log lines, parsed."""
-    pattern = re.compile(r"fastai-serving batch: requests=(\d+) instances=(\d+) failed=(\d+)")
-    return [
-        {"requests": int(r), "instances": int(i), "failed": int(f)}
-        for r, i, f in pattern.findall(torchserve.model_log())
-    ]
-
-
-def batches_since(torchserve, before: int, wanted: dict[str, int]) -> list[dict[str, int]]:
-    """The batch lines logged after the first `before`, once `wanted` is among them (the log may trail the answers)."""
-    deadline = time.monotonic() + 10
-    while wanted not in batch_lines(torchserve)[before:] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return batch_lines(torchserve)[before:]
 
 
 # --- The demo model, as the README uses it ------------------------------------------------
@@ -169,12 +133,12 @@ def test_learner_needing_a_utils_module_is_served(torchserve, exported_learners,
 
 def test_concurrent_requests_share_one_handler_batch(torchserve, exported_learners):
     images = sample_images(exported_learners["classifier"], 8)
-    before = len(batch_lines(torchserve))
+    before = len(torchserve.batch_lines())
     url = predict_url(torchserve, "classifier")
     responses = concurrently([lambda image=image: requests.put(url, data=image, timeout=60) for image in images])
     assert [r.status_code for r in responses] == [200] * 8
     wanted = {"requests": 8, "instances": 8, "failed": 0}
-    assert wanted in batches_since(torchserve, before, wanted)
+    assert wanted in torchserve.batches_since(before, wanted)
 
 
 def test_requests_with_many_instances_share_one_batch_and_are_split_back_in_order(
@@ -183,12 +147,12 @@ def test_requests_with_many_instances_share_one_batch_and_are_split_back_in_orde
     images = sample_images(exported_learners["classifier"], 8)
     first = {"instances": [{"b64": b64(image)} for image in images[:5]]}
     second = {"instances": [{"b64": b64(image)} for image in images[5:]]}
-    before = len(batch_lines(torchserve))
+    before = len(torchserve.batch_lines())
     responses = concurrently(
         [lambda: post_json(torchserve, "classifier", first), lambda: post_json(torchserve, "classifier", second)]
     )
     wanted = {"requests": 2, "instances": 8, "failed": 0}
-    assert wanted in batches_since(torchserve, before, wanted)
+    assert wanted in torchserve.batches_since(before, wanted)
     answered = [p for r in responses for p in r.json()["predictions"]]
     for image, probabilities in zip(images, answered, strict=True):
         assert probabilities == pytest.approx(in_process(loaded_learners["classifier"], image)[2].tolist(), abs=1e-4)
@@ -198,14 +162,14 @@ def test_a_bad_image_fails_only_its_own_request_in_a_shared_batch(torchserve, ex
     good = sample_images(exported_learners["classifier"], 5)
     garbage = b"this is not an image at all"
     url = predict_url(torchserve, "classifier")
-    before = len(batch_lines(torchserve))
+    before = len(torchserve.batch_lines())
     calls = [lambda image=image: requests.put(url, data=image, timeout=60) for image in good]
     calls.append(lambda: requests.put(url, data=garbage, timeout=60))
     responses = concurrently(calls)
     assert [r.status_code for r in responses] == [200] * 5 + [400]
     assert "not an image" in responses[-1].json()["error"]
     wanted = {"requests": 6, "instances": 5, "failed": 1}
-    assert wanted in batches_since(torchserve, before, wanted)
+    assert wanted in torchserve.batches_since(before, wanted)
     for image, response in zip(good, responses, strict=False):
         assert response.json()["prediction"] == in_process(loaded_learners["classifier"], image)[0]
     assert requests.put(url, data=good[0], timeout=60).status_code == 200
