@@ -20,18 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIM_COMMAND = [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:shim.gunicorn_conf", "shim.wsgi:app"]
 
 
+def archive_arguments(name: str, learner: Path, store: Path, *flags: str) -> list[str]:
+    """make-archive's command line for one Learner into a store."""
+    return ["--name", name, "--learner", str(learner), "--store", str(store), *flags]
+
+
 def make_archive(name: str, learner: Path, store: Path, *flags: str) -> subprocess.CompletedProcess:
     """Run the real scripts/make-archive."""
-    command = [
-        str(ROOT / "scripts" / "make-archive"),
-        "--name",
-        name,
-        "--learner",
-        str(learner),
-        "--store",
-        str(store),
-        *flags,
-    ]
+    command = [str(ROOT / "scripts" / "make-archive"), *archive_arguments(name, learner, store, *flags)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
@@ -42,8 +38,7 @@ def archive_here(name: str, learner: Path, store: Path, *flags: str) -> Path:
     """
     from fastai_serving_scripts import make_archive as tool
 
-    arguments = ["--name", name, "--learner", str(learner), "--store", str(store), *flags]
-    return tool.make_archive(tool.parse_args(arguments))
+    return tool.make_archive(tool.parse_args(archive_arguments(name, learner, store, *flags)))
 
 
 def free_port() -> int:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import pytest
+from fake_torchserve import DESCRIBED, ModelTable, version
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -39,16 +40,6 @@ from shim.status import metadata_body
 from shim.upstream import UpstreamAnswer
 
 PNG = b"\x89PNG\r\n\x1a\n-pretend-image"
-DESCRIBED = {
-    "classification": {"task": "classification", "classes": ["cat", "dog"], "input": "image", "precision": "fp32"},
-    "multilabel_classification": {"task": "multilabel_classification", "classes": ["a", "b"], "input": "image"},
-    "regression": {"task": "regression", "classes": [], "input": "image", "precision": "fp32"},
-    "segmentation": {"task": "segmentation", "classes": ["background", "road"], "input": "image"},
-}
-
-
-def version(number: str, ready: bool = True) -> dict:
-    return {"modelVersion": number, "workers": [{"status": "READY" if ready else "UNLOADING"}]}
 
 
 def answered(body: dict, status: int = 200, model_version: str = "1.0", task: str = "classification"):
@@ -56,28 +47,11 @@ def answered(body: dict, status: int = 200, model_version: str = "1.0", task: st
 
 
 @dataclass
-class FakeTorchServe:
-    """TorchServe's answers from a table; `answer` makes each prediction's answer from the images sent. Records calls."""
+class FakeTorchServe(ModelTable):
+    """The model table; `answer` makes each prediction's answer from the images sent. Records calls."""
 
-    served: dict[str, list[dict]] = field(default_factory=lambda: {"digits": [version("1.0")]})
-    task: str = "classification"
     answer: object = None  # a function of (images, verb, signature_name) -> UpstreamAnswer, or a ShimError to raise
     delay_s: float = 0.0
-    calls: list[tuple] = field(default_factory=list)
-
-    def models(self) -> list[str]:
-        self.calls.append(("models",))
-        return list(self.served)
-
-    def versions(self, model: str, version: str | None = "all") -> list[dict]:
-        self.calls.append(("versions", model, version))
-        if model not in self.served:
-            raise ShimError(404, f"model {model!r} not found")
-        return self.served[model] if version == "all" else self.served[model][:1]
-
-    def described(self, model: str, version: str) -> dict:
-        self.calls.append(("described", model, version))
-        return DESCRIBED[self.task]
 
     def predict(self, model, version, body, verb, content_type="application/json", timeout_s=None) -> UpstreamAnswer:
         request = read_body(body, verb)
@@ -99,9 +73,6 @@ class FakeTorchServe:
         if signature_name == "classes":
             return answered({"predictions": [1 for _ in images]})
         return answered({"predictions": [[0.25, 0.75] for _ in images]})
-
-    def count(self, kind: str) -> int:
-        return sum(call[0] == kind for call in self.calls)
 
 
 @pytest.fixture

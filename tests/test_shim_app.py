@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
+from fake_torchserve import ModelTable, version
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastai_serving.contract import read_body
@@ -26,40 +27,17 @@ BODY = json.dumps({"instances": [{"b64": "aGk="}]}).encode()
 PREDICTIONS = b'{"predictions": [[0.25, 0.75]]}'
 
 
-def version(number: str, ready: bool = True) -> dict:
-    return {"modelVersion": number, "workers": [{"status": "READY" if ready else "UNLOADING"}]}
-
-
 @dataclass
-class FakeTorchServe:
-    """TorchServe's answers from a table: model -> its versions' descriptions. Records each call."""
+class FakeTorchServe(ModelTable):
+    """The model table, and every prediction answered with `answer` (404 for a model it does not serve)."""
 
-    served: dict[str, list[dict]] = field(default_factory=lambda: {"digits": [version("1.0")]})
     answer: UpstreamAnswer = field(default_factory=lambda: UpstreamAnswer(200, PREDICTIONS))
-    calls: list[tuple] = field(default_factory=list)
-
-    def models(self) -> list[str]:
-        self.calls.append(("models",))
-        return list(self.served)
-
-    def versions(self, model: str, version: str | None = "all") -> list[dict]:
-        self.calls.append(("versions", model, version))
-        if model not in self.served:
-            raise ShimError(404, f"model {model!r} not found")
-        return self.served[model] if version == "all" else self.served[model][:1]
-
-    def described(self, model: str, version: str) -> dict:
-        self.calls.append(("described", model, version))
-        return {"task": "classification", "classes": ["cat", "dog"], "input": "image", "precision": "fp32"}
 
     def predict(self, model: str, version: str | None, body: bytes, verb: str) -> UpstreamAnswer:
         self.calls.append(("predict", model, version, body, verb))
         if model not in self.served:
             return UpstreamAnswer(404, b'{"code": 404, "message": "Model not found"}')
         return self.answer
-
-    def count(self, kind: str) -> int:
-        return sum(call[0] == kind for call in self.calls)
 
 
 def shim_of(fake: FakeTorchServe, **settings):
