@@ -29,7 +29,7 @@ def worker_rss_mb(servers: Servers, model: str) -> float:
 
 def main() -> int:
     from fastai_serving.learner import load_learner
-    from harness.demo import train_digits
+    from fastai_serving_scripts.demo import train_digits
 
     try:
         spans = rounds(float(os.environ.get("SOAK_S", 300)))

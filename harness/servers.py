@@ -17,7 +17,12 @@ import requests
 BATCH_LINE = re.compile(r"fastai-serving batch: requests=(\d+) instances=(\d+) failed=(\d+)")
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIM_COMMAND = [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:shim.gunicorn_conf", "shim.wsgi:app"]
+SHIM_COMMAND = [
+    str(Path(sys.executable).parent / "gunicorn"),
+    "-c",
+    "python:fastai_serving_shim.gunicorn_conf",
+    "fastai_serving_shim.wsgi:app",
+]
 
 
 def archive_arguments(name: str, learner: Path, store: Path, *flags: str) -> list[str]:

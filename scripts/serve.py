@@ -25,11 +25,11 @@ from pathlib import Path
 
 from fastai_serving import defaults
 from fastai_serving_scripts import LOG_CONFIG, LOG_DIR, MODEL_STORE, TORCHSERVE_CONFIG
-from shim.settings import Settings, env_name
+from fastai_serving_shim.settings import Settings, env_name
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-SHIM_APP = ["-c", "python:shim.gunicorn_conf", "shim.wsgi:app"]
-GRPC_APP = ["-m", "shim.grpc_server"]
+SHIM_APP = ["-c", "python:fastai_serving_shim.gunicorn_conf", "fastai_serving_shim.wsgi:app"]
+GRPC_APP = ["-m", "fastai_serving_shim.grpc_server"]
 STATE_FOLDER = "fastai-serving"  # in the temp folder: what each running serve serves, for scripts/reload
 
 

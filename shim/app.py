@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, g
 
-from shim import metrics
-from shim.errors import ShimError, register_error_handlers
-from shim.routes import api
-from shim.settings import Settings
-from shim.status import metadata_body, resolve_version
-from shim.upstream import TorchServeClient, has_ready_worker
+from fastai_serving_shim import metrics
+from fastai_serving_shim.errors import ShimError, register_error_handlers
+from fastai_serving_shim.routes import api
+from fastai_serving_shim.settings import Settings
+from fastai_serving_shim.status import metadata_body, resolve_version
+from fastai_serving_shim.upstream import TorchServeClient, has_ready_worker
 
 # What TorchServe serves changes only on a reload: the prediction path reads it from here
 # rather than asking the management API on every request. A name not found asks again at once.

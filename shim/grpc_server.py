@@ -1,6 +1,6 @@
 """The gRPC front: TF Serving's gRPC API on port 8500, beside the REST shim, from the same TorchServe.
 
-`python -m shim.grpc_server` serves with the shim's settings (FASTAI_SERVING_* variables);
+`python -m fastai_serving_shim.grpc_server` serves with the shim's settings (FASTAI_SERVING_* variables);
 scripts/serve starts it. Besides TF Serving's PredictionService and ModelService it serves
 gRPC's standard health service (Kubernetes gRPC probes: SERVING while every model has a ready
 worker) and server reflection (grpcurl lists and calls the API). On SIGTERM it reports
@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha import reflection
 
 from fastai_serving.errors import ServingError
 from fastai_serving_protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
-from shim.app import Shim
-from shim.grpc_services import ModelService, PredictionService, Unimplemented
-from shim.settings import Settings
+from fastai_serving_shim.app import Shim
+from fastai_serving_shim.grpc_services import ModelService, PredictionService, Unimplemented
+from fastai_serving_shim.settings import Settings
 
 logger = logging.getLogger("fastai_serving.grpc")
 

@@ -30,10 +30,10 @@ from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType
 from fastai_serving_protos.tensorflow_error_pb2 import Code
-from shim.app import Shim
-from shim.errors import ShimError
-from shim.grpc_errors import answers_errors
-from shim.grpc_tensors import (
+from fastai_serving_shim.app import Shim
+from fastai_serving_shim.errors import ShimError
+from fastai_serving_shim.grpc_errors import answers_errors
+from fastai_serving_shim.grpc_tensors import (
     images_of_examples,
     images_of_inputs,
     model_spec,
@@ -41,9 +41,9 @@ from shim.grpc_tensors import (
     struct_of,
     tensor_of,
 )
-from shim.relay import upstream_error
-from shim.status import signature_output, status_body, tf_version
-from shim.upstream import UpstreamAnswer
+from fastai_serving_shim.relay import upstream_error
+from fastai_serving_shim.status import signature_output, status_body, tf_version
+from fastai_serving_shim.upstream import UpstreamAnswer
 
 SIGNATURE_DEF = "signature_def"  # TF Serving's one metadata field
 FASTAI = "fastai"  # ours: the handler's description (task, classes in output order, input), as a Struct

@@ -4,7 +4,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from shim.settings import Settings
+from fastai_serving_shim.settings import Settings
 
 _settings = Settings.from_env()
 # prometheus_client's multiprocess mode: each worker writes its metrics here; /metrics sums them.

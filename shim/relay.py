@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Response
 
-from shim import metrics
-from shim.errors import ShimError
-from shim.upstream import UpstreamAnswer
+from fastai_serving_shim import metrics
+from fastai_serving_shim.errors import ShimError
+from fastai_serving_shim.upstream import UpstreamAnswer
 
 JSON = "application/json"
 

@@ -8,10 +8,10 @@ from importlib import resources
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from fastai_serving.contract import PREDICT, VERBS, check_model_name, read_body
-from shim import metrics
-from shim.errors import ShimError
-from shim.relay import relay
-from shim.status import readiness_body, status_body
+from fastai_serving_shim import metrics
+from fastai_serving_shim.errors import ShimError
+from fastai_serving_shim.relay import relay
+from fastai_serving_shim.status import readiness_body, status_body
 
 api = Blueprint("api", __name__)
 
@@ -150,4 +150,6 @@ def model_metadata(model: str, version: str | None) -> Response:
 @api.get("/openapi.yaml")
 def openapi_document() -> Response:
     label("/openapi.yaml")
-    return Response(resources.files("shim").joinpath("openapi.yaml").read_bytes(), mimetype="application/yaml")
+    return Response(
+        resources.files("fastai_serving_shim").joinpath("openapi.yaml").read_bytes(), mimetype="application/yaml"
+    )

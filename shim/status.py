@@ -16,8 +16,8 @@ from fastai_serving.contract import (
     SEGMENTATION,
     check_url_version,
 )
-from shim.errors import ShimError
-from shim.upstream import has_ready_worker
+from fastai_serving_shim.errors import ShimError
+from fastai_serving_shim.upstream import has_ready_worker
 
 
 def tf_version(torchserve_version: str) -> str:

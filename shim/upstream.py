@@ -12,9 +12,9 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from fastai_serving.contract import TASK_HEADER, VERB_HEADER, VERSION_HEADER
-from shim import metrics
-from shim.errors import ShimError
-from shim.settings import Settings
+from fastai_serving_shim import metrics
+from fastai_serving_shim.errors import ShimError
+from fastai_serving_shim.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
 JSON = "application/json"

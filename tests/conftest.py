@@ -68,7 +68,7 @@ class Lazily(Mapping):
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory) -> Path:
     """The README's demo: digits from scikit-learn, trained offline. Returns its folder."""
-    from harness.demo import train_digits
+    from fastai_serving_scripts.demo import train_digits
 
     out = tmp_path_factory.mktemp("demo")
     _, accuracy = train_digits(out)

@@ -1,4 +1,4 @@
-"""A fake of `shim.upstream.TorchServeClient`'s model table, for the in-process tests of one front.
+"""A fake of `fastai_serving_shim.upstream.TorchServeClient`'s model table, for the in-process tests of one front.
 
 It answers what TorchServe's management API would (models, their versions, what each
 describes) from a table, and records every call. Each front's tests add the `predict`
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shim.errors import ShimError
+from fastai_serving_shim.errors import ShimError
 
 DESCRIBED = {
     "classification": {"task": "classification", "classes": ["cat", "dog"], "input": "image", "precision": "fp32"},

@@ -373,7 +373,7 @@ def test_reflection_lists_the_services(torchserve):
 
 
 def start_front(tmp_path, **settings: str) -> tuple[subprocess.Popen, str]:
-    """`python -m shim.grpc_server` alone, with FASTAI_SERVING_* settings, as scripts/serve starts it."""
+    """`python -m fastai_serving_shim.grpc_server` alone, with FASTAI_SERVING_* settings, as scripts/serve starts it."""
     port = free_port()
     environment = {
         **os.environ,
@@ -383,7 +383,10 @@ def start_front(tmp_path, **settings: str) -> tuple[subprocess.Popen, str]:
     }
     with open(tmp_path / "grpc.out", "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "shim.grpc_server"], env=environment, stdout=output, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "fastai_serving_shim.grpc_server"],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=60)

@@ -1,6 +1,6 @@
 """The gRPC front in-process: a real gRPC server on a loopback port, our own stubs, a fake TorchServe client.
 
-The fake stands in for `shim.upstream.TorchServeClient` alone (as in tests/test_shim_app.py): it
+The fake stands in for `fastai_serving_shim.upstream.TorchServeClient` alone (as in tests/test_shim_app.py): it
 answers from a table and records every call, so these tests show what the gRPC front sends
 upstream and how each answer and error becomes a TF Serving message or status code.
 tests/test_grpc.py drives the same server with TF Serving's own client against a real TorchServe.
@@ -31,13 +31,13 @@ from fastai_serving_protos.tensorflow_core_pb2 import (
     TensorProto,
     TensorShapeProto,
 )
-from shim.app import Shim
-from shim.errors import ShimError
-from shim.grpc_errors import grpc_code
-from shim.grpc_server import GrpcFront
-from shim.settings import Settings
-from shim.status import metadata_body
-from shim.upstream import UpstreamAnswer
+from fastai_serving_shim.app import Shim
+from fastai_serving_shim.errors import ShimError
+from fastai_serving_shim.grpc_errors import grpc_code
+from fastai_serving_shim.grpc_server import GrpcFront
+from fastai_serving_shim.settings import Settings
+from fastai_serving_shim.status import metadata_body
+from fastai_serving_shim.upstream import UpstreamAnswer
 
 PNG = b"\x89PNG\r\n\x1a\n-pretend-image"
 

@@ -35,7 +35,7 @@ def reload(servers: Servers, model: str, archive: Path, *flags: str) -> subproce
 @pytest.fixture(scope="module")
 def second_version(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     """Another digits Learner (other seed, fewer epochs: other probabilities) and, per model, its 2.0 archive."""
-    from harness.demo import train_digits
+    from fastai_serving_scripts.demo import train_digits
 
     folder = tmp_path_factory.mktemp("digits-v2")
     export_path, _ = train_digits(folder / "learner", epochs=2, seed=1)

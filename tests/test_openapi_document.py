@@ -8,7 +8,7 @@ import yaml
 
 from fastai_serving.contract import VERBS
 
-PATHS = yaml.safe_load(resources.files("shim").joinpath("openapi.yaml").read_text())["paths"]
+PATHS = yaml.safe_load(resources.files("fastai_serving_shim").joinpath("openapi.yaml").read_text())["paths"]
 
 
 def test_every_verb_is_documented_for_a_model_and_for_one_version():

@@ -701,7 +701,7 @@ def test_the_client_imports_neither_torch_nor_fastai_nor_the_server():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     )
     assert "fastai_serving_client" in loaded
-    assert not loaded & {"torch", "fastai", "fastai_serving", "shim", "numpy", "PIL", "harness"}
+    assert not loaded & {"torch", "fastai", "fastai_serving", "fastai_serving_shim", "numpy", "PIL", "harness"}
 
 
 def test_rest_runs_never_import_grpc_so_the_client_installs_without_it():

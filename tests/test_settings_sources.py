@@ -12,7 +12,7 @@ import pytest
 from fastai_serving import defaults
 from fastai_serving_client import cli as predict_batch
 from fastai_serving_scripts import PROJECT_ROOT, make_archive, serve
-from shim.settings import Settings, env_name
+from fastai_serving_shim.settings import Settings, env_name
 
 README = (PROJECT_ROOT / "README.md").read_text()
 

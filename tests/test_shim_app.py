@@ -1,6 +1,6 @@
 """The shim in-process: Flask's test client in front of a fake TorchServe client (no server, no Java).
 
-The fake stands in for `shim.upstream.TorchServeClient` alone: it answers from a table of
+The fake stands in for `fastai_serving_shim.upstream.TorchServeClient` alone: it answers from a table of
 models and records every call, so these tests show what the shim asks TorchServe and how
 it maps each answer. tests/test_shim.py drives the same routes against a real TorchServe.
 """
@@ -16,12 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastai_serving.contract import read_body
 from fastai_serving.errors import BadInput
-from shim.app import create_app
-from shim.errors import ShimError
-from shim.relay import relay
-from shim.settings import Settings
-from shim.status import metadata_body, resolve_version, status_body
-from shim.upstream import UpstreamAnswer, model_path
+from fastai_serving_shim.app import create_app
+from fastai_serving_shim.errors import ShimError
+from fastai_serving_shim.relay import relay
+from fastai_serving_shim.settings import Settings
+from fastai_serving_shim.status import metadata_body, resolve_version, status_body
+from fastai_serving_shim.upstream import UpstreamAnswer, model_path
 
 BODY = json.dumps({"instances": [{"b64": "aGk="}]}).encode()
 PREDICTIONS = b'{"predictions": [[0.25, 0.75]]}'
