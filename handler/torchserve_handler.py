@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from fastai_serving.aot import load_package
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
 from fastai_serving.compiled import compile_learner
 from fastai_serving.contract import PREDICT, TASK_HEADER, VERB_HEADER, VERSION_HEADER
@@ -64,7 +65,11 @@ class FastaiHandler:
                 f"make-archive found a {self.settings.kind} Learner in {serialized_file}, this worker a "
                 f"{self.served.kind} one: rebuild the archive with this version of fastai-serving"
             )
-        if self.settings.compile:  # before the worker says it is ready: no request ever waits for a compile
+        if self.settings.aot_dir:  # compiled at archive time: loaded, never compiled here
+            self.served.compile_report = load_package(
+                self.served, model_dir / self.settings.aot_dir, self.settings.max_batch
+            )
+        elif self.settings.compile:  # before the worker says it is ready: no request ever waits for a compile
             self.served.compile_report = compile_learner(self.served, self.settings.max_batch)
         self.initialized = True
         logger.info(

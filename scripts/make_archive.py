@@ -19,6 +19,7 @@ import yaml
 
 import fastai_serving
 from fastai_serving import defaults
+from fastai_serving.aot import AOT_DIR_IN_ARCHIVE, build_package
 from fastai_serving.compiled import batch_sizes, compile_learner
 from fastai_serving.contract import MODEL_NAME
 from fastai_serving.errors import ModelError
@@ -80,11 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.COMPILE,
-        help="torch.compile the model when a worker starts, warmed for every batch size before it takes "
-        "requests; tried here first (default: off)",
+        nargs="?",
+        choices=defaults.COMPILE_MODES,
+        const=defaults.COMPILE_MODE,
+        default=None,
+        help="aot: compile the model here, once, with AOTInductor, checked against eager; workers load it "
+        "without compiling (build the archive on the kind of machine that serves it). worker: torch.compile "
+        "in every worker at start, warmed for every batch size, tried here first. Alone: %(const)s "
+        "(default: off; docs/compile.md)",
     )
+    parser.add_argument("--no-compile", dest="compile", action="store_const", const=None, help="eager (the default)")
     parser.add_argument(
         "--compile-fallback",
         action="store_true",
@@ -135,7 +141,8 @@ def model_config(args: argparse.Namespace, kind: str) -> dict:
             "utils_dir": UTILS_DIR_IN_ARCHIVE if args.utils else "",
             "precision": args.precision,
             "channels_last": args.channels_last,
-            "compile": args.compile,
+            "compile": args.compile == "worker",
+            "aot_dir": AOT_DIR_IN_ARCHIVE if args.compile == "aot" else "",
         },
     }
 
@@ -159,14 +166,36 @@ def try_compile(args: argparse.Namespace) -> None:
         print(
             f"make-archive: it compiles ({report.seconds:.0f} s here); each worker compiles it before taking requests"
         )
-    elif args.compile_fallback:
-        print(f"make-archive: it does not compile ({report.error}); archiving it eager (--compile-fallback)")
-        args.compile = False
     else:
+        _compile_failed(args, report.error)
+
+
+def try_aot(args: argparse.Namespace, folder: Path) -> None:
+    """Compile the model ahead of time into `folder` (checked against eager); refuse, or fall back, if it fails."""
+    served = load_learner(
+        args.learner, "cpu", args.utils.resolve() if args.utils else None, args.precision, args.channels_last
+    )
+    print(f"make-archive: compiling the model ahead of time for batches of 1 to {args.max_batch} (a minute, once)")
+    report = build_package(served, args.max_batch, folder)
+    if report.compiled:
+        built_for = ", ".join(f"{key} {value}" for key, value in report.built_for.items() if value)
+        print(
+            f"make-archive: it compiles ({report.seconds:.0f} s here) and answers as eager; built for {built_for}: "
+            "workers on another kind of machine serve it eager"
+        )
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        _compile_failed(args, report.error)
+
+
+def _compile_failed(args: argparse.Namespace, error: str) -> None:
+    if not args.compile_fallback:
         raise SystemExit(
-            f"make-archive: --compile: the model does not compile ({report.error}); "
+            f"make-archive: --compile {args.compile}: the model does not compile ({error}); "
             "archive it without --compile, or pass --compile-fallback to archive it eager"
         )
+    print(f"make-archive: it does not compile ({error}); archiving it eager (--compile-fallback)")
+    args.compile = None
 
 
 def make_archive(args: argparse.Namespace) -> Path:
@@ -176,12 +205,14 @@ def make_archive(args: argparse.Namespace) -> Path:
     except ModelError as error:
         raise SystemExit(f"make-archive: {error}") from None
     print(f"make-archive: {args.learner.name}: {served.kind} {served.task}, {_outputs(served)}")
-    if args.compile:
+    if args.compile == "worker":
         try_compile(args)
     args.store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="make-archive-") as tmp:
         staging = Path(tmp) / "extra"
         stage_extra_files(staging, args.utils)
+        if args.compile == "aot":
+            try_aot(args, staging / AOT_DIR_IN_ARCHIVE)
         config_file = Path(tmp) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config(args, served.kind), sort_keys=False))
         command = [

@@ -90,7 +90,7 @@ def test_a_model_that_does_not_compile_stays_eager_and_says_why(uncompilable):
 
 
 def test_make_archive_refuses_a_model_that_does_not_compile_unless_told_to_fall_back(uncompilable, tmp_path):
-    flags = ["--utils", str(learners.UTILS_DIR), "--compile", "--max-batch", str(MAX_BATCH)]
+    flags = ["--utils", str(learners.UTILS_DIR), "--compile", "worker", "--max-batch", str(MAX_BATCH)]
     refused = make_archive("uncompilable", uncompilable, tmp_path, *flags)
     assert refused.returncode != 0 and "does not compile" in refused.stderr and "--compile-fallback" in refused.stderr
     assert not (tmp_path / "uncompilable.mar").exists()
@@ -103,7 +103,9 @@ def test_make_archive_refuses_a_model_that_does_not_compile_unless_told_to_fall_
 @pytest.fixture(scope="module")
 def compiled_servers(tmp_path_factory, small_learners):
     store = tmp_path_factory.mktemp("compiled-store")
-    made = make_archive("compiled", small_learners["classifier"], store, "--compile", "--max-batch", str(MAX_BATCH))
+    made = make_archive(
+        "compiled", small_learners["classifier"], store, "--compile", "worker", "--max-batch", str(MAX_BATCH)
+    )
     assert made.returncode == 0 and "it compiles" in made.stdout, made.stderr
     servers = Servers(model_store=store, log_dir=tmp_path_factory.mktemp("compiled-logs")).start(["compiled"])
     yield servers

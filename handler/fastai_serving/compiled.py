@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,19 @@ RESIZING = ("Resize", "RandomResizedCrop", "RandomResizedCropGPU", "CropPad", "R
 
 @dataclass
 class CompileReport:
-    """What became of a compile: done (with its time and batch sizes), or not, and why."""
+    """What became of a compile: done (with its time and batch sizes), or not, and why.
+
+    `mode`: "worker" (torch.compile in the worker), "aot" (the archive's AOTInductor package) or "eager"
+    (an AOT archive's worker that fell back); for AOT, the machine the package was built for and this one.
+    """
 
     compiled: bool
     seconds: float = 0.0
     batch_sizes: tuple[int, ...] = ()
     error: str = ""
+    mode: str = "worker"
+    built_for: dict[str, str] = field(default_factory=dict)
+    machine: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """For the model's metadata; `compiled_graphs` counts every graph compiled so far, so a request that compiled shows."""
@@ -54,6 +61,12 @@ class CompileReport:
             }
         if self.error:
             described["compile_error"] = self.error
+        report: dict[str, Any] = {"mode": self.mode if self.compiled or self.mode != "worker" else "eager"}
+        if self.mode in ("aot", "eager"):
+            report |= {"built_for": self.built_for, "this_machine": self.machine}
+        if self.error:
+            report["fallback"] = self.error
+        described["compile"] = report
         return described
 
 

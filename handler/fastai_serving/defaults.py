@@ -45,6 +45,8 @@ TORCH_THREADS = 0  # torch threads per worker; 0: the machine's cores ÷ the mod
 PRECISION = "fp32"
 CHANNELS_LAST = True  # the model's weights channels-last: same results to float rounding, faster on CPU
 COMPILE = False  # torch.compile the model at worker start (opt-in: README, "Performance")
+COMPILE_MODES = ("aot", "worker")  # make-archive --compile MODE: at archive time (AOTInductor), or in each worker
+COMPILE_MODE = "aot"  # what --compile alone means: starts as fast as eager and serves faster (docs/compile.md)
 MODEL_VERSION = "1.0"
 
 # --- The shim's processes -----------------------------------------------------------------------

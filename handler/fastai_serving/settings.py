@@ -28,6 +28,7 @@ class HandlerSettings:
     precision: str = defaults.PRECISION  # "bf16": bfloat16 autocast, where the device has fast bf16
     channels_last: bool = defaults.CHANNELS_LAST  # the model's weights channels-last (faster on CPU, same results)
     compile: bool = defaults.COMPILE  # torch.compile at worker start, warmed for every batch size
+    aot_dir: str = ""  # folder inside the archive holding an AOTInductor package (make-archive --compile aot)
     kind: str = ""  # the Learner's kind as make-archive found it; the worker checks it finds the same
 
     @classmethod

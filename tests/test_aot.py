@@ -1,0 +1,150 @@
+"""Archives compiled ahead of time (make-archive --compile aot): answer as eager, load without compiling, fall back.
+
+Each AOT build takes tens of seconds on two cores, so every archive here is built once for
+the module (make-archive's own check against eager runs in each build), and one TorchServe
+serves all four vision kinds, plus a copy of the classifier's archive whose record names
+another CPU.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+import yaml
+
+from fastai_serving.aot import AOT_DIR_IN_ARCHIVE, BUILT_FOR_FILE, this_machine
+from fastai_serving.learner import load_learner
+from fastai_serving.predict import decode_images, predict_images
+from harness.servers import Servers, make_archive
+
+pytestmark = pytest.mark.e2e
+
+MAX_BATCH = 2  # batches of 1 and 2 images from one package, and a tail of 1
+KINDS = ["classifier", "multilabel", "regressor", "segmenter"]
+ELSEWHERE = "classifier_elsewhere"  # the classifier's archive, its record edited to another CPU kind
+
+
+def images_of(export_path: Path) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((export_path.parent / "images").glob("*.png"))[:5]]
+
+
+def eager_outputs(export_path: Path, images: list[bytes]) -> torch.Tensor:
+    served = load_learner(export_path)
+    decoded = decode_images(images, [f"image {i}" for i in range(len(images))])
+    return torch.stack([prediction.output for prediction in predict_images(served, decoded, MAX_BATCH)])
+
+
+def with_record_edited(archive: Path, name: str, **changes: str) -> None:
+    """A copy of `archive` as model `name`, its recorded machine kind with `changes` (as if built elsewhere)."""
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(archive.with_name(f"{name}.mar"), "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == f"{AOT_DIR_IN_ARCHIVE}/{BUILT_FOR_FILE}":
+                data = json.dumps(json.loads(data) | changes).encode()
+            elif item.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = name
+                data = json.dumps(manifest).encode()
+            target.writestr(item, data)
+
+
+@pytest.fixture(scope="module")
+def aot_store(tmp_path_factory, small_learners) -> Path:
+    store = tmp_path_factory.mktemp("aot-store")
+    for kind in KINDS:
+        made = make_archive(kind, small_learners[kind], store, "--compile", "aot", "--max-batch", str(MAX_BATCH))
+        assert made.returncode == 0 and "answers as eager" in made.stdout, made.stderr
+    with_record_edited(store / "classifier.mar", ELSEWHERE, cpu_capability="ANOTHER_ISA")
+    return store
+
+
+@pytest.fixture(scope="module")
+def aot_servers(tmp_path_factory, aot_store):
+    """The AOT archives served, with an empty inductor cache: anything a worker compiled would land there."""
+    cache = tmp_path_factory.mktemp("aot-worker-cache")
+    servers = Servers(model_store=aot_store, log_dir=tmp_path_factory.mktemp("aot-logs"))
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        servers.start([*KINDS, ELSEWHERE], timeout_s=600)
+    servers.inductor_cache = cache
+    yield servers
+    servers.stop()
+
+
+def described(servers: Servers, model: str) -> dict:
+    return requests.get(f"{servers.shim}/v1/models/{model}/metadata", timeout=60).json()["metadata"]["fastai"]
+
+
+def predicted(servers: Servers, model: str, images: list[bytes]) -> torch.Tensor:
+    body = {"instances": [{"b64": base64.b64encode(image).decode()} for image in images]}
+    answer = requests.post(f"{servers.shim}/v1/models/{model}:predict", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return torch.tensor(answer.json()["predictions"], dtype=torch.float32)
+
+
+def test_an_aot_archive_holds_its_package_and_the_machine_kind_it_was_built_for(aot_store):
+    with zipfile.ZipFile(aot_store / "classifier.mar") as archive:
+        names = set(archive.namelist())
+        record = json.loads(archive.read(f"{AOT_DIR_IN_ARCHIVE}/{BUILT_FOR_FILE}"))
+        settings = yaml.safe_load(archive.read("model-config.yaml"))["handler"]
+    assert f"{AOT_DIR_IN_ARCHIVE}/model.pt2" in names
+    assert record == this_machine(torch.device("cpu"), "fp32").describe()
+    assert settings["aot_dir"] == AOT_DIR_IN_ARCHIVE and settings["compile"] is False
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_vision_kind_served_from_its_package_answers_as_eager_within_1e_4(aot_servers, small_learners, kind):
+    images = images_of(small_learners[kind])  # five: two full batches and a tail
+    eager = eager_outputs(small_learners[kind], images)
+    report = described(aot_servers, kind)
+    assert report["compiled"] is True and report["compile"]["mode"] == "aot", report
+    for count in (1, 2, 5):
+        assert (predicted(aot_servers, kind, images[:count]) - eager[:count]).abs().max() < 1e-4
+
+
+def test_workers_load_the_package_without_compiling(aot_servers):
+    log = aot_servers.model_log()
+    assert log.count("loaded the AOT package") == len(KINDS)
+    assert "compiled the model" not in log  # the in-worker mode's line
+    assert all(described(aot_servers, kind)["compiled_graphs"] == 0 for kind in KINDS)  # dynamo ran nothing
+    assert not any(aot_servers.inductor_cache.iterdir())  # inductor wrote nothing: it compiled nothing
+
+
+def test_a_package_built_for_another_cpu_is_served_eager_and_says_so(aot_servers, small_learners):
+    report = described(aot_servers, ELSEWHERE)
+    assert report["compiled"] is False and report["compile"]["mode"] == "eager"
+    assert report["compile"]["built_for"]["cpu_capability"] == "ANOTHER_ISA"
+    assert "cpu_capability 'ANOTHER_ISA'" in report["compile"]["fallback"]
+    assert "serves the model eager: the package was built for another machine" in aot_servers.model_log()
+    images = images_of(small_learners["classifier"])
+    eager = eager_outputs(small_learners["classifier"], images)
+    assert (predicted(aot_servers, ELSEWHERE, images) - eager).abs().max() < 1e-5
+
+
+def test_make_archive_refuses_a_model_that_does_not_export_unless_told_to_fall_back(tmp_path, small_learners):
+    flags = ["--compile", "aot"]
+    refused = make_archive("tabular", small_learners["tabular"], tmp_path, *flags)
+    assert refused.returncode != 0 and "does not compile" in refused.stderr and "--compile-fallback" in refused.stderr
+    assert "runs eager" in refused.stderr  # the reason: a tabular forward takes fastai's own batch
+    assert not (tmp_path / "tabular.mar").exists()
+    eager = make_archive("tabular", small_learners["tabular"], tmp_path, *flags, "--compile-fallback")
+    assert eager.returncode == 0 and "archiving it eager" in eager.stdout
+    with zipfile.ZipFile(tmp_path / "tabular.mar") as archive:
+        settings = yaml.safe_load(archive.read("model-config.yaml"))["handler"]
+        assert settings["aot_dir"] == "" and not any(name.startswith("aot/") for name in archive.namelist())
+
+
+def test_compile_alone_means_aot(tmp_path):
+    from fastai_serving_scripts.make_archive import parse_args
+
+    learner = ["--name", "m", "--learner", str(tmp_path / "export.pkl")]
+    assert parse_args([*learner, "--compile"]).compile == "aot"
+    assert parse_args([*learner, "--compile", "worker"]).compile == "worker"
+    assert parse_args([*learner, "--no-compile"]).compile is None
