@@ -14,7 +14,9 @@ Rows (same Learner, same images, one run):
                    rows 6 and 6g take turns, one request per client each, so a busy machine slows both alike
   6a, 6b           row 6 with --no-channels-last (fastai's plain fp32) and with --precision bf16
   1c, 1d           the ceilings compiled: torch.compile's forward in fp32 and in bf16
-  6c, 6d           row 6 and 6b with --compile: the worker compiles and warms the model before it is ready
+  6c, 6d           row 6 and 6b with --compile worker: the worker compiles and warms the model before it is ready
+  1e               the AOT ceiling: the forward of the AOTInductor package make-archive --compile aot builds
+  6e               row 6 with --compile aot: the archive's package, loaded by the worker without compiling
 Every archive's server is started twice, and both starts are timed: with an empty torch.compile
 cache, and again with the cache the first start left (a restarted worker's case).
   7 predict-batch  scripts/predict-batch through the shim: the same tiles as files in a folder, read, sent
@@ -200,6 +202,21 @@ def row_ceiling_compiled(export_path: Path, device: str, tiles: list[bytes], bat
     )
 
 
+def row_ceiling_aot(export_path: Path, device: str, tiles: list[bytes], batch: int, folder: Path) -> Row:
+    """The AOT archive's ceiling: the forward of the package make-archive --compile aot builds (fp32)."""
+    from fastai_serving.aot import build_package, load_package
+    from fastai_serving.learner import load_learner
+
+    served = load_learner(export_path, device, precision=FP32)
+    built = build_package(served, batch, folder)
+    if not built.compiled:
+        raise SystemExit(f"bench: the AOT package failed: {built.error}")
+    load_package(served, folder, batch)
+    seconds, peak = timed_forward(served, tiles, batch)
+    note = f"batch {batch}, package built in {built.seconds:.0f} s"
+    return Row("1e ceiling fp32: AOT forward", len(tiles), seconds, peak_rss_mb=peak, note=note, precision=FP32)
+
+
 def row_get_preds(served, tiles: list[bytes], batch: int) -> Row:
     learn = served.learn
     with PeakRss([psutil.Process().pid]) as rss:
@@ -338,9 +355,12 @@ ARCHIVES = {
     "default": ([], "6 shim -> TorchServe"),
     "contiguous": (["--no-channels-last"], "6a shim, --no-channels-last"),
     "bf16": (["--precision", "bf16"], "6b shim, --precision bf16"),
-    "compiled": (["--compile"], "6c shim, --compile"),
-    "compiled-bf16": (["--compile", "--precision", "bf16"], "6d shim, --compile, bf16"),
+    "compiled": (["--compile", "worker"], "6c shim, --compile worker"),
+    "compiled-bf16": (["--compile", "worker", "--precision", "bf16"], "6d shim, --compile worker, bf16"),
+    "aot": (["--compile", "aot"], "6e shim, --compile aot"),
 }
+# --only compile: the archives and ceilings the compile modes are compared on.
+COMPILE_ARCHIVES = ("default", "compiled", "aot")
 
 
 def served_description(servers: Servers) -> dict:
@@ -457,7 +477,9 @@ def served_probabilities(servers: Servers, tiles: list[bytes]) -> list[list[floa
 
 def ceiling_of(row: Row, rows: list[Row]) -> Row:
     """The ceiling a row is held to: the one of its precision, compiled or not as the row is."""
-    ceilings = [r for r in rows if r.name.startswith("1")]
+    if row.name.startswith(("1e", "6e")):  # the AOT rows: their own ceiling
+        return next(r for r in rows if r.name.startswith("1e"))
+    ceilings = [r for r in rows if r.name.startswith("1") and not r.name.startswith("1e")]
     return next(r for r in ceilings if (r.precision, r.compiled) == (row.precision, row.compiled))
 
 
@@ -512,6 +534,22 @@ def print_targets(rows: list[Row], overhead: tuple[float, float], answers: dict[
         ("bf16 largest probability difference", largest_difference(answers["bf16"], fp32), "(stated)"),
     ]
     print("\n| target | this run | wanted |\n|---|---|---|")
+    for name, value, wanted in checks:
+        print(f"| {name} | {value:.3g} | {wanted} |")
+
+
+def print_compile_targets(rows: list[Row], starts: dict[str, tuple[float, float]]) -> None:
+    """The AOT mode's targets (issue 22), as ratios from this run."""
+    speed = {row.name.split()[0]: row.images_per_s for row in rows}
+    checks = [
+        ("AOT first start / eager first start", starts["aot"][0] / starts["default"][0], "<= 1.5"),
+        ("AOT restart / eager restart", starts["aot"][1] / starts["default"][1], "<= 1.5"),
+        ("row 6e AOT fp32 / row 6 eager fp32", speed["6e"] / speed["6"], ">= 1.12"),
+        ("row 6e AOT / row 6c --compile worker", speed["6e"] / speed["6c"], ">= 1"),
+        ("row 6e / its ceiling (1e)", speed["6e"] / speed["1e"], ">= 0.9"),
+        ("row 1e AOT ceiling / row 1 eager ceiling", speed["1e"] / speed["1"], "(stated)"),
+    ]
+    print("\n| AOT target | this run | wanted |\n|---|---|---|")
     for name, value, wanted in checks:
         print(f"| {name} | {value:.3g} | {wanted} |")
 
@@ -721,7 +759,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--instances", type=int, default=8)
     parser.add_argument(
-        "--only", choices=["vision", "kinds"], help="one table: the vision Learner's, or the tabular and text one"
+        "--only",
+        choices=["vision", "kinds", "compile"],
+        help="one table: the vision Learner's, the tabular and text one, or the compile modes' (eager, worker, aot)",
     )
     parser.add_argument(
         "--kinds-threads",
@@ -738,27 +778,32 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
-        if args.only != "vision":
+        if args.only not in ("vision", "compile"):
             kinds, profile = rows_tabular_and_text(tmp, args.device, args.clients, args.quick, args.kinds_threads)
             if args.only == "kinds":
                 print_kinds_table(kinds, profile)
                 return
         export_path = make_learner(tmp / "learner")
         tiles = make_tiles(images)
+        only_compile = args.only == "compile"
         rows = [
             row_ceiling_fp32(export_path, args.device, tiles, batch),
-            row_ceiling_bf16(export_path, args.device, tiles, batch),
+            *([] if only_compile else [row_ceiling_bf16(export_path, args.device, tiles, batch)]),
             row_ceiling_compiled(export_path, args.device, tiles, batch, FP32),
-            row_ceiling_compiled(export_path, args.device, tiles, batch, BF16),
+            *([] if only_compile else [row_ceiling_compiled(export_path, args.device, tiles, batch, BF16)]),
+            row_ceiling_aot(export_path, args.device, tiles, batch, tmp / "aot-ceiling"),
         ]
         plain = load_learner(export_path, args.device, channels_last=False)  # fastai as it loads a Learner
         rows.append(row_get_preds(plain, tiles, batch))
         rows.append(row_predict_loop(plain, tiles[: max(8, images // 4)]))
         del plain
-        rows.append(row_original(export_path, tiles, args.clients, args.instances, per_client))
+        if not only_compile:
+            rows.append(row_original(export_path, tiles, args.clients, args.instances, per_client))
         overhead, answers, starts = None, {}, {}
         # The default archive (fp32, channels-last) gives rows 5 and 6; the variants run through the shim too.
         for key, (flags, _) in ARCHIVES.items():
+            if only_compile and key not in COMPILE_ARCHIVES:
+                continue
             store = tmp / f"store-{key}"
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / f"cache-archive-{key}")  # make-archive's trial compile
             made = make_archive("bench", export_path, store, *flags)
@@ -772,7 +817,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 rows += rows_served(servers, tiles, args.clients, args.instances, per_client, key)
                 answers[key] = served_probabilities(servers, tiles)
-                if key == "default":
+                if key == "default" and not only_compile:
                     overhead = one_image_overhead(servers, tiles[0], 10 if args.quick else 30)
                     rows.append(
                         row_predict_batch(
@@ -783,6 +828,11 @@ def main(argv: list[str] | None = None) -> None:
                 servers.stop()
         rows.sort(key=lambda row: row.name)
         print_table(rows, machine_description(args.device))
+        if only_compile:
+            print(f"\nload: {args.clients} clients x {args.instances} instances per request")
+            print_starts(starts)
+            print_compile_targets(rows, starts)
+            return
         print(
             f"\nload: {args.clients} clients x {args.instances} instances per request; "
             f"one-image p50: TorchServe {overhead[0]:.1f} ms, shim {overhead[1]:.1f} ms "
@@ -790,6 +840,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print_starts(starts)
         print_targets(rows, overhead, answers)
+        print_compile_targets(rows, starts)
         if args.only is None:
             print_kinds_table(kinds, profile)
 

@@ -90,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
         "in every worker at start, warmed for every batch size, tried here first. Alone: %(const)s "
         "(default: off; docs/compile.md)",
     )
-    parser.add_argument("--no-compile", dest="compile", action="store_const", const=None, help="eager (the default)")
     parser.add_argument(
         "--compile-fallback",
         action="store_true",

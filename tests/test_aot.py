@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -147,4 +146,4 @@ def test_compile_alone_means_aot(tmp_path):
     learner = ["--name", "m", "--learner", str(tmp_path / "export.pkl")]
     assert parse_args([*learner, "--compile"]).compile == "aot"
     assert parse_args([*learner, "--compile", "worker"]).compile == "worker"
-    assert parse_args([*learner, "--no-compile"]).compile is None
+    assert parse_args(learner).compile is None

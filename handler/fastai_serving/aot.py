@@ -179,7 +179,7 @@ def build_package(served: ServedLearner, max_batch: int, folder: Path) -> Compil
 
 
 def check_against_eager(served: ServedLearner, model: nn.Module, max_batch: int) -> str:
-    """"" if `model` answers sample images as the eager model does (fp32: within 1e-4; bf16: the same decoded
+    """ "" if `model` answers sample images as the eager model does (fp32: within 1e-4; bf16: the same decoded
     answers for 99% of outputs), else what differed. Sizes: one image, a full batch and a tail."""
     from .predict import predict_images
 
@@ -270,4 +270,3 @@ def _eager(served: ServedLearner, reason: str, built_for: MachineKind | None, he
         built_for=built_for.describe() if built_for else {},
         machine=here.describe(),
     )
-

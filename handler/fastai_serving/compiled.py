@@ -55,8 +55,8 @@ class CompileReport:
         described: dict[str, Any] = {"compiled": self.compiled}
         if self.compiled:
             described |= {
-                "compile_seconds": round(self.seconds, 1),
-                "compiled_batch_sizes": list(self.batch_sizes),
+                "compile_seconds": round(self.seconds if self.mode == "worker" else 0.0, 1),
+                "compiled_batch_sizes": list(self.batch_sizes),  # aot: the smallest and largest batch
                 "compiled_graphs": compiled_graphs(),
             }
         if self.error:
@@ -64,6 +64,8 @@ class CompileReport:
         report: dict[str, Any] = {"mode": self.mode if self.compiled or self.mode != "worker" else "eager"}
         if self.mode in ("aot", "eager"):
             report |= {"built_for": self.built_for, "this_machine": self.machine}
+        if self.compiled and self.mode == "aot":
+            report["load_seconds"] = round(self.seconds, 2)  # the package's load and warm-up in this worker
         if self.error:
             report["fallback"] = self.error
         described["compile"] = report
