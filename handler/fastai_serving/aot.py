@@ -152,7 +152,7 @@ def build_package(served: ServedLearner, max_batch: int, folder: Path) -> Compil
         return CompileReport(compiled=False, error=reason, mode="aot")
     body, tail = split_fastai_cast(served.learn.model)
     exported_model = _Autocast(body, served.device.type) if served.precision == BF16 else body
-    example = _example_batch(served, min(max_batch, 2))
+    example = _example_batch(served, 2)  # two rows: a batch of one would make export specialise the dimension
     try:
         batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
         with torch.no_grad():
