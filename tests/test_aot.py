@@ -36,10 +36,27 @@ def images_of(export_path: Path) -> list[bytes]:
     return [path.read_bytes() for path in sorted((export_path.parent / "images").glob("*.png"))[:5]]
 
 
-def eager_outputs(export_path: Path, images: list[bytes]) -> torch.Tensor:
+def eager_predictions(export_path: Path, images: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager model's outputs (probabilities, scores, values) and decoded answers (a segmenter's mask)."""
     served = load_learner(export_path)
-    decoded = decode_images(images, [f"image {i}" for i in range(len(images))])
-    return torch.stack([prediction.output for prediction in predict_images(served, decoded, MAX_BATCH)])
+    predictions = predict_images(served, decode_images(images, [f"image {i}" for i in range(len(images))]), MAX_BATCH)
+    return torch.stack([p.output for p in predictions]), torch.stack([p.decoded for p in predictions])
+
+
+def eager_outputs(export_path: Path, images: list[bytes]) -> torch.Tensor:
+    return eager_predictions(export_path, images)[0]
+
+
+def assert_answers_as_eager(kind: str, answered: torch.Tensor, outputs: torch.Tensor, masks: torch.Tensor) -> None:
+    """Within 1e-4 of eager's outputs; a segmenter answers its mask: equal to eager's on every pixel whose two
+    most likely classes are more than 1e-3 apart (an untrained unet has near-ties a 1e-6 difference can flip)."""
+    if kind != "segmenter":
+        assert (answered - outputs).abs().max() < 1e-4
+        return
+    top = outputs.float().topk(2, dim=1).values
+    clear = (top[:, 0] - top[:, 1]) > 1e-3
+    assert clear.float().mean() > 0.5  # most pixels are compared
+    assert torch.equal(answered[clear], masks.float()[clear])
 
 
 def with_record_edited(archive: Path, name: str, **changes: str) -> None:
@@ -102,11 +119,11 @@ def test_an_aot_archive_holds_its_package_and_the_machine_kind_it_was_built_for(
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_vision_kind_served_from_its_package_answers_as_eager_within_1e_4(aot_servers, small_learners, kind):
     images = images_of(small_learners[kind])  # five: two full batches and a tail
-    eager = eager_outputs(small_learners[kind], images)
+    outputs, masks = eager_predictions(small_learners[kind], images)
     report = described(aot_servers, kind)
     assert report["compiled"] is True and report["compile"]["mode"] == "aot", report
     for count in (1, 2, 5):
-        assert (predicted(aot_servers, kind, images[:count]) - eager[:count]).abs().max() < 1e-4
+        assert_answers_as_eager(kind, predicted(aot_servers, kind, images[:count]), outputs[:count], masks[:count])
 
 
 def test_workers_load_the_package_without_compiling(aot_servers):
