@@ -21,10 +21,10 @@ import torch
 
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
 from fastai_serving.compiled import compile_learner
-from fastai_serving.contract import PREDICT, TASK_HEADER, VERB_HEADER, VERSION_HEADER
 from fastai_serving.errors import ModelError
 from fastai_serving.learner import ServedLearner, load_learner
 from fastai_serving.settings import HandlerSettings
+from fastai_serving.vocabulary import PREDICT, TASK_HEADER, VERB_HEADER, VERSION_HEADER
 
 logger = logging.getLogger(__name__)
 

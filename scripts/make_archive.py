@@ -20,9 +20,9 @@ import yaml
 import fastai_serving
 from fastai_serving import defaults
 from fastai_serving.compiled import batch_sizes, compile_learner
-from fastai_serving.contract import MODEL_NAME
 from fastai_serving.errors import ModelError
 from fastai_serving.learner import PRECISIONS, ServedLearner, load_learner
+from fastai_serving.names import MODEL_NAME
 from fastai_serving.settings import HANDLER_KEY
 from fastai_serving_scripts import MODEL_STORE
 

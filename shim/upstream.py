@@ -11,7 +11,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from fastai_serving.contract import TASK_HEADER, VERB_HEADER, VERSION_HEADER
+from fastai_serving.vocabulary import TASK_HEADER, VERB_HEADER, VERSION_HEADER
 from fastai_serving_shim import metrics
 from fastai_serving_shim.errors import ShimError
 from fastai_serving_shim.settings import Settings

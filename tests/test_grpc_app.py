@@ -20,7 +20,8 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from fastai_serving.contract import IMAGES_CONTENT_TYPE, read_body
+from fastai_serving.bodies import read_body
+from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
 from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import (

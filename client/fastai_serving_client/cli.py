@@ -16,8 +16,9 @@ from pathlib import Path
 
 from . import defaults
 from .fetch import Fetcher
+from .predictor import Predictor
 from .progress import Progress, duration
-from .protocol import PROTOCOLS, Predictor, make_predictor
+from .protocol import PROTOCOLS, make_predictor
 from .retry import Backoff
 from .runner import BatchRun, Outcome
 from .sinks import SinkError, open_sink

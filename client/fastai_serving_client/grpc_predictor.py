@@ -4,7 +4,7 @@ The images go as TF Serving's users send them: one DT_STRING tensor of shape [n]
 encoded images, under the input `image_bytes` (the REST form's instance key). The answer's
 tensors come back in the shape TF Serving's REST `predictions` has for the same model (a list,
 one entry per image), so every sink writes the same results for both protocols. gRPC status
-codes are mapped onto what the runner does (protocol.py's docstring): see `failure`.
+codes are mapped onto what the runner does (predictor.py's docstring): see `failure`.
 Imported only for `--protocol grpc`: it needs grpcio and protobuf (`pip install './client[grpc]'`).
 """
 
@@ -25,7 +25,7 @@ from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto
 from fastai_serving_protos.tensorflow_serving_pb2_grpc import PredictionServiceStub
 
 from . import defaults
-from .protocol import InputRejected, ServerFailed, predictions_tried
+from .predictor import InputRejected, ServerFailed, predictions_tried
 from .retry import DEFAULT_BACKOFF, Backoff, Retryable, retry_after_s
 
 IMAGE_INPUT = "image_bytes"  # TF Serving's input name for encoded images, as chip-n-scale's models take them

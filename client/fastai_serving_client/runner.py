@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fetch import Fetcher, InputFailed
+from .predictor import InputRejected, Predictor, ServerFailed
 from .progress import Progress
-from .protocol import InputRejected, Predictor, ServerFailed
 from .retry import Stopped
 from .sinks import Sink
 from .sources import Source

@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .contract import VISION
 from .learner import ServedLearner
+from .predict import predict_images
+from .vocabulary import VISION
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,6 @@ def compile_learner(served: ServedLearner, max_batch: int) -> CompileReport:
 
     On success the Learner's model is the padded compiled one; on any failure it stays eager.
     """
-    from .predict import predict_images
-
     os.environ.setdefault(CACHE_DIR_VARIABLE, str(default_cache_dir()))
     if served.kind != VISION:
         return CompileReport(
