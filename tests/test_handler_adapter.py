@@ -19,7 +19,7 @@ import pytest
 from fastai_serving import batching
 from fastai_serving.images_wire import images_body
 from fastai_serving.vocabulary import TASK_HEADER, VERB_HEADER, VERSION_HEADER
-from fastai_serving_scripts import PROJECT_ROOT
+from harness import PROJECT_ROOT
 
 HANDLER_FILE = PROJECT_ROOT / "handler" / "torchserve_handler.py"
 

@@ -3,16 +3,21 @@ config.properties and the README's tables must agree with them."""
 
 from __future__ import annotations
 
+import ast
 import re
+import runpy
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import setuptools
+import tomllib
 
 from fastai_serving import defaults
 from fastai_serving_client import cli as predict_batch
-from fastai_serving_scripts import PROJECT_ROOT, make_archive, serve
+from fastai_serving_scripts import make_archive, serve
 from fastai_serving_shim.settings import Settings, env_name
+from harness import PROJECT_ROOT
 
 README = (PROJECT_ROOT / "README.md").read_text()
 
@@ -137,3 +142,52 @@ def test_readme_predict_batch_table_is_its_flags():
             assert "required" in table[flag], flag
         else:
             assert_same_default(flag, table[flag], action.default)
+
+
+# Keywords and option names whose numbers are defaults: a timeout, a wait, a count of threads or workers.
+DEFAULT_NAMES = re.compile(r"(timeout|timeout_s|_s|_ms|max_workers|threads|workers)$")
+
+
+def literal_defaults(path: Path, root: Path = PROJECT_ROOT) -> list[str]:
+    """Numbers written where a default belongs (`timeout=30`, `max_workers=4`, `("grpc...._ms", 250)`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        pairs = []
+        if isinstance(node, ast.Call):
+            pairs = [(keyword.arg or "", keyword.value) for keyword in node.keywords]
+        elif isinstance(node, ast.Tuple) and len(node.elts) == 2 and isinstance(node.elts[0], ast.Constant):
+            pairs = [(str(node.elts[0].value), node.elts[1])]
+        for name, value in pairs:
+            number = isinstance(value, ast.Constant) and type(value.value) in (int, float) and value.value not in (0, 1)
+            if number and DEFAULT_NAMES.search(name):
+                found.append(f"{path.relative_to(root)}:{value.lineno}: {name}={value.value}")
+    return found
+
+
+@pytest.mark.parametrize("folder", ["handler", "client/fastai_serving_client"])
+def test_the_handler_and_the_client_read_every_default_from_their_defaults_module(folder):
+    modules = [path for path in (PROJECT_ROOT / folder).rglob("*.py") if path.name != "defaults.py"]
+    assert modules and [line for path in modules for line in literal_defaults(path)] == []
+
+
+def test_the_default_finder_sees_a_literal_timeout(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('get(url, timeout=30)\nchannel(options=[("grpc.max_reconnect_backoff_ms", 2000)])\n')
+    assert len(literal_defaults(module, tmp_path)) == 2
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[ ;@]", line.strip(), maxsplit=1)[0].lower() for line in requirements if line.strip()}
+
+
+def test_grpcio_and_protobuf_are_pinned_once_in_the_clients_grpc_extra(monkeypatch):
+    client = tomllib.loads((PROJECT_ROOT / "client" / "pyproject.toml").read_text())
+    assert {"grpcio", "protobuf"} <= requirement_names(client["project"]["optional-dependencies"]["grpc"])
+    runtime = [line.split("#")[0] for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines()]
+    assert not {"grpcio", "protobuf"} & requirement_names(runtime)
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **arguments: captured.update(arguments))
+    runpy.run_path(str(PROJECT_ROOT / "setup.py"))
+    server = captured["install_requires"]
+    assert any(line.startswith("fastai-serving-client[grpc]") for line in server)
+    assert not {"grpcio", "protobuf"} & requirement_names(server)

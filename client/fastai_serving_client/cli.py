@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         type=non_negative_float,
         default=defaults.BACKOFF_S,
-        help="seconds before the first retry; doubles each time, up to 60",
+        help=f"seconds before the first retry; doubles each time, up to {defaults.BACKOFF_MAX_S:g}",
     )
     speed.add_argument(
         "--timeout",

@@ -182,8 +182,8 @@ class GrpcPredictor:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
                 # Retries are paced by `backoff`; the channel must be reconnecting by the time the next one goes.
-                ("grpc.initial_reconnect_backoff_ms", 250),
-                ("grpc.max_reconnect_backoff_ms", 2000),
+                ("grpc.initial_reconnect_backoff_ms", defaults.GRPC_RECONNECT_BACKOFF_MS),
+                ("grpc.max_reconnect_backoff_ms", defaults.GRPC_MAX_RECONNECT_BACKOFF_MS),
             ],
         )
         self.stub = PredictionServiceStub(self.channel)  # one channel, shared by every sending thread
@@ -211,7 +211,7 @@ class GrpcPredictor:
         if self.model:
             request.model_spec.name = self.model
         try:
-            response = self.stub.GetModelMetadata(request, timeout=30)
+            response = self.stub.GetModelMetadata(request, timeout=defaults.METADATA_TIMEOUT_S)
             fastai = struct_pb2.Struct()
             if not response.metadata[FASTAI_METADATA].Unpack(fastai):
                 return None

@@ -90,7 +90,7 @@ class RestPredictor:
     def class_names(self) -> list[str] | None:
         """The classes from fastai-serving's metadata (`metadata.fastai.classes`); None from other servers."""
         try:
-            response = self._session().get(f"{self.model_url}/metadata", timeout=30)
+            response = self._session().get(f"{self.model_url}/metadata", timeout=defaults.METADATA_TIMEOUT_S)
             classes = response.json()["metadata"]["fastai"]["classes"]
         except (requests.RequestException, ValueError, KeyError, TypeError):
             return None
