@@ -1,4 +1,4 @@
-"""Every default of predict-batch, defined once: the CLI reads them here, the README's table is checked against them."""
+"""Every default of predict-batch, defined once: the CLI reads them here, the table in docs/batch.md is checked against them."""
 
 BATCH = 8  # instances per request: chip-n-scale's shape
 CONCURRENCY = 8  # requests in flight

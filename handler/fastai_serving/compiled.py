@@ -2,8 +2,8 @@
 
 A compiled graph is specialised to its input's shape, and the handler's forward passes carry
 from one image to `max_batch`. Each batch is padded up to the next of a few sizes (powers of
-two up to `max_batch`), every one of them compiled and run once at start (README,
-"Performance", says why padding rather than a dynamic batch dimension). Whatever fails while
+two up to `max_batch`), every one of them compiled and run once at start (docs/compile.md says why padding rather
+than a dynamic batch dimension). Whatever fails while
 compiling leaves the Learner eager, and says why: a model is never left unserved.
 """
 

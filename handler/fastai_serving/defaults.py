@@ -1,7 +1,7 @@
 """Every default of fastai-serving, defined once: ports, limits, timeouts, batching.
 
 The settings classes (the handler's, make-archive's, the shim's, serve's flags) take their
-defaults from here; `config.properties` and the README's tables are checked against these
+defaults from here; `config.properties` and the tables of docs/settings.md are checked against these
 values by the tests. Imports nothing, so any part can read it.
 """
 
