@@ -3,13 +3,16 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help install demo serve test test-fast bench soak image-check gpu-check lint format protos clean
+.PHONY: help install install-dev demo serve test test-fast bench soak image-check gpu-check lint format protos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install:  ## Java 17 (if missing), the Python environment in .venv/, this project's packages (editable), TF Serving's client for the tests (.venv-tfclient/)
+install:  ## what serving needs: Java 17 (if missing), the Python environment in .venv/, this project's packages and the batch client (editable)
 	@scripts/install
+
+install-dev:  ## what serving needs and, on top, what only the tests need: pytest and ruff, TF Serving's client (.venv-tfclient/), kubectl and .venv-deploy, PostgreSQL
+	@scripts/install --dev
 
 demo: install  ## build model_store/digits.mar (the demo model, trained offline) if missing
 	@scripts/build-demo
@@ -17,17 +20,17 @@ demo: install  ## build model_store/digits.mar (the demo model, trained offline)
 serve: demo  ## install, build the demo, and serve every archive in model_store/
 	@scripts/serve
 
-test: install  ## the whole test suite: in-process tests, then real TorchServe, shim and tools end to end
+test: install-dev  ## the whole test suite: in-process tests, then real TorchServe, shim and tools end to end
 	@$(PYTHON) -m pytest
 
-test-fast: install  ## the in-process tests alone: no server, no Java (under a minute)
+test-fast: install-dev  ## the in-process tests alone: no server, no Java (under a minute)
 	@$(PYTHON) -m pytest -m "not e2e"
 
 bench: install  ## benchmark table: ceilings, in-process baselines, TorchServe, the shim (QUICK=1: short mode; DEVICE=cuda)
-	@$(PYTHON) benchmarks/bench.py $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE))
+	@$(PYTHON) -m benchmarks.bench $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE))
 
 soak: install  ## minutes of checked load through the shim (SOAK_S=seconds, default 300)
-	@SOAK_S=$(or $(SOAK_S),300) $(PYTHON) benchmarks/soak.py
+	@SOAK_S=$(or $(SOAK_S),300) $(PYTHON) -m benchmarks.soak
 
 image-check: demo  ## build the CPU image, run it, check a chip-n-scale request, remove it (minutes; not in make test)
 	@scripts/image-check $(if $(DOCKERFILE),--dockerfile $(DOCKERFILE))
@@ -35,14 +38,14 @@ image-check: demo  ## build the CPU image, run it, check a chip-n-scale request,
 gpu-check: install  ## on a machine with an NVIDIA GPU: serve on it, compare with the CPU, print the GPU benchmark (not in CI)
 	@scripts/gpu-check
 
-lint: install  ## ruff check and ruff format --check over every Python folder
+lint: install-dev  ## ruff check and ruff format --check over every Python folder
 	@$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
 
-format: install  ## ruff format and ruff check --fix
+format: install-dev  ## ruff format and ruff check --fix
 	@$(PYTHON) -m ruff format . && $(PYTHON) -m ruff check --fix .
 
-protos: install  ## regenerate TF Serving's gRPC code (client/fastai_serving_protos/*_pb2*.py) from its .proto files, after editing them
-	@$(PYTHON) -m fastai_serving_scripts.protos
+protos: install-dev  ## regenerate TF Serving's gRPC code (client/fastai_serving_protos/*_pb2*.py) from its .proto files, after editing them
+	@$(PYTHON) -m harness.protos
 
 clean:  ## remove build output, logs and archives (keeps .venv/)
 	rm -rf build logs model_store/*.mar

@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
+from fastai_serving import defaults
 from fastai_serving.aot import load_package
 from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
 from fastai_serving.compiled import compile_learner
-from fastai_serving.contract import PREDICT, TASK_HEADER, VERB_HEADER, VERSION_HEADER
 from fastai_serving.errors import ModelError
 from fastai_serving.learner import ServedLearner, load_learner
 from fastai_serving.settings import HandlerSettings
+from fastai_serving.vocabulary import PREDICT, TASK_HEADER, VERB_HEADER, VERSION_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class FastaiHandler:
         """Cores ÷ workers: more threads than cores across workers collapses CPU throughput."""
         if self.settings.torch_threads > 0:
             return self.settings.torch_threads
-        workers = int(model_config.get("minWorkers") or 1)
+        workers = int(model_config.get("minWorkers") or defaults.MIN_WORKERS)
         return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 

@@ -21,14 +21,13 @@ import fastai_serving
 from fastai_serving import defaults
 from fastai_serving.aot import AOT_DIR_IN_ARCHIVE, build_package
 from fastai_serving.compiled import batch_sizes, compile_learner
-from fastai_serving.contract import MODEL_NAME
 from fastai_serving.errors import ModelError
 from fastai_serving.learner import PRECISIONS, ServedLearner, load_learner
+from fastai_serving.names import MODEL_NAME
 from fastai_serving.settings import HANDLER_KEY
-from fastai_serving_scripts import MODEL_STORE
+from fastai_serving_scripts import HANDLER_FILE, MODEL_STORE
 
 PACKAGE_DIR = Path(fastai_serving.__file__).resolve().parent  # the core, copied into the archive
-HANDLER_FILE = PACKAGE_DIR.parent / "torchserve_handler.py"  # TorchServe's entry point, beside it
 UTILS_DIR_IN_ARCHIVE = "model_utils"
 
 # The settings that are counts of at least 1: (flag, default, meaning).

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from google.protobuf import struct_pb2
 
-from fastai_serving.contract import IMAGE_INPUT
 from fastai_serving.errors import BadInput
+from fastai_serving.vocabulary import IMAGE_INPUT
 from fastai_serving_protos.tensorflow_core_pb2 import (
     DataType,
     Example,

@@ -7,7 +7,9 @@ from importlib import resources
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from fastai_serving.contract import PREDICT, VERBS, check_model_name, read_body
+from fastai_serving.bodies import read_body
+from fastai_serving.names import check_model_name
+from fastai_serving.vocabulary import PREDICT, VERBS
 from fastai_serving_shim import metrics
 from fastai_serving_shim.rest_errors import RouteError
 from fastai_serving_shim.service import Service

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastai_serving import defaults
-from fastai_serving.contract import Body, check_answerable
+from fastai_serving.bodies import Body, check_answerable
 from fastai_serving.errors import ServingError
 from fastai_serving_shim import metrics
 from fastai_serving_shim.errors import Failure, ServiceError, service_error

@@ -5,17 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastai_serving.contract import (
-    BOOLEAN,
-    CLASS_INDEX_SIGNATURE,
-    CLASSIFIERS,
-    CONTINUOUS,
-    IMAGE_INPUT,
-    INTEGER,
-    NUMBER,
-    SEGMENTATION,
-    check_url_version,
-)
+from fastai_serving.columns import BOOLEAN, CONTINUOUS, INTEGER, NUMBER
+from fastai_serving.names import check_url_version
+from fastai_serving.vocabulary import CLASS_INDEX_SIGNATURE, CLASSIFIERS, IMAGE_INPUT, SEGMENTATION
 from fastai_serving_shim.errors import Failure, ServiceError
 from fastai_serving_shim.torchserve import has_ready_worker
 

@@ -18,7 +18,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError
 
 from fastai_serving import defaults
-from fastai_serving.contract import TASK_HEADER, VERB_HEADER, VERSION_HEADER
+from fastai_serving.vocabulary import TASK_HEADER, VERB_HEADER, VERSION_HEADER
 from fastai_serving_shim.errors import Failure, ServiceError
 
 JSON = "application/json"

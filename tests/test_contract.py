@@ -1,4 +1,4 @@
-"""The body contract (fastai_serving.contract): every request shape, and the message for each wrong one.
+"""The body contract (fastai_serving.bodies, instances, columns, names): every request shape, and the message for each wrong one.
 
 The REST shim, the handler and the gRPC front all read bodies with this module, so these
 tests are the one statement of what each front accepts and how it words a refusal.
@@ -13,16 +13,18 @@ import sys
 
 import pytest
 
-from fastai_serving.contract import (
-    CATEGORICAL,
+from fastai_serving.bodies import check_answerable, check_form, read_body
+from fastai_serving.columns import CATEGORICAL, CONTINUOUS, INTEGER, NUMBER, STRING, Column
+from fastai_serving.errors import BadInput
+from fastai_serving.images_wire import images_body
+from fastai_serving.instances import image_bytes, read_row, read_text
+from fastai_serving.names import check_model_name, check_url_version
+from fastai_serving.vocabulary import (
     CLASSIFY,
     COLLAB,
     COLUMNS,
-    CONTINUOUS,
     EXAMPLES,
-    INTEGER,
     MULTI_LABEL,
-    NUMBER,
     RAW,
     REGRESS,
     REGRESSION,
@@ -30,22 +32,10 @@ from fastai_serving.contract import (
     SEGMENTATION,
     SINGLE,
     SINGLE_LABEL,
-    STRING,
     TABULAR,
     TEXT,
     VISION,
-    Column,
-    check_answerable,
-    check_form,
-    check_model_name,
-    check_url_version,
-    image_bytes,
-    images_body,
-    read_body,
-    read_row,
-    read_text,
 )
-from fastai_serving.errors import BadInput
 
 PNG = b"\x89PNG\r\n\x1a\n-pretend-image"
 B64 = base64.b64encode(PNG).decode()
@@ -60,8 +50,9 @@ def images_of(body) -> list[bytes]:
     return [image_bytes(value, body.instance_name(i)) for i, value in enumerate(body.instances)]
 
 
-def test_the_contract_imports_without_torch_or_pil():
-    code = "import sys, fastai_serving.contract; assert not {'torch', 'PIL', 'fastai'} & set(sys.modules)"
+def test_the_contract_imports_without_torch_pil_or_numpy():
+    modules = "vocabulary, bodies, instances, columns, images_wire, names"
+    code = f"import sys; from fastai_serving import {modules}; assert not {{'torch', 'PIL', 'fastai', 'numpy'}} & set(sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fastai_serving_scripts import PROJECT_ROOT
+from harness import PROJECT_ROOT
 
 DOCKERFILES = ["Dockerfile.cpu", "Dockerfile.gpu"]
 
@@ -44,7 +44,7 @@ def test_optional_folder_args_default_to_folders_in_the_repository(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_image_starts_with_the_plain_install_and_serve_scripts(dockerfile):
     text = (PROJECT_ROOT / dockerfile).read_text()
-    assert "scripts/install --runtime-only --python-only" in text and "scripts/install --java-only" in text
+    assert "scripts/install --python-only" in text and "--dev" not in text and "scripts/install --java-only" in text
     assert "scripts/install --project-only" in text
     assert re.search(r'^ENTRYPOINT \["tini", "--", "scripts/serve"', text, re.M)
     assert re.search(r"^USER 10001$", text, re.M)

@@ -3,7 +3,7 @@
 TorchServe answers requests in flight on a dying worker with 507 "Worker died"; the shim waits
 for the restarted worker and sends them again (inference is idempotent). If the worker dies
 while TorchServe is still gathering its next batch, TorchServe never answers the requests it
-had gathered (README, "Reliability"): the shim's predict timeout turns those into a clean 504.
+had gathered (docs/reliability.md): the shim's predict timeout turns those into a clean 504.
 """
 
 from __future__ import annotations
@@ -28,13 +28,17 @@ def worker_pids(servers, model: str) -> list[int]:
     return [int(w["pid"]) for version in described for w in version["workers"] if w.get("pid")]
 
 
-def wait_until_ready(servers, model: str, timeout_s: float = 120) -> float:
-    began = time.monotonic()
-    while time.monotonic() - began < timeout_s:
-        if servers.ready(model):
-            return time.monotonic() - began
+def wait_for(condition, what: str, timeout_s: float = 120) -> None:
+    """Until `condition()` holds, looking again every half second; a generous overall timeout, then a failure."""
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"{what}: not within {timeout_s} s")
         time.sleep(0.5)
-    raise TimeoutError(f"{model} had no READY worker {timeout_s} s after the kill")
+
+
+def wait_until_ready(servers, model: str, timeout_s: float = 120) -> None:
+    wait_for(lambda: servers.ready(model), f"{model} has a READY worker after the kill", timeout_s)
 
 
 def test_a_worker_killed_mid_load_hangs_nothing_and_is_restarted(torchserve, demo_model, loaded_learners, tmp_path):
@@ -46,18 +50,26 @@ def test_a_worker_killed_mid_load_hangs_nothing_and_is_restarted(torchserve, dem
     )
     url = f"{shim}/v1/models/digits:predict"
     outcome = {}
+    stop = threading.Event()
     load = threading.Thread(
         target=lambda: outcome.setdefault(
-            "result", run_checked_load(url, images, expected, clients=4, max_instances=8, duration_s=15, timeout_s=90)
+            "result", run_checked_load(url, images, expected, clients=4, max_instances=8, timeout_s=90, until=stop)
         )
     )
     (victim,) = worker_pids(torchserve, "digits")
     try:
+        before = len(torchserve.batch_lines())
         load.start()
-        time.sleep(3)
+        # Mid-load: the worker has answered batches of this load, and goes on being sent more.
+        wait_for(lambda: len(torchserve.batch_lines()) >= before + 2, "the load's first batches")
         os.kill(victim, signal.SIGKILL)
+        wait_until_ready(torchserve, "digits")
+        restarted = len(torchserve.batch_lines())
+        wait_for(lambda: len(torchserve.batch_lines()) >= restarted + 2, "batches on the restarted worker")
+        stop.set()
         load.join(timeout=200)
     finally:
+        stop.set()
         shim_process.terminate()
         shim_process.wait(timeout=30)
     assert not load.is_alive(), "requests hung after the worker was killed"
@@ -68,7 +80,6 @@ def test_a_worker_killed_mid_load_hangs_nothing_and_is_restarted(torchserve, dem
     assert set(result.errors) <= {503, 504}, result.errors
     assert sum(result.errors.values()) <= 8  # only requests in flight around the kill (4 clients, a retry each)
     assert result.images > 0
-    wait_until_ready(torchserve, "digits")
     assert victim not in worker_pids(torchserve, "digits")
     after = requests.post(
         f"{torchserve.shim}/v1/models/digits:predict",

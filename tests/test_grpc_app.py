@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
@@ -23,7 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY, generate_latest
 
-from fastai_serving.contract import IMAGES_CONTENT_TYPE, MULTI_LABEL, read_body
+from fastai_serving.bodies import read_body
+from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
+from fastai_serving.vocabulary import MULTI_LABEL
 from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import (
@@ -54,14 +56,18 @@ class FakeTorchServe(ModelTable):
     """The model table; `answer` makes each prediction's answer from the images sent. Records calls."""
 
     answer: object = None  # a function of (images, verb, signature_name) -> UpstreamAnswer, or a ServiceError to raise
-    delay_s: float = 0.0
+    hold_first: bool = False  # the first prediction waits, once `entered` is set, until `release` is
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def predict(self, model, version, body, verb, content_type="application/json", timeout_s=None) -> UpstreamAnswer:
         request = read_body(body, verb)
         self.calls.append(
             ("predict", model, version, request.instances, verb, request.signature_name, content_type, timeout_s)
         )
-        time.sleep(self.delay_s)
+        if self.hold_first and not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(timeout=120), "the test never released the held prediction"
         if isinstance(self.answer, ServiceError):
             raise self.answer
         if self.answer is not None:
@@ -326,10 +332,11 @@ def test_errors_are_tf_servings_status_codes_with_the_rest_shims_messages(fake, 
 
 
 def test_the_clients_deadline_bounds_the_upstream_request(fake, channel):
-    predictions(channel).Predict(predict_request(), timeout=3)
+    deadline_s = Settings().predict_timeout_s / 4  # generous for a loaded machine, and far from the predict timeout
+    predictions(channel).Predict(predict_request(), timeout=deadline_s)
     timeout_s = fake.calls[-1][7]
-    # The 3 s deadline (gRPC sends it as a timeout, rounded up), not the 120 s predict timeout.
-    assert 0 < timeout_s < 3.5
+    # What is left of the client's deadline (gRPC sends it as a timeout, rounded up to its unit), not the predict timeout.
+    assert 0 < timeout_s <= deadline_s + 0.001
 
 
 def test_a_call_without_a_deadline_is_bounded_by_the_predict_timeout_alone(fake, channel):
@@ -560,17 +567,33 @@ def test_reflection_describes_predict_with_tf_servings_message_names(channel):
 
 
 def test_stopping_finishes_the_calls_in_flight_and_refuses_new_ones(fake):
-    fake.delay_s = 1.0
+    fake.hold_first = True
     running = serve(fake)
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as opened:
-        in_flight = predictions(opened).Predict.future(predict_request(), timeout=10)
-        time.sleep(0.3)
-        stopper = threading.Thread(target=running.stop, kwargs={"grace_s": 5})
+        in_flight = predictions(opened).Predict.future(predict_request(), timeout=120)
+        assert fake.entered.wait(timeout=60), "the call never reached the model"
+        stopper = threading.Thread(target=running.stop, kwargs={"grace_s": 60})
         stopper.start()
-        assert in_flight.result().outputs["probabilities"].float_val[1] == 0.75
-        stopper.join(timeout=10)
-        error = refused(predictions(opened).Predict, predict_request())
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
+        # New calls are refused as soon as the stop begins, while the held call is still in flight.
+        during = refused_once_stopping(predictions(opened).Predict)
+        assert not in_flight.done()
+        fake.release.set()
+        assert in_flight.result(timeout=60).outputs["probabilities"].float_val[1] == 0.75
+        stopper.join(timeout=60)
+        after = refused(predictions(opened).Predict, predict_request())
+    assert during.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE) and not stopper.is_alive()
+    assert after.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def refused_once_stopping(call, overall_s: float = 60) -> grpc.RpcError:
+    """The first refusal of a new call, asked again until the front stops taking calls (within `overall_s`)."""
+    give_up = time.monotonic() + overall_s
+    while time.monotonic() < give_up:
+        try:
+            call(predict_request(), timeout=overall_s)
+        except grpc.RpcError as error:
+            return error
+    raise AssertionError(f"new calls were still answered {overall_s} s after the stop began")
 
 
 # --- The one mapping ---------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ same messages against TF Serving's own descriptors, field by field.
 from __future__ import annotations
 
 from fastai_serving_protos import tensorflow_serving_pb2
-from fastai_serving_scripts import PROJECT_ROOT
-from fastai_serving_scripts.protos import PROTO_FOLDER, generate
+from harness import PROJECT_ROOT
+from harness.protos import PROTO_FOLDER, generate
 
 
 def test_the_committed_generated_code_is_what_the_proto_files_make(tmp_path):

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from fastai_serving import batching
-from fastai_serving.contract import TASK_HEADER, VERB_HEADER, VERSION_HEADER, images_body
-from fastai_serving_scripts import PROJECT_ROOT
+from fastai_serving.images_wire import images_body
+from fastai_serving.vocabulary import TASK_HEADER, VERB_HEADER, VERSION_HEADER
+from harness import PROJECT_ROOT
 
 HANDLER_FILE = PROJECT_ROOT / "handler" / "torchserve_handler.py"
 

@@ -1,14 +1,16 @@
-"""scripts/install: a failed install is reported and retried, never stamped as done.
+"""scripts/install: serving installs what serving needs, --dev the tests' tools; a failed install is reported
+and retried, never stamped as done.
 
 A stand-in `python` (in a throwaway VENV) plays pip failing; nothing is installed for real.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
-from fastai_serving_scripts import PROJECT_ROOT
+from harness import PROJECT_ROOT
 
 FAKE_PYTHON = """#!/bin/sh
 # pip fails to install a requirement; every other call (the import check) succeeds.
@@ -32,7 +34,15 @@ def install_with_failing_pip(venv: Path, step: str = "--python-only") -> subproc
 def test_a_requirement_pip_could_not_install_fails_the_install(tmp_path):
     result = install_with_failing_pip(tmp_path / "venv")
     assert result.returncode == 1
+    assert "pip could not install requirements.txt" in result.stdout
+    assert "No matching distribution found for jsonschema" in result.stderr
+
+
+def test_a_test_tool_pip_could_not_install_fails_the_dev_install_unstamped(tmp_path):
+    result = install_with_failing_pip(tmp_path / "venv", "--dev-only")
+    assert result.returncode == 1
     assert "pip could not install requirements-dev.txt" in result.stdout
+    assert not (tmp_path / "venv" / ".installed-dev-requirements").exists()
     assert "No matching distribution found for jsonschema" in result.stderr
 
 
@@ -48,8 +58,22 @@ def test_a_failed_install_of_tf_servings_test_client_is_reported_and_not_stamped
     assert not (tmp_path / "tfclient" / ".installed-requirements").exists()
 
 
-def test_the_runtime_install_never_makes_tf_servings_test_client(tmp_path):
-    command = [str(PROJECT_ROOT / "scripts" / "install"), "--runtime-only", "--tfclient-only"]
-    environment = {"TFCLIENT_VENV": str(tmp_path / "tfclient"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=60)
-    assert result.returncode == 0 and not (tmp_path / "tfclient").exists()
+def install_steps(*options: str) -> list[str]:
+    command = [str(PROJECT_ROOT / "scripts" / "install"), *options, "--print-steps"]
+    result = subprocess.run(command, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_the_serving_install_holds_what_serving_needs_and_no_test_tool():
+    assert install_steps() == ["java", "python", "project", "client"]
+
+
+def test_the_dev_install_adds_the_test_tools_after_the_serving_steps():
+    assert install_steps("--dev") == ["java", "python", "project", "client", "dev", "tools", "tfclient", "postgresql"]
+
+
+def test_the_makefile_installs_test_tools_for_the_tests_only():
+    targets = dict(re.findall(r"^([a-z-]+):([^#\n]*)", (PROJECT_ROOT / "Makefile").read_text(), re.M))
+    assert targets["serve"].split() == ["demo"] and targets["demo"].split() == ["install"]
+    assert "install-dev" in targets["test"].split() and "install-dev" in targets["test-fast"].split()

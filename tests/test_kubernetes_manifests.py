@@ -20,9 +20,9 @@ import yaml
 
 from fastai_serving import defaults
 from fastai_serving_client.cli import EXIT_FAILED_INPUTS, build_parser
-from fastai_serving_scripts import PROJECT_ROOT
 from fastai_serving_shim import metrics
 from fastai_serving_shim.settings import Settings, env_name
+from harness import PROJECT_ROOT
 
 OVERLAYS = ["cpu", "gpu", "kserve", "store-pvc", "store-init", "hpa-in-flight"]
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]  # the oldest we state, and the newest kubernetes-validate bundles

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastai_serving_scripts import PROJECT_ROOT
+from harness import PROJECT_ROOT
 
 RUFF = str(Path(sys.executable).parent / "ruff")
 

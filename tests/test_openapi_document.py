@@ -6,7 +6,7 @@ from importlib import resources
 
 import yaml
 
-from fastai_serving.contract import VERBS
+from fastai_serving.vocabulary import VERBS
 
 PATHS = yaml.safe_load(resources.files("fastai_serving_shim").joinpath("openapi.yaml").read_text())["paths"]
 

@@ -9,7 +9,7 @@ import torch
 from fastai_serving.learner import BF16, FP32, has_fast_bf16, load_learner
 from fastai_serving.predict import decode_images, predict_images
 
-TOLERANCE = 0.05  # the largest probability difference bf16 may make (README, "Performance")
+TOLERANCE = 0.05  # the largest probability difference bf16 may make (docs/performance.md)
 
 
 def test_bf16_agrees_with_fp32_or_falls_back_to_it(small_learners):

@@ -23,7 +23,7 @@ from PIL import Image
 
 from fastai_serving_client.sources import Shard, select
 from fastai_serving_client.tiles import parse_tile, tile_polygon
-from fastai_serving_scripts import PROJECT_ROOT
+from harness import PROJECT_ROOT
 from harness.postgres import PostgresCluster
 from harness.servers import free_port
 from harness.tile_server import TileServer

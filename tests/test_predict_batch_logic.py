@@ -23,8 +23,9 @@ from google.protobuf import struct_pb2
 
 from fastai_serving_client import cli
 from fastai_serving_client.grpc_predictor import GrpcPredictor, grpc_target, predictions_of
+from fastai_serving_client.predictor import InputRejected, ServerFailed
 from fastai_serving_client.progress import Progress, duration
-from fastai_serving_client.protocol import InputRejected, RestPredictor, ServerFailed, request_body
+from fastai_serving_client.rest_predictor import RestPredictor, request_body
 from fastai_serving_client.retry import Backoff, retry_after_s
 from fastai_serving_client.runner import Outcome, Writer, predict_items
 from fastai_serving_client.sinks import CsvSink, GeoJsonSink, JsonLinesSink, SinkError, masked, open_sink, tile_feature

@@ -1,20 +1,26 @@
 """Each default is defined once (fastai_serving.defaults, and the batch client's fastai_serving_client.defaults):
-config.properties and the README's tables must agree with them."""
+config.properties and the tables of the docs pages and the README must agree with them."""
 
 from __future__ import annotations
 
+import ast
 import re
+import runpy
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import setuptools
+import tomllib
 
 from fastai_serving import defaults
 from fastai_serving_client import cli as predict_batch
-from fastai_serving_scripts import PROJECT_ROOT, make_archive, serve
+from fastai_serving_scripts import make_archive, serve
 from fastai_serving_shim.settings import Settings, env_name
+from harness import PROJECT_ROOT
 
-README = (PROJECT_ROOT / "README.md").read_text()
+SETTINGS_PAGE = (PROJECT_ROOT / "docs" / "settings.md").read_text()  # make-archive's and serve's flags, the variables
+BATCH_PAGE = (PROJECT_ROOT / "docs" / "batch.md").read_text()  # predict-batch's flags
 
 
 def torchserve_config(path: Path = PROJECT_ROOT / "config.properties") -> dict[str, str]:
@@ -22,9 +28,9 @@ def torchserve_config(path: Path = PROJECT_ROOT / "config.properties") -> dict[s
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def readme_table(first_header: str) -> dict[str, str]:
-    """The README table whose first column is headed `first_header`: first cell (unquoted) -> second cell."""
-    lines = README.splitlines()
+def readme_table(first_header: str, page: str = SETTINGS_PAGE) -> dict[str, str]:
+    """The table of `page` whose first column is headed `first_header`: first cell (unquoted) -> second cell."""
+    lines = page.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
     rows = {}
     for line in lines[start + 2 :]:
@@ -45,14 +51,14 @@ def quoted(cell: str) -> str | None:
 def assert_same_default(where: str, cell: str, default) -> None:
     value = quoted(cell)
     if default is None or default == "":
-        assert value is None, f"{where}: the README gives {cell!r}, the code has no default"
+        assert value is None, f"{where}: the page gives {cell!r}, the code has no default"
     elif isinstance(default, bool):
         word = value if value is not None else cell.strip()
-        assert word == ("on" if default else "off"), f"{where}: README {cell!r}, code {default}"
+        assert word == ("on" if default else "off"), f"{where}: the page {cell!r}, code {default}"
     elif isinstance(default, (int, float)):
-        assert value is not None and float(value) == float(default), f"{where}: README {cell!r}, code {default}"
+        assert value is not None and float(value) == float(default), f"{where}: the page {cell!r}, code {default}"
     else:
-        assert value == str(default), f"{where}: README {cell!r}, code {default!r}"
+        assert value == str(default), f"{where}: the page {cell!r}, code {default!r}"
 
 
 def documented_flag(action) -> bool:
@@ -80,7 +86,7 @@ def test_config_properties_limits_and_timeouts_are_the_defaults():
     assert int(config["default_workers_per_model"]) == defaults.MIN_WORKERS
 
 
-def test_readme_shim_settings_table_is_the_settings_class():
+def test_the_settings_pages_variables_table_is_the_settings_class():
     table = readme_table("variable")
     names = {env_name(field.name): field.default for field in fields(Settings)}
     assert set(table) == set(names)
@@ -88,7 +94,7 @@ def test_readme_shim_settings_table_is_the_settings_class():
         assert_same_default(name, table[name], default)
 
 
-def test_readme_make_archive_table_is_make_archives_flags():
+def test_the_settings_pages_make_archive_table_is_make_archives_flags():
     table = readme_table("make-archive flag")
     args = make_archive.parse_args(["--name", "x", "--learner", "export.pkl"])
     for flag, cell in table.items():
@@ -105,14 +111,14 @@ def test_readme_make_archive_table_is_make_archives_flags():
     assert documented == flags
 
 
-def test_readme_serve_table_is_serves_flags():
+def test_the_settings_pages_serve_table_is_serves_flags():
     table = readme_table("serve flag")
     parser = serve.build_parser(Settings())
     for action in parser._actions:
         if not documented_flag(action):
             continue
         flag = action.option_strings[0]
-        assert flag in table, f"scripts/serve {flag} is not in the README's table"
+        assert flag in table, f"scripts/serve {flag} is not in docs/settings.md's table"
         default = action.default
         if isinstance(default, Path):
             assert quoted(table[flag]) == f"{default.name}/" or quoted(table[flag]) == default.name, flag
@@ -122,13 +128,25 @@ def test_readme_serve_table_is_serves_flags():
             assert_same_default(flag, table[flag], default)
 
 
-@pytest.mark.parametrize("value", [defaults.MAX_INSTANCES, defaults.MAX_BODY_BYTES // defaults.MIB])
-def test_readme_states_the_limits(value):
-    assert str(value) in README
+# The limits tables' rows (README and docs/reliability.md), and each one's default in the unit its table gives.
+LIMITS = {
+    "request and response body": defaults.MAX_BODY_BYTES // defaults.MIB,  # MiB
+    "instances per request": defaults.MAX_INSTANCES,
+    "pixels per decoded image": defaults.MAX_IMAGE_PIXELS // defaults.MIB,  # megapixels (2**20 pixels)
+    "characters per text": defaults.MAX_TEXT_CHARS,
+}
 
 
-def test_readme_predict_batch_table_is_its_flags():
-    table = readme_table("predict-batch flag")
+@pytest.mark.parametrize("page", ["README.md", "docs/reliability.md"])
+def test_the_limits_tables_state_each_limits_default(page):
+    table = readme_table("limit", (PROJECT_ROOT / page).read_text())
+    assert set(table) == set(LIMITS)
+    for limit, default in LIMITS.items():
+        assert_same_default(f"{page}: {limit}", table[limit], default)
+
+
+def test_the_batch_pages_predict_batch_table_is_its_flags():
+    table = readme_table("predict-batch flag", BATCH_PAGE)
     parser = predict_batch.build_parser()
     flags = {action.option_strings[0]: action for action in parser._actions if documented_flag(action)}
     assert set(table) == set(flags)
@@ -137,3 +155,52 @@ def test_readme_predict_batch_table_is_its_flags():
             assert "required" in table[flag], flag
         else:
             assert_same_default(flag, table[flag], action.default)
+
+
+# Keywords and option names whose numbers are defaults: a timeout, a wait, a count of threads or workers.
+DEFAULT_NAMES = re.compile(r"(timeout|timeout_s|_s|_ms|max_workers|threads|workers)$")
+
+
+def literal_defaults(path: Path, root: Path = PROJECT_ROOT) -> list[str]:
+    """Numbers written where a default belongs (`timeout=30`, `max_workers=4`, `("grpc...._ms", 250)`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        pairs = []
+        if isinstance(node, ast.Call):
+            pairs = [(keyword.arg or "", keyword.value) for keyword in node.keywords]
+        elif isinstance(node, ast.Tuple) and len(node.elts) == 2 and isinstance(node.elts[0], ast.Constant):
+            pairs = [(str(node.elts[0].value), node.elts[1])]
+        for name, value in pairs:
+            number = isinstance(value, ast.Constant) and type(value.value) in (int, float) and value.value not in (0, 1)
+            if number and DEFAULT_NAMES.search(name):
+                found.append(f"{path.relative_to(root)}:{value.lineno}: {name}={value.value}")
+    return found
+
+
+@pytest.mark.parametrize("folder", ["handler", "client/fastai_serving_client"])
+def test_the_handler_and_the_client_read_every_default_from_their_defaults_module(folder):
+    modules = [path for path in (PROJECT_ROOT / folder).rglob("*.py") if path.name != "defaults.py"]
+    assert modules and [line for path in modules for line in literal_defaults(path)] == []
+
+
+def test_the_default_finder_sees_a_literal_timeout(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('get(url, timeout=30)\nchannel(options=[("grpc.max_reconnect_backoff_ms", 2000)])\n')
+    assert len(literal_defaults(module, tmp_path)) == 2
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[ ;@]", line.strip(), maxsplit=1)[0].lower() for line in requirements if line.strip()}
+
+
+def test_grpcio_and_protobuf_are_pinned_once_in_the_clients_grpc_extra(monkeypatch):
+    client = tomllib.loads((PROJECT_ROOT / "client" / "pyproject.toml").read_text())
+    assert {"grpcio", "protobuf"} <= requirement_names(client["project"]["optional-dependencies"]["grpc"])
+    runtime = [line.split("#")[0] for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines()]
+    assert not {"grpcio", "protobuf"} & requirement_names(runtime)
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **arguments: captured.update(arguments))
+    runpy.run_path(str(PROJECT_ROOT / "setup.py"))
+    server = captured["install_requires"]
+    assert any(line.startswith("fastai-serving-client[grpc]") for line in server)
+    assert not {"grpcio", "protobuf"} & requirement_names(server)

@@ -14,7 +14,7 @@ import pytest
 from fake_torchserve import ModelTable, version
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastai_serving.contract import read_body
+from fastai_serving.bodies import read_body
 from fastai_serving.errors import BadInput
 from fastai_serving_shim.app import create_app
 from fastai_serving_shim.errors import Failure, ServiceError

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from . import defaults
 from .fetch import Fetcher
+from .predictor import Predictor
 from .progress import Progress, duration
-from .protocol import PROTOCOLS, Predictor, make_predictor
+from .protocol import PROTOCOLS, make_predictor
 from .retry import Backoff
 from .runner import BatchRun, Outcome
 from .sinks import SinkError, open_sink
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         type=non_negative_float,
         default=defaults.BACKOFF_S,
-        help="seconds before the first retry; doubles each time, up to 60",
+        help=f"seconds before the first retry; doubles each time, up to {defaults.BACKOFF_MAX_S:g}",
     )
     speed.add_argument(
         "--timeout",

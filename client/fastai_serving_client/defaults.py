@@ -1,4 +1,4 @@
-"""Every default of predict-batch, defined once: the CLI reads them here, the README's table is checked against them."""
+"""Every default of predict-batch, defined once: the CLI reads them here, the table in docs/batch.md is checked against them."""
 
 BATCH = 8  # instances per request: chip-n-scale's shape
 CONCURRENCY = 8  # requests in flight
@@ -10,6 +10,11 @@ RETRY_AFTER_MAX_S = 300.0  # a server's Retry-After is obeyed up to this
 TIMEOUT_S = 300.0  # one prediction request
 GRPC_MAX_MESSAGE_MIB = 64  # --protocol grpc: the largest message each way (fastai-serving's own limit)
 FETCH_TIMEOUT_S = 30.0  # one image download
+METADATA_TIMEOUT_S = 30.0  # the model's metadata (its class names), asked once per run
+DATABASE_CONNECT_TIMEOUT_S = 30  # connecting to PostgreSQL (--out postgresql://...)
+GRPC_RECONNECT_BACKOFF_MS = 250  # --protocol grpc: the first wait before reconnecting to the server
+GRPC_MAX_RECONNECT_BACKOFF_MS = 2000  # and the longest
+STOP_CHECK_S = 0.25  # how often the runner, waiting on requests, looks whether it is asked to stop
 PROGRESS_EVERY_S = 10.0  # how often a progress line is printed when not on a terminal
 TABLE = "results"  # chip-n-scale's table
 PROTOCOL = "rest"

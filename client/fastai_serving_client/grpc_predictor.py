@@ -4,7 +4,7 @@ The images go as TF Serving's users send them: one DT_STRING tensor of shape [n]
 encoded images, under the input `image_bytes` (the REST form's instance key). The answer's
 tensors come back in the shape TF Serving's REST `predictions` has for the same model (a list,
 one entry per image), so every sink writes the same results for both protocols. gRPC status
-codes are mapped onto what the runner does (protocol.py's docstring): see `failure`.
+codes are mapped onto what the runner does (predictor.py's docstring): see `failure`.
 Imported only for `--protocol grpc`: it needs grpcio and protobuf (`pip install './client[grpc]'`).
 """
 
@@ -25,7 +25,7 @@ from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto
 from fastai_serving_protos.tensorflow_serving_pb2_grpc import PredictionServiceStub
 
 from . import defaults
-from .protocol import InputRejected, ServerFailed, predictions_tried
+from .predictor import InputRejected, ServerFailed, predictions_tried
 from .retry import DEFAULT_BACKOFF, Backoff, Retryable, retry_after_s
 
 IMAGE_INPUT = "image_bytes"  # TF Serving's input name for encoded images, as chip-n-scale's models take them
@@ -182,8 +182,8 @@ class GrpcPredictor:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
                 # Retries are paced by `backoff`; the channel must be reconnecting by the time the next one goes.
-                ("grpc.initial_reconnect_backoff_ms", 250),
-                ("grpc.max_reconnect_backoff_ms", 2000),
+                ("grpc.initial_reconnect_backoff_ms", defaults.GRPC_RECONNECT_BACKOFF_MS),
+                ("grpc.max_reconnect_backoff_ms", defaults.GRPC_MAX_RECONNECT_BACKOFF_MS),
             ],
         )
         self.stub = PredictionServiceStub(self.channel)  # one channel, shared by every sending thread
@@ -211,7 +211,7 @@ class GrpcPredictor:
         if self.model:
             request.model_spec.name = self.model
         try:
-            response = self.stub.GetModelMetadata(request, timeout=30)
+            response = self.stub.GetModelMetadata(request, timeout=defaults.METADATA_TIMEOUT_S)
             fastai = struct_pb2.Struct()
             if not response.metadata[FASTAI_METADATA].Unpack(fastai):
                 return None

@@ -17,9 +17,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import defaults
 from .fetch import Fetcher, InputFailed
+from .predictor import InputRejected, Predictor, ServerFailed
 from .progress import Progress
-from .protocol import InputRejected, Predictor, ServerFailed
 from .retry import Stopped
 from .sinks import Sink
 from .sources import Source
@@ -171,7 +172,7 @@ class BatchRun:
                 top_up()
                 if not sending and (self.stopping.is_set() or (exhausted and not fetching and not ready)):
                     break
-                finished, _ = wait([*fetching, *sending], timeout=0.25, return_when=FIRST_COMPLETED)
+                finished, _ = wait([*fetching, *sending], timeout=defaults.STOP_CHECK_S, return_when=FIRST_COMPLETED)
                 for future in finished:
                     if future in fetching:
                         key = fetching.pop(future)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from . import defaults
 from .tiles import parse_tile, tile_polygon
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -341,7 +342,7 @@ class PostgresSink:
         self._psycopg, self._jsonb = psycopg, Jsonb
         results, failed = sql.Identifier(table), sql.Identifier(f"{table}_failed")
         try:
-            self.connection = psycopg.connect(url, connect_timeout=30)
+            self.connection = psycopg.connect(url, connect_timeout=defaults.DATABASE_CONNECT_TIMEOUT_S)
         except psycopg.Error as error:
             raise SinkError(f"cannot connect to {masked(url)}: {str(error).strip()}") from error
         self._create(

@@ -16,24 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .contract import (
-    COLLAB,
-    TABULAR,
-    TEXT,
-    VISION,
-    Body,
-    check_answerable,
-    check_form,
-    image_bytes,
-    read_body,
-    read_row,
-    read_text,
-)
+from .bodies import Body, check_answerable, check_form, read_body
 from .errors import BadInput
+from .instances import image_bytes, read_row, read_text
 from .learner import ServedLearner
 from .predict import Prediction, decode_images, predict_images
 from .responses import response_body
 from .settings import HandlerSettings
+from .vocabulary import COLLAB, TABULAR, TEXT, VISION
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 A compiled graph is specialised to its input's shape, and the handler's forward passes carry
 from one image to `max_batch`. Each batch is padded up to the next of a few sizes (powers of
-two up to `max_batch`), every one of them compiled and run once at start (README,
-"Performance", says why padding rather than a dynamic batch dimension). Whatever fails while
+two up to `max_batch`), every one of them compiled and run once at start (docs/compile.md says why padding rather
+than a dynamic batch dimension). Whatever fails while
 compiling leaves the Learner eager, and says why: a model is never left unserved.
 """
 
@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .contract import VISION
 from .learner import ServedLearner
+from .predict import predict_images
+from .vocabulary import VISION
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +152,6 @@ def compile_learner(served: ServedLearner, max_batch: int) -> CompileReport:
 
     On success the Learner's model is the padded compiled one; on any failure it stays eager.
     """
-    from .predict import predict_images
-
     os.environ.setdefault(CACHE_DIR_VARIABLE, str(default_cache_dir()))
     if served.kind != VISION:
         return CompileReport(

@@ -1,7 +1,7 @@
 """Every default of fastai-serving, defined once: ports, limits, timeouts, batching.
 
 The settings classes (the handler's, make-archive's, the shim's, serve's flags) take their
-defaults from here; `config.properties` and the README's tables are checked against these
+defaults from here; `config.properties` and the tables of docs/settings.md are checked against these
 values by the tests. Imports nothing, so any part can read it.
 """
 
@@ -62,6 +62,7 @@ MAX_BATCH = (
     16  # images (or texts) per forward pass: resnet34 at 224² on 2 cores ran fastest at 8-16 (32: -12%, 64: -22%)
 )
 MAX_ROW_BATCH = 1024  # tabular and collaborative-filtering rows per forward pass
+DECODE_THREADS = 4  # threads decoding a batch's images in each worker (PIL releases the GIL while decoding)
 TORCH_THREADS = 0  # torch threads per worker; 0: the machine's cores ÷ the model's workers
 PRECISION = "fp32"
 CHANNELS_LAST = True  # the model's weights channels-last: same results to float rounding, faster on CPU

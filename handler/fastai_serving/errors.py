@@ -1,4 +1,4 @@
-"""The errors the core raises, each with the HTTP status a front answers it with."""
+"""The errors the core raises, each with the HTTP status a front answers it with, and how messages name JSON types."""
 
 from __future__ import annotations
 
@@ -28,3 +28,9 @@ class BadInput(ServingError, ValueError):
 
 class ModelError(RuntimeError):
     """The exported Learner cannot be loaded or served (a deployment problem, not a client's)."""
+
+
+def json_type(value: object) -> str:
+    """How a message names a JSON value's type: "an object", "a list", "a string", "null"..."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")

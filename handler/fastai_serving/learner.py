@@ -17,7 +17,10 @@ from typing import Any
 import torch
 
 from . import defaults
-from .contract import (
+from .columns import Column
+from .errors import ModelError
+from .learner_columns import columns_of
+from .vocabulary import (
     COLLAB,
     IMAGE_INPUT,
     MULTI_LABEL,
@@ -28,9 +31,7 @@ from .contract import (
     TEXT,
     TEXT_INPUT,
     VISION,
-    Column,
 )
-from .errors import ModelError
 
 FP32, BF16 = "fp32", "bf16"
 PRECISIONS = (FP32, BF16)
@@ -168,8 +169,6 @@ def load_learner(
         max_text_chars=max_text_chars,
     )
     if kind in (TABULAR, COLLAB):
-        from .tabular import columns_of
-
         served.columns = columns_of(learn)
         served.targets = [str(name) for name in learn.dls.train_ds.y_names]
     return served

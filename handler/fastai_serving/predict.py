@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .defaults import MAX_BATCH, MAX_IMAGE_PIXELS
+from .defaults import DECODE_THREADS, MAX_BATCH, MAX_IMAGE_PIXELS
 from .errors import BadInput
 from .images import decode_image
 from .learner import BF16, ServedLearner
 
 # PIL releases the GIL while decoding, so a few threads decode a batch in parallel.
-_decoder_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode")
+_decoder_pool = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode")
 
 
 @dataclass

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .contract import (
+from .bodies import Body
+from .learner import ServedLearner
+from .predict import Prediction
+from .vocabulary import (
     CLASS_INDEX_SIGNATURE,
     CLASSIFY,
     EXAMPLES,
@@ -14,10 +17,7 @@ from .contract import (
     SEGMENTATION,
     SINGLE,
     SINGLE_LABEL,
-    Body,
 )
-from .learner import ServedLearner
-from .predict import Prediction
 
 
 def response_body(served: ServedLearner, body: Body, predictions: list[Prediction]) -> dict[str, Any]:

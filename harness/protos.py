@@ -11,7 +11,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from fastai_serving_scripts import PROJECT_ROOT
+from harness import PROJECT_ROOT
 
 SOURCE_ROOT = "client"  # relative to the project root: the folder the package (and the .proto imports) start from
 PACKAGE = "fastai_serving_protos"  # the import path the .proto files use, and the generated modules' package

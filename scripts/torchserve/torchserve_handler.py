@@ -1,0 +1,1 @@
+../../handler/torchserve_handler.py
