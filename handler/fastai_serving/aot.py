@@ -23,8 +23,8 @@ from PIL import Image
 from torch import nn
 
 from .compiled import CompileReport, sample_image, split_fastai_cast
-from .contract import REGRESSION, VISION
 from .learner import BF16, FP32, ServedLearner
+from .vocabulary import REGRESSION, VISION
 
 logger = logging.getLogger(__name__)
 
