@@ -153,11 +153,8 @@ def stage_extra_files(staging: Path, utils: Path | None) -> None:
         shutil.copytree(utils, staging / UTILS_DIR_IN_ARCHIVE, ignore=ignore)
 
 
-def try_compile(args: argparse.Namespace) -> None:
+def try_compile(args: argparse.Namespace, served: ServedLearner) -> None:
     """Compile the model once here, as a worker will; refuse, or with --compile-fallback archive it eager, if it fails."""
-    served = load_learner(
-        args.learner, "cpu", args.utils.resolve() if args.utils else None, args.precision, args.channels_last
-    )
     print(f"make-archive: compiling the model for batch sizes {list(batch_sizes(args.max_batch))} (minutes, once)")
     report = compile_learner(served, args.max_batch)
     if report.compiled:
@@ -168,11 +165,8 @@ def try_compile(args: argparse.Namespace) -> None:
         _compile_failed(args, report.error)
 
 
-def try_aot(args: argparse.Namespace, folder: Path) -> None:
+def try_aot(args: argparse.Namespace, served: ServedLearner, folder: Path) -> None:
     """Compile the model ahead of time into `folder` (checked against eager); refuse, or fall back, if it fails."""
-    served = load_learner(
-        args.learner, "cpu", args.utils.resolve() if args.utils else None, args.precision, args.channels_last
-    )
     print(f"make-archive: compiling the model ahead of time for batches of 1 to {args.max_batch} (a minute, once)")
     report = build_package(served, args.max_batch, folder)
     if report.compiled:
@@ -199,18 +193,21 @@ def _compile_failed(args: argparse.Namespace, error: str) -> None:
 def make_archive(args: argparse.Namespace) -> Path:
     check_args(args)
     try:
-        served = load_learner(args.learner, "cpu", args.utils.resolve() if args.utils else None)
+        # Loaded once, as a worker loads it (precision, layout): detected, then compiled from the same copy.
+        served = load_learner(
+            args.learner, "cpu", args.utils.resolve() if args.utils else None, args.precision, args.channels_last
+        )
     except ModelError as error:
         raise SystemExit(f"make-archive: {error}") from None
     print(f"make-archive: {args.learner.name}: {served.kind} {served.task}, {_outputs(served)}")
     if args.compile == "worker":
-        try_compile(args)
+        try_compile(args, served)
     args.store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="make-archive-") as tmp:
         staging = Path(tmp) / "extra"
         stage_extra_files(staging, args.utils)
         if args.compile == "aot":
-            try_aot(args, staging / AOT_DIR_IN_ARCHIVE)
+            try_aot(args, served, staging / AOT_DIR_IN_ARCHIVE)
         config_file = Path(tmp) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config(args, served.kind), sort_keys=False))
         command = [
