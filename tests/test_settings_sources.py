@@ -15,6 +15,7 @@ from fastai_serving_scripts import PROJECT_ROOT, make_archive, serve
 from fastai_serving_shim.settings import Settings, env_name
 
 README = (PROJECT_ROOT / "README.md").read_text()
+PIPELINE_DOC = (PROJECT_ROOT / "docs" / "pipeline.md").read_text()  # the fast paths' own make-archive flags
 
 
 def torchserve_config(path: Path = PROJECT_ROOT / "config.properties") -> dict[str, str]:
@@ -22,9 +23,9 @@ def torchserve_config(path: Path = PROJECT_ROOT / "config.properties") -> dict[s
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def readme_table(first_header: str) -> dict[str, str]:
-    """The README table whose first column is headed `first_header`: first cell (unquoted) -> second cell."""
-    lines = README.splitlines()
+def readme_table(first_header: str, text: str = README) -> dict[str, str]:
+    """The README's (or `text`'s) table whose first column is headed `first_header`: first cell (unquoted) -> second cell."""
+    lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
     rows = {}
     for line in lines[start + 2 :]:
@@ -89,18 +90,21 @@ def test_readme_shim_settings_table_is_the_settings_class():
 
 
 def test_readme_make_archive_table_is_make_archives_flags():
-    table = readme_table("make-archive flag")
+    table = readme_table("make-archive flag") | readme_table("make-archive flag", PIPELINE_DOC)
     args = make_archive.parse_args(["--name", "x", "--learner", "export.pkl"])
+    negated = {"--no-channels-last", "--no-fast-images", "--no-fast-rows"}
     for flag, cell in table.items():
         if flag in ("--name", "--learner"):
             assert "required" in cell
-        elif flag in ("--channels-last", "--no-channels-last"):
+        elif flag in negated:
+            assert_same_default(flag, cell, getattr(args, flag[5:].replace("-", "_")))
+        elif flag in ("--channels-last",):
             assert_same_default(flag, cell, args.channels_last)
         elif flag in ("--store",):
             assert quoted(cell) == "model_store/"
         else:
             assert_same_default(flag, cell, getattr(args, flag[2:].replace("-", "_")))
-    documented = {flag for flag in table} - {"--no-channels-last"}
+    documented = {flag for flag in table} - negated
     flags = {action.option_strings[0] for action in make_archive.build_parser()._actions if documented_flag(action)}
     assert documented == flags
 
