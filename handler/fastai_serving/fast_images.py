@@ -74,8 +74,9 @@ def _crop_pad(
     original = image.size
     end = (top_left[0] + size[0], top_left[1] + size[1])
     if any(t >= 0 for t in top_left) or any(e <= o for e, o in zip(end, original, strict=True)):
-        start = (max(top_left[0], 0), max(top_left[1], 0))
-        image = image.crop((*start, min(end[0], original[0]), min(end[1], original[1])))
+        box = (max(top_left[0], 0), max(top_left[1], 0), min(end[0], original[0]), min(end[1], original[1]))
+        if box != (0, 0, *original):  # a crop to the whole image is a copy of the same pixels: skipped
+            image = image.crop(box)
     if any(t < 0 for t in top_left) or any(e >= o for e, o in zip(end, original, strict=True)):
         before = (max(-top_left[0], 0), max(-top_left[1], 0))
         after = (max(size[0] - original[0] + top_left[0], 0), max(size[1] - original[1] + top_left[1], 0))
