@@ -33,6 +33,8 @@ A second table does the same for a tabular and a text Learner (one server serves
   T4, X3 shim       the full path: CLIENTS clients, each sending requests of ROWS rows (TEXTS texts)
   T0 forward        the tabular model alone on already-processed tensors: what is left when fastai's
                     per-call work (copying the frame, its procs, a DataLoader, get_preds) is gone
+A third table, first (benchmarks/pipeline.py): a near-free model's rows P0-P7 against the decode ceiling,
+and the CPU per image of each stage of the served path.
 plus, for tabular, the cost of one `test_dl` + `get_preds` call against the rows it carries.
 Ratios, not absolute times, are what compare across machines. Not a test: run `make bench`.
 """
@@ -760,8 +762,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instances", type=int, default=8)
     parser.add_argument(
         "--only",
-        choices=["vision", "kinds", "compile"],
-        help="one table: the vision Learner's, the tabular and text one, or the compile modes' (eager, worker, aot)",
+        choices=["vision", "kinds", "compile", "pipeline"],
+        help="one table: the vision Learner's, the tabular and text one, the compile modes' (eager, worker, aot), "
+        "or the near-free model's pipeline",
     )
     parser.add_argument(
         "--kinds-threads",
@@ -778,6 +781,12 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
+        if args.only in (None, "pipeline"):  # benchmarks/pipeline.py: serving's own cost, with a near-free model
+            from pipeline import pipeline_rows
+
+            pipeline_rows(tmp, args.device, args.clients, args.instances, args.quick)
+            if args.only == "pipeline":
+                return
         if args.only not in ("vision", "compile"):
             kinds, profile = rows_tabular_and_text(tmp, args.device, args.clients, args.quick, args.kinds_threads)
             if args.only == "kinds":

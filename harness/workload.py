@@ -116,3 +116,41 @@ def make_texts(count: int, seed: int = 0) -> list[str]:
     words = FILLER_WORDS * 3 + GOOD_WORDS + BAD_WORDS
     lengths = np.clip(rng.lognormal(mean=3.0, sigma=0.7, size=count), 5, 120).astype(int)
     return [" ".join(rng.choice(words, length)).capitalize() + "." for length in lengths]
+
+
+def make_near_free_learner(folder: Path) -> Path:
+    """Export a vision Learner whose model costs almost nothing (a pooling layer and a linear layer) behind the
+    usual pipeline: the 256×256 tiles resized to 224² and normalized with ImageNet's statistics. Not trained:
+    it measures what serving costs around a model, not what the model answers."""
+    from fastai.vision.all import (
+        CategoryBlock,
+        CrossEntropyLossFlat,
+        DataBlock,
+        ImageBlock,
+        ItemGetter,
+        Learner,
+        Normalize,
+        Resize,
+        imagenet_stats,
+        nn,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for index, tile in enumerate(make_tiles(len(CLASSES) * 2, seed=1)):
+        path = folder / f"train_{index}.jpg"
+        path.write_bytes(tile)
+        items.append((path, CLASSES[index % len(CLASSES)]))
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock),
+        get_x=ItemGetter(0),
+        get_y=ItemGetter(1),
+        item_tfms=Resize(MODEL_SIZE),
+        batch_tfms=Normalize.from_stats(*imagenet_stats, cuda=False),
+    )
+    dls = block.dataloaders(items, bs=2, num_workers=0)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, len(CLASSES)))
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
+    export_path = folder / "export.pkl"
+    learn.export(export_path.resolve())
+    return export_path

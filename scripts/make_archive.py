@@ -94,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --compile: if the model does not compile here, archive it eager instead of refusing",
     )
+    parser.add_argument(
+        "--fast-images",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.FAST_IMAGES,
+        help="vision: build each batch straight from the images where the Learner's transforms are all "
+        "Resize/ToTensor/IntToFloatTensor/Normalize, equal to learn.predict (default: on; docs/pipeline.md)",
+    )
+    parser.add_argument(
+        "--fast-rows",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.FAST_ROWS,
+        help="tabular and collab: apply FillMissing/Categorify/Normalize to a batch's rows vectorized, "
+        "without a test_dl, equal to learn.predict (default: on; docs/pipeline.md)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     return parser
 
@@ -141,6 +155,8 @@ def model_config(args: argparse.Namespace, kind: str) -> dict:
             "channels_last": args.channels_last,
             "compile": args.compile == "worker",
             "aot_dir": AOT_DIR_IN_ARCHIVE if args.compile == "aot" else "",
+            "fast_images": args.fast_images,
+            "fast_rows": args.fast_rows,
         },
     }
 

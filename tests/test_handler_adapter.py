@@ -156,7 +156,7 @@ def test_a_forward_pass_that_returns_too_few_results_never_answers_with_anothers
     image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
     real = batching.predict_images
     monkeypatch.setattr(
-        batching, "predict_images", lambda served, images, max_batch: real(served, images, max_batch)[:1]
+        batching, "predict_images", lambda served, images, max_batch, **options: real(served, images, max_batch)[:1]
     )
     answers, context = handle(
         classifier_handler, [{"instances": [b64_row(image)]}, {"instances": [b64_row(image)] * 2}]
@@ -223,15 +223,16 @@ def text_handler(small_learners, tmp_path_factory):
     return handler_for(small_learners["text"], tmp_path_factory.mktemp("text"), settings)
 
 
-def test_a_batch_of_row_requests_is_one_dataframe_and_each_row_answers_learn_predict(
+def test_a_batch_of_row_requests_is_one_set_of_tensors_and_each_row_answers_learn_predict(
     tabular_handler, small_learners, monkeypatch
 ):
     import pandas as pd
 
-    frames = []
-    dls = tabular_handler.served.learn.dls
-    real_test_dl = dls.test_dl
-    monkeypatch.setattr(dls, "test_dl", lambda frame, **kwargs: frames.append(frame) or real_test_dl(frame, **kwargs))
+    from fastai_serving.fast_rows import RowPlan
+
+    frames = []  # the rows of each call that turns rows into the model's tensors (the fast path's)
+    real_tensors = RowPlan.tensors
+    monkeypatch.setattr(RowPlan, "tensors", lambda plan, rows: frames.append(rows) or real_tensors(plan, rows))
     passes = []
     hook = tabular_handler.served.learn.model.register_forward_hook(lambda module, args, output: passes.append(1))
     columns = {name: [row[name] for row in ROWS[2:4]] for name in ROWS[0]}

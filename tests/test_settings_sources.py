@@ -21,6 +21,7 @@ from harness import PROJECT_ROOT
 
 SETTINGS_PAGE = (PROJECT_ROOT / "docs" / "settings.md").read_text()  # make-archive's and serve's flags, the variables
 BATCH_PAGE = (PROJECT_ROOT / "docs" / "batch.md").read_text()  # predict-batch's flags
+PIPELINE_PAGE = (PROJECT_ROOT / "docs" / "pipeline.md").read_text()  # the fast paths' own make-archive flags
 
 
 def torchserve_config(path: Path = PROJECT_ROOT / "config.properties") -> dict[str, str]:
@@ -95,18 +96,21 @@ def test_the_settings_pages_variables_table_is_the_settings_class():
 
 
 def test_the_settings_pages_make_archive_table_is_make_archives_flags():
-    table = readme_table("make-archive flag")
+    table = readme_table("make-archive flag") | readme_table("make-archive flag", PIPELINE_PAGE)
     args = make_archive.parse_args(["--name", "x", "--learner", "export.pkl"])
+    negated = {"--no-channels-last", "--no-fast-images", "--no-fast-rows"}
     for flag, cell in table.items():
         if flag in ("--name", "--learner"):
             assert "required" in cell
-        elif flag in ("--channels-last", "--no-channels-last"):
+        elif flag in negated:
+            assert_same_default(flag, cell, getattr(args, flag[5:].replace("-", "_")))
+        elif flag in ("--channels-last",):
             assert_same_default(flag, cell, args.channels_last)
         elif flag in ("--store",):
             assert quoted(cell) == "model_store/"
         else:
             assert_same_default(flag, cell, getattr(args, flag[2:].replace("-", "_")))
-    documented = {flag for flag in table} - {"--no-channels-last"}
+    documented = {flag for flag in table} - negated
     flags = {action.option_strings[0] for action in make_archive.build_parser()._actions if documented_flag(action)}
     assert documented == flags
 

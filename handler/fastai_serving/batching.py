@@ -109,12 +109,12 @@ def _predict(served: ServedLearner, inputs: list[Any], settings: HandlerSettings
     if served.kind in (TABULAR, COLLAB):
         from .tabular import predict_rows
 
-        return predict_rows(served, inputs, settings.max_row_batch)
+        return predict_rows(served, inputs, settings.max_row_batch, fast=settings.fast_rows)
     if served.kind == TEXT:
         from .text import predict_texts
 
         return predict_texts(served, inputs, settings.max_batch)
-    return predict_images(served, inputs, settings.max_batch)
+    return predict_images(served, inputs, settings.max_batch, fast=settings.fast_images)
 
 
 def _predict_counted(served: ServedLearner, inputs: list[Any], settings: HandlerSettings) -> list[Prediction]:

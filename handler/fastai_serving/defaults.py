@@ -75,3 +75,7 @@ MODEL_VERSION = "1.0"
 SHIM_WORKERS = 2  # gunicorn worker processes
 SHIM_THREADS = 16  # threads per gunicorn worker: concurrent requests
 GRPC_THREADS = 32  # the gRPC front's threads: concurrent calls (as many as the REST shim's 2 workers × 16)
+
+# --- Fast paths (make-archive; README, "Performance", and docs/pipeline.md) ----------------------
+FAST_IMAGES = True  # build a vision batch straight from PIL images when every transform is one the fast path knows
+FAST_ROWS = True  # apply a tabular or collab Learner's procs to a batch's rows vectorized, without a test_dl

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .defaults import DECODE_THREADS, MAX_BATCH, MAX_IMAGE_PIXELS
+from .defaults import DECODE_THREADS, FAST_IMAGES, MAX_BATCH, MAX_IMAGE_PIXELS
 from .errors import BadInput
+from .fast_images import image_plan
 from .images import decode_image
 from .learner import BF16, ServedLearner
 
@@ -43,13 +44,32 @@ def decode_images(
 
 
 def predict_images(
-    served: ServedLearner, images: Sequence[Image.Image], max_batch: int = MAX_BATCH
+    served: ServedLearner, images: Sequence[Image.Image], max_batch: int = MAX_BATCH, fast: bool = FAST_IMAGES
 ) -> list[Prediction]:
-    """Predict every image with one test DataLoader, `max_batch` images per forward pass."""
+    """Predict every image, `max_batch` images per forward pass: with the fast batch builder where the
+    Learner's transforms are all ones it knows (`fast`), else with one fastai test DataLoader."""
     if not images:
         return []
+    plan = image_plan(served.learn, served.device, images[0]) if fast else None
+    if plan is not None:
+        chunks = (images[start : start + max_batch] for start in range(0, len(images), max_batch))
+        return predict_tensors(served, ((plan.batch(chunk, served.device),) for chunk in chunks))
     test_dl = served.learn.dls.test_dl(list(images), bs=max_batch, num_workers=0)
     return predict_loader(served, test_dl)
+
+
+def predict_tensors(
+    served: ServedLearner, batches: Iterable[tuple[torch.Tensor, ...]], count: int | None = None
+) -> list[Prediction]:
+    """The model on batches of ready input tensors (the fast paths), then as `predict_loader` from its outputs
+    (`count`: as there, each instance's outputs as one row)."""
+    model, outputs = served.learn.model, []
+    with torch.inference_mode(), precision_context(served):
+        for inputs in batches:
+            output = model(*inputs)
+            outputs.append(output.as_subclass(torch.Tensor).detach().float().cpu())
+    raw_outputs = torch.cat(outputs)
+    return predictions_of(served, raw_outputs if count is None else raw_outputs.reshape(count, -1))
 
 
 def predict_loader(
@@ -60,15 +80,23 @@ def predict_loader(
     bfloat16. `count`: the number of instances, to give each its own row of outputs (fastai squeezes a
     one-row batch of a model with one output per row, such as a collaborative-filtering dot product).
     """
-    from fastcore.basics import getcallable, noop
+    from fastcore.basics import noop
 
     learn = served.learn
     with precision_context(served):
         raw_outputs, _ = learn.get_preds(dl=test_dl, act=noop, reorder=reorder)
     if count is not None:
         raw_outputs = raw_outputs.reshape(count, -1)
-    outputs = getcallable(learn.loss_func, "activation")(raw_outputs.float())
-    decoded = getcallable(learn.loss_func, "decodes")(outputs)
+    return predictions_of(served, raw_outputs)
+
+
+def predictions_of(served: ServedLearner, raw_outputs: torch.Tensor) -> list[Prediction]:
+    """The loss function's activation and decoding of the model's raw outputs, in float32, one Prediction per row."""
+    from fastcore.basics import getcallable
+
+    loss_func = served.learn.loss_func
+    outputs = getcallable(loss_func, "activation")(raw_outputs.float())
+    decoded = getcallable(loss_func, "decodes")(outputs)
     return [Prediction(output=output, decoded=label) for output, label in zip(outputs, decoded, strict=True)]
 
 

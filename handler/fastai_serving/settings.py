@@ -29,6 +29,10 @@ class HandlerSettings:
     channels_last: bool = defaults.CHANNELS_LAST  # the model's weights channels-last (faster on CPU, same results)
     compile: bool = defaults.COMPILE  # torch.compile at worker start, warmed for every batch size
     aot_dir: str = ""  # folder inside the archive holding an AOTInductor package (make-archive --compile aot)
+    fast_images: bool = defaults.FAST_IMAGES  # the vision fast path; fastai's pipeline when off or not applicable
+    fast_rows: bool = (
+        defaults.FAST_ROWS
+    )  # the tabular and collab fast path; fastai's test_dl when off or not applicable
     kind: str = ""  # the Learner's kind as make-archive found it; the worker checks it finds the same
 
     @classmethod

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from .columns import CONTINUOUS, Column
-from .defaults import MAX_ROW_BATCH
+from .defaults import FAST_ROWS, MAX_ROW_BATCH
+from .fast_rows import row_plan
 from .learner import ServedLearner
-from .predict import Prediction, predict_loader
+from .predict import Prediction, predict_loader, predict_tensors
 
 
 def rows_frame(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> pd.DataFrame:
@@ -41,11 +42,17 @@ def rows_frame(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> pd.
 
 
 def predict_rows(
-    served: ServedLearner, rows: Sequence[dict[str, Any]], max_rows: int = MAX_ROW_BATCH
+    served: ServedLearner, rows: Sequence[dict[str, Any]], max_rows: int = MAX_ROW_BATCH, fast: bool = FAST_ROWS
 ) -> list[Prediction]:
-    """Predict every row with one frame and one test DataLoader, `max_rows` rows per forward pass."""
+    """Predict every row, `max_rows` rows per forward pass: with the procs applied vectorized where the Learner's
+    procs are all ones the fast path knows (`fast`), else with one frame and one test DataLoader."""
     if not rows:
         return []
+    plan = row_plan(served.learn) if fast else None
+    if plan is not None:
+        inputs = [tensor.to(served.device) for tensor in plan.tensors(rows)]
+        chunks = (tuple(t[start : start + max_rows] for t in inputs) for start in range(0, len(rows), max_rows))
+        return predict_tensors(served, chunks, count=len(rows))
     test_dl = served.learn.dls.test_dl(rows_frame(rows, served.columns), bs=max_rows)
     # A tabular test DataLoader keeps the frame's order: nothing to reorder.
     return predict_loader(served, test_dl, count=len(rows), reorder=False)

@@ -1,0 +1,296 @@
+"""The pipeline table: what serving itself costs per image, measured with a model that costs nothing.
+
+A vision Learner whose model is a pooling layer and a linear layer (harness.workload.make_near_free_learner),
+fed the bench's 256×256 JPEG tiles resized to 224² and normalized, so every row is the pipeline around a model:
+  P0 decode ceiling   the tiles decoded, resized and made one normalized tensor batch by the plainest fast code
+                      (PIL on a thread per core, one uint8 array, one tensor normalize): what decoding alone allows
+  P1 fastai get_preds in-process: decode, a test DataLoader, learn.get_preds
+  P2, P3 core         fastai_serving's batch path in-process on the JSON bodies TorchServe would hand the handler
+                      (parse, base64, decode, one batch, forward, encode): P2 with fastai's pipeline, P3 the fast path
+  P4 TorchServe       /predictions/<model> directly; P5 the shim (REST); P6 the gRPC front: CLIENTS clients each
+                      sending INSTANCES tiles per request (default archive, fast path on)
+  P7 shim             P5 with an archive made with --no-fast-images (fastai's pipeline in the worker)
+Then the CPU each stage of the served path costs per image: the pieces timed in-process (CPU time, one torch
+thread), and each server process's own CPU time during rows P4-P6 (psutil), so TorchServe's frontend is counted
+directly rather than by difference. Run as part of bench.py (`make bench`, or `--only pipeline`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+from bench import Row, run_grpc_load, run_load
+from PIL import Image
+
+from harness.servers import Servers, make_archive
+from harness.workload import MODEL_SIZE, make_near_free_learner, make_tiles
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Server processes, by what their command line holds.
+PROCESS_KINDS = (
+    ("java", "TorchServe frontend (Java)"),
+    ("model_service_worker", "TorchServe worker (handler)"),
+    ("gunicorn", "shim (REST)"),
+    ("grpc_server", "gRPC front"),
+)
+
+
+# --- The decode ceiling --------------------------------------------------------------------------
+
+
+def _decode_resize(tile: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(tile))
+    image = image.convert("RGB") if image.mode != "RGB" else image
+    return np.asarray(image.resize((MODEL_SIZE, MODEL_SIZE), Image.BILINEAR))
+
+
+def decode_ceiling(tiles: list[bytes], batch: int) -> float:
+    """Seconds to turn `tiles` into normalized N×3×224×224 float batches on every core (PIL releases the GIL)."""
+    import torch
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(_decode_resize, tiles[:batch]))  # warm-up
+        start = time.perf_counter()
+        arrays = list(pool.map(_decode_resize, tiles))
+        for first in range(0, len(arrays), batch):
+            pixels = torch.from_numpy(np.stack(arrays[first : first + batch])).permute(0, 3, 1, 2)
+            (pixels.float() - mean) / std
+        return time.perf_counter() - start
+
+
+# --- In-process rows -----------------------------------------------------------------------------
+
+
+def images_body(tiles: list[bytes]) -> bytes:
+    return json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(t).decode()}} for t in tiles]}).encode()
+
+
+def best_seconds(call: Callable[[], object], repeat: int, timer: Callable[[], float] = time.perf_counter) -> float:
+    """The fastest of `repeat` runs of `call`, after a warm-up run (other sessions load this machine: the best is the least disturbed)."""
+    call()
+    times = []
+    for _ in range(repeat):
+        start = timer()
+        call()
+        times.append(timer() - start)
+    return min(times)
+
+
+def core_batches(served, bodies: list[bytes], settings, per_batch: int) -> Callable[[], int]:
+    """The handler's whole batch path over `bodies`, `per_batch` requests per TorchServe batch; returns a runner."""
+    from fastai_serving.batching import encode_responses, predict_requests, prepare_requests
+
+    def run() -> int:
+        answered = 0
+        for first in range(0, len(bodies), per_batch):
+            outcomes = prepare_requests(served, [(b, "predict") for b in bodies[first : first + per_batch]], settings)
+            results = predict_requests(served, outcomes, settings)
+            for _, body in encode_responses(served, outcomes, results):
+                json.dumps(body, separators=(",", ":")).encode()
+                answered += len(body["predictions"])
+        return answered
+
+    return run
+
+
+def stage_costs(served, tiles: list[bytes], instances: int, batch: int) -> list[tuple[str, float]]:
+    """Each stage's CPU time per image (µs), in-process with one torch thread: the pieces of the served path."""
+    import torch
+
+    from fastai_serving.batching import encode_responses, predict_requests, prepare_requests, read_instances
+    from fastai_serving.bodies import read_body
+    from fastai_serving.fast_images import image_plan
+    from fastai_serving.predict import decode_images
+    from fastai_serving.settings import HandlerSettings
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    settings = HandlerSettings()
+    body = images_body(tiles[:instances])
+    parsed = read_body(body, "predict")
+    read_instances(served, parsed, settings)  # warm: the checks compile their patterns once
+    names = [f"image {i}" for i in range(len(tiles))]
+    images = decode_images(tiles, names)
+    learn, plan = served.learn, image_plan(served.learn, served.device, images[0])
+    chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
+    inputs = [plan.batch(chunk, served.device) for chunk in chunks]
+    outcomes = prepare_requests(served, [(body, "predict")], settings)
+    results = predict_requests(served, outcomes, settings)
+
+    def per_image(call: Callable[[], object], count: int) -> float:
+        return best_seconds(call, 5, time.process_time) / count * 1e6
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for x in inputs:
+                learn.model(x)
+
+    def encode() -> None:
+        for _, answer in encode_responses(served, outcomes, results):
+            json.dumps(answer, separators=(",", ":")).encode()
+
+    try:
+        return [
+            ("shim: body check (one JSON parse of the body)", per_image(lambda: read_body(body, "predict", raw_allowed=False), instances)),
+            ("worker: JSON parse of the body (a second one)", per_image(lambda: read_body(body, "predict"), instances)),
+            ("worker: base64 and instance checks", per_image(lambda: read_instances(served, parsed, settings), instances)),
+            ("worker: decode (PIL, RGB)", per_image(lambda: decode_images(tiles, names), len(tiles))),
+            ("worker: fastai transforms + collation (test_dl)", per_image(lambda: list(learn.dls.test_dl(images, bs=batch, num_workers=0)), len(tiles))),
+            ("worker: fast batch builder (same tensors)", per_image(lambda: [plan.batch(c, served.device) for c in chunks], len(tiles))),
+            ("worker: forward (near-free model)", per_image(forward, len(tiles))),
+            ("worker: output encoding (responses + JSON)", per_image(encode, instances)),
+            ("client: base64 + JSON of the request", per_image(lambda: images_body(tiles[:instances]), instances)),
+        ]  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --- Served rows ---------------------------------------------------------------------------------
+
+
+def process_cpu(servers: Servers) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each kind of server process, and of this process (the clients)."""
+    seconds = dict.fromkeys([name for _, name in PROCESS_KINDS] + ["clients (this process)"], 0.0)
+    for process in psutil.Process(servers.process.pid).children(recursive=True):
+        try:
+            command, times = " ".join(process.cmdline()), process.cpu_times()
+        except psutil.Error:
+            continue
+        kind = next((name for key, name in PROCESS_KINDS if key in command), None)
+        if kind is not None:
+            seconds[kind] += times.user + times.system
+    own = psutil.Process().cpu_times()
+    seconds["clients (this process)"] = own.user + own.system
+    return seconds
+
+
+def measured(servers: Servers, load: Callable[[], tuple]) -> tuple[Row, dict[str, float]]:
+    """(the row's timing, each process kind's CPU µs per image) of one load."""
+    before = process_cpu(servers)
+    seconds, latencies, answered = load()
+    after = process_cpu(servers)
+    return (
+        Row("", answered, seconds, latencies),
+        {kind: (after[kind] - before[kind]) / answered * 1e6 for kind in after},
+    )
+
+
+def served_rows(store: Path, logs: Path, tiles: list[bytes], clients: int, instances: int, per_client: int, fast: bool):
+    servers = Servers(model_store=store, log_dir=logs).start(["bench"], timeout_s=600)
+    json_header = {"Content-Type": "application/json"}
+    rows, costs = [], {}
+    try:
+        loads = {
+            "P4 TorchServe direct": lambda: run_load(
+                f"{servers.inference}/predictions/bench", tiles, clients, instances, per_client, json_header
+            ),
+            "P5 shim (REST) -> TorchServe": lambda: run_load(
+                f"{servers.shim}/v1/models/bench:predict", tiles, clients, instances, per_client
+            ),
+            "P6 gRPC front -> TorchServe": lambda: run_grpc_load(servers.grpc, tiles, clients, instances, per_client),
+        }
+        if not fast:
+            loads = {"P7 shim, --no-fast-images": loads["P5 shim (REST) -> TorchServe"]}
+        for name, load in loads.items():
+            row, cost = measured(servers, load)
+            row.name, row.note = name, f"{clients} clients x {instances} tiles per request"
+            rows.append(row)
+            costs[name] = cost
+    finally:
+        servers.stop()
+    return rows, costs
+
+
+# --- The table -----------------------------------------------------------------------------------
+
+
+def pipeline_rows(tmp: Path, device: str, clients: int, instances: int, quick: bool) -> None:
+    """Build the near-free Learner and its archives, measure every row, print the pipeline tables."""
+    import torch
+
+    from fastai_serving.learner import load_learner
+    from fastai_serving.settings import HandlerSettings
+
+    count, repeat, per_client = (64, 3, 3) if quick else (256, 5, 8)
+    batch = HandlerSettings().max_batch
+    export = make_near_free_learner(tmp / "nearfree")
+    tiles = make_tiles(count, seed=3)
+    served = load_learner(export, device)
+    learn = served.learn
+    rows = [Row("P0 decode ceiling (all cores)", count, best_seconds(lambda: decode_ceiling(tiles, batch), repeat))]
+    from fastai_serving.predict import decode_images
+
+    names = [f"image {i}" for i in range(count)]
+    seconds = best_seconds(
+        lambda: learn.get_preds(dl=learn.dls.test_dl(decode_images(tiles, names), bs=batch, num_workers=0)), repeat
+    )
+    rows.append(Row("P1 fastai get_preds", count, seconds, note="decode + test_dl + get_preds, in-process"))
+    bodies = [images_body(tiles[i : i + instances]) for i in range(0, count, instances)]
+    for code, fast in (("P2", False), ("P3", True)):
+        run = core_batches(served, bodies, HandlerSettings(fast_images=fast), per_batch=clients)
+        label = "fast path" if fast else "fastai's pipeline"
+        rows.append(
+            Row(f"{code} core batch path, {label}", count, best_seconds(run, repeat), note="in-process, JSON bodies")
+        )
+    stages = stage_costs(served, tiles, instances, batch)
+    served_costs = {}
+    for fast in (True, False):
+        store = tmp / f"store-nearfree-{'fast' if fast else 'fastai'}"
+        flags = ["--torch-threads", "0"] + ([] if fast else ["--no-fast-images"])
+        made = make_archive("bench", export, store, *flags)
+        if made.returncode != 0:
+            raise SystemExit(f"bench: make-archive nearfree failed:\n{made.stderr}")
+        served_table, costs = served_rows(
+            store, tmp / f"logs-nearfree-{fast}", tiles, clients, instances, per_client, fast
+        )
+        rows += served_table
+        served_costs |= costs
+    print_pipeline(rows, stages, served_costs, torch.get_num_threads())
+
+
+def print_pipeline(rows: list[Row], stages: list[tuple[str, float]], served_costs: dict, threads: int) -> None:
+    ceiling = rows[0].images_per_s
+    get_preds = next(r for r in rows if r.name.startswith("P1")).images_per_s
+    print("\nnear-free model (pooling + linear), 256x256 JPEG tiles at 224², the pipeline around it\n")
+    print(f"| {'row':<34} | {'images/s':>8} | {'p50 ms':>7} | {'÷ decode ceiling':>16} | {'÷ get_preds':>11} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 9}|{'-' * 18}|{'-' * 13}|")
+    for row in rows:
+        print(
+            f"| {row.name:<34} | {row.images_per_s:8.0f} | {row.percentile(0.5):7.1f} "
+            f"| {row.images_per_s / ceiling:16.2f} | {row.images_per_s / get_preds:11.2f} |"
+        )
+    print("\nCPU per image of each stage, in-process (one torch thread; µs)\n")
+    print(f"| {'stage':<50} | {'µs/image':>8} |\n|{'-' * 52}|{'-' * 10}|")
+    for stage, micros in stages:
+        print(f"| {stage:<50} | {micros:8.0f} |")
+    kinds = list(next(iter(served_costs.values())))
+    print("\nCPU per image of each process while serving (µs; user + system, psutil)\n")
+    print("| process | " + " | ".join(served_costs) + " |")
+    print("|---|" + "---|" * len(served_costs))
+    for kind in kinds:
+        print(f"| {kind} | " + " | ".join(f"{costs[kind]:.0f}" for costs in served_costs.values()) + " |")
+    totals = [sum(costs.values()) for costs in served_costs.values()]
+    print("| all processes | " + " | ".join(f"{total:.0f}" for total in totals) + " |")
+    wall = {r.name: r for r in rows}
+    print(
+        f"\n  in-process torch threads {threads}; cores {psutil.cpu_count()}; "
+        f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} (other sessions share this machine)"
+    )
+    for name in ("P5 shim (REST) -> TorchServe", "P6 gRPC front -> TorchServe"):
+        if name in wall:
+            print(
+                f"  target: {name.split()[0]} ÷ decode ceiling = {wall[name].images_per_s / ceiling:.2f} (wanted >= 0.5)"
+            )
+    print(f"  median p50 of served rows: {statistics.median(r.percentile(0.5) for r in rows if r.latencies_ms):.1f} ms")
