@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .defaults import DECODE_THREADS
+
 logger = logging.getLogger(__name__)
 
 # fastai's PadMode names -> torchvision's padding modes, as fastai's `_do_crop_pad` maps them.
@@ -35,7 +37,7 @@ IMAGE_NEUTRAL = ("AddMaskCodes",)
 IMAGE_READER = "PILBase.create"
 
 # PIL releases the GIL while it resizes, so a few threads resize a batch in parallel (as they decode it).
-_resize_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resize")
+_resize_pool = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="resize")
 
 
 @dataclass(frozen=True)
