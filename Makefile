@@ -41,7 +41,7 @@ lint: install  ## ruff check and ruff format --check over every Python folder
 format: install  ## ruff format and ruff check --fix
 	@$(PYTHON) -m ruff format . && $(PYTHON) -m ruff check --fix .
 
-protos: install  ## regenerate TF Serving's gRPC code (client/fastai_serving_protos/*_pb2*.py) from its .proto files, after editing them
+protos: install  ## regenerate the gRPC code (client/fastai_serving_protos/*_pb2*.py: TF Serving's and the Open Inference Protocol's) from its .proto files, after editing them
 	@$(PYTHON) -m fastai_serving_scripts.protos
 
 clean:  ## remove build output, logs and archives (keeps .venv/)
