@@ -16,6 +16,7 @@ from fastai_serving_shim.routes import api
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.status import metadata_body, resolve_version
 from fastai_serving_shim.upstream import TorchServeClient, has_ready_worker
+from fastai_serving_shim.v2_routes import v2
 
 # What TorchServe serves changes only on a reload: the prediction path reads it from here
 # rather than asking the management API on every request. A name not found asks again at once.
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None, client: TorchServeClient | None
     app.json.sort_keys = False
     app.extensions["fastai_serving"] = Shim(settings, client)
     app.register_blueprint(api)
+    app.register_blueprint(v2)  # the Open Inference Protocol (KServe v2) beside TF Serving's API
     register_error_handlers(app)
     _count_requests(app)
     return app
