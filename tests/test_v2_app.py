@@ -10,49 +10,16 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from fake_torchserve import ModelTable, version
+from fake_torchserve import V2FakeTorchServe as FakeTorchServe
+from fake_torchserve import version
 
 from fastai_serving.contract import IMAGES_CONTENT_TYPE, read_body
 from fastai_serving_shim.app import create_app
-from fastai_serving_shim.errors import ShimError
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.upstream import UpstreamAnswer
-
-COLUMNS = [
-    {"name": "colour", "kind": "categorical", "type": "string", "categories": ["blue", "red"], "nullable": True},
-    {"name": "weight", "kind": "continuous", "type": "number", "nullable": True},
-]
-DESCRIBED = {
-    "vision": {"task": "classification", "kind": "vision", "classes": ["cat", "dog"], "input": "image"},
-    "tabular": {"task": "regression", "kind": "tabular", "classes": [], "targets": ["price"], "inputs": COLUMNS},
-}
-
-
-@dataclass
-class FakeTorchServe(ModelTable):
-    """The model table; each prediction answered with one [0.25, 0.75] (or `answer`) per instance sent."""
-
-    kind: str = "vision"
-    answer: UpstreamAnswer | None = None
-    sent: list[tuple] = field(default_factory=list)
-
-    def described(self, model: str, version: str) -> dict:
-        self.calls.append(("described", model, version))
-        if model not in self.served:
-            raise ShimError(404, f"model {model!r} not found")
-        return DESCRIBED[self.kind]
-
-    def predict(self, model, version, body, verb, content_type="application/json", timeout_s=None) -> UpstreamAnswer:
-        self.sent.append((model, version, body, content_type, timeout_s))
-        if self.answer is not None:
-            return self.answer
-        count = len(read_body(body).instances)
-        values = [[0.25, 0.75]] * count if self.kind == "vision" else [[1.5]] * count
-        return UpstreamAnswer(200, json.dumps({"predictions": values}).encode(), "1.0", DESCRIBED[self.kind]["task"])
 
 
 def client_of(fake: FakeTorchServe, **settings):
