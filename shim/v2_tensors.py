@@ -213,13 +213,10 @@ def _json(text: bytes) -> Any:
     if not text.strip():
         raise BadInput('the request body is empty: send a v2 inference request {"inputs": [...]}')
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        # NaN (and Infinity) as numpy clients write them (tritonclient's rapidjson): NaN is a missing value
+        return json.loads(text, parse_constant=float)
     except (ValueError, RecursionError) as error:
         raise BadInput(f"the inference request is not valid JSON: {error}") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise json.JSONDecodeError(f"{name} is not a JSON value (send null for a missing value)", name, 0)
 
 
 def _list(document: dict[str, Any], key: str, required: bool = False) -> list[Any]:

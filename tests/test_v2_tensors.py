@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 
@@ -63,6 +64,12 @@ def test_requested_outputs_keep_their_binary_choice():
     }
     request = read_rest(json.dumps(body).encode(), None)
     assert request.outputs == [RequestedOutput("probabilities", True), RequestedOutput("mask", False)]
+
+
+def test_nan_as_numpy_clients_write_it_is_read_as_a_float():
+    body = b'{"inputs": [{"name": "size", "datatype": "FP64", "shape": [2], "data": [NaN, 1.5]}]}'
+    (value, other) = read_rest(body, None).inputs[0].values
+    assert math.isnan(value) and other == 1.5
 
 
 def test_kserves_model_name_and_a_triton_timeout_are_read():
@@ -173,7 +180,7 @@ def test_an_input_with_both_data_and_a_binary_size_is_refused():
     [
         (b"", "the request body is empty"),
         (b"[1]", "must be a JSON object, not a list"),
-        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [NaN]}]}', "not valid JSON"),
+        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]]}', "not valid JSON"),
         (b'{"inputs": []}', "'inputs' is empty"),
         (b'{"instances": []}', "unexpected key(s) 'instances'"),
         (b'{"id": 3, "inputs": []}', "'id' must be a string"),
