@@ -380,10 +380,16 @@ def read_grpc(message: Any) -> InferRequest:
         check_datatype(item.datatype, where)
         shape = tuple(item.shape)
         check_shape(shape, where)
-        input_parameters = _parameters(_grpc_parameters(item.parameters), where, (CONTENT_TYPE,))
+        # KServe's client also names each raw input's size, as over REST
+        input_parameters = _parameters(_grpc_parameters(item.parameters), where, INPUT_PARAMETERS)
         if raw:
             if item.HasField("contents"):
                 raise BadInput(f"{where} has contents as well as raw_input_contents: send one")
+            size = input_parameters.get(BINARY_DATA_SIZE)
+            if size is not None and size != len(raw[index]):
+                raise BadInput(
+                    f"{where}: {BINARY_DATA_SIZE!r} is {size} bytes, its raw_input_contents {len(raw[index])}"
+                )
             values = values_of_raw(raw[index], item.datatype, shape, where)
         else:
             values = _typed_contents(item, where)

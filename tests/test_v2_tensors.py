@@ -253,6 +253,17 @@ def test_a_grpc_request_reads_raw_input_contents_in_the_inputs_order():
     )
 
 
+def test_a_grpc_raw_inputs_binary_data_size_as_kserves_client_sends_it_must_be_its_length():
+    message = v2.ModelInferRequest()
+    message.inputs.extend([grpc_input("x", "INT64", [1])])
+    message.inputs[0].parameters["binary_data_size"].int64_param = 8
+    message.raw_input_contents.append(struct.pack("<q", 5))
+    assert read_grpc(message).inputs[0].values == [5]
+    message.inputs[0].parameters["binary_data_size"].int64_param = 9
+    with pytest.raises(BadInput, match="input 'x': 'binary_data_size' is 9 bytes, its raw_input_contents 8"):
+        read_grpc(message)
+
+
 def test_a_grpc_request_reads_typed_contents():
     message = v2.ModelInferRequest()
     tensor = message.inputs.add(name="age", datatype="FP64", shape=[2])
