@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from fastai_serving_shim import metrics
-from fastai_serving_shim.v2_service import OpenInference
+from fastai_serving_shim.v2_service import INFER, PROTOCOL, OpenInference
 from fastai_serving_shim.v2_tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, read_rest, write_rest
 
 v2 = Blueprint("v2", __name__)
-INFER = "infer"
 
 
 def service() -> OpenInference:
@@ -23,8 +21,8 @@ def service() -> OpenInference:
 
 
 def label(route: str, model: str = "", verb: str = "") -> None:
-    """How this request is counted in the metrics (the model only once it is known to be served)."""
-    g.metric = {"model": model, "route": route, "verb": verb}
+    """How this request is counted in the metrics (the service keeps a model's name only if it is served)."""
+    g.metric = {"protocol": PROTOCOL, "model": model, "route": route, "verb": verb}
 
 
 def answer(status: int, body: dict) -> Response:
@@ -60,18 +58,15 @@ def server_metadata() -> Response:
 @v2.get("/v2/models/<model>")
 @v2.get("/v2/models/<model>/versions/<version>")
 def model_metadata(model: str, version: str | None = None) -> Response:
-    label(model_route("", version))
-    body = service().model_metadata(model, version)
-    g.metric["model"] = model
-    return answer(200, body)
+    label(model_route("", version), model)
+    return answer(200, service().model_metadata(model, version))
 
 
 @v2.get("/v2/models/<model>/ready")
 @v2.get("/v2/models/<model>/versions/<version>/ready")
 def model_ready(model: str, version: str | None = None) -> Response:
-    label(model_route("/ready", version))
+    label(model_route("/ready", version), model)
     is_ready = service().model_ready(model, version)
-    g.metric["model"] = model
     return answer(200 if is_ready else 503, {"name": model, "ready": is_ready})
 
 
@@ -79,11 +74,9 @@ def model_ready(model: str, version: str | None = None) -> Response:
 @v2.post("/v2/models/<model>/versions/<version>/infer")
 def infer(model: str, version: str | None = None) -> Response:
     """JSON tensors, or (with Inference-Header-Content-Length) JSON then binary tensors; answered alike."""
-    label(model_route("/infer", version), verb=INFER)
+    label(model_route("/infer", version), model, INFER)
     inference_request = read_rest(request.get_data(cache=False), request.headers.get(HEADER_LENGTH))
     inferred = service().infer(model, version, inference_request)
-    g.metric["model"] = model
-    metrics.INSTANCES.labels(model, INFER).observe(inferred.outputs[0].shape[0] if inferred.outputs else 0)
     body, header_length = write_rest(inferred.model, inferred.version, inference_request, inferred.outputs)
     if header_length is None:
         return Response(body, status=200, mimetype="application/json")

@@ -1,4 +1,4 @@
-"""A fake of `fastai_serving_shim.upstream.TorchServeClient`'s model table, for the in-process tests of one front.
+"""A fake of `fastai_serving_shim.torchserve.TorchServeClient`'s model table, for the in-process tests of one front.
 
 It answers what TorchServe's management API would (models, their versions, what each
 describes) from a table, and records every call. Each front's tests add the `predict`
@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 
 from fastai_serving.contract import read_body
-from fastai_serving_shim.errors import ShimError
-from fastai_serving_shim.upstream import UpstreamAnswer
+from fastai_serving_shim.errors import Failure, ServiceError
+from fastai_serving_shim.torchserve import UpstreamAnswer
 
 DESCRIBED = {
     "classification": {"task": "classification", "classes": ["cat", "dog"], "input": "image", "precision": "fp32"},
@@ -42,7 +42,7 @@ class ModelTable:
     def versions(self, model: str, version: str | None = "all") -> list[dict]:
         self.calls.append(("versions", model, version))
         if model not in self.served:
-            raise ShimError(404, f"model {model!r} not found")
+            raise ServiceError(Failure.NOT_FOUND, f"model {model!r} not found")
         return self.served[model] if version == "all" else self.served[model][:1]
 
     def described(self, model: str, version: str) -> dict:
@@ -77,7 +77,7 @@ class V2FakeTorchServe(ModelTable):
     def described(self, model: str, version: str) -> dict:
         self.calls.append(("described", model, version))
         if model not in self.served:
-            raise ShimError(404, f"model {model!r} not found")
+            raise ServiceError(Failure.NOT_FOUND, f"model {model!r} not found")
         return V2_DESCRIBED[self.kind]
 
     def predict(self, model, version, body, verb, content_type="application/json", timeout_s=None) -> UpstreamAnswer:

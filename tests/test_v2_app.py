@@ -19,7 +19,7 @@ from fake_torchserve import version
 from fastai_serving.contract import IMAGES_CONTENT_TYPE, read_body
 from fastai_serving_shim.app import create_app
 from fastai_serving_shim.settings import Settings
-from fastai_serving_shim.upstream import UpstreamAnswer
+from fastai_serving_shim.torchserve import UpstreamAnswer
 
 
 def client_of(fake: FakeTorchServe, **settings):

@@ -15,14 +15,14 @@ from fake_torchserve import V2FakeTorchServe, version
 from fastai_serving.contract import IMAGES_CONTENT_TYPE, read_body
 from fastai_serving_protos import open_inference_pb2 as v2
 from fastai_serving_protos import open_inference_pb2_grpc as v2_grpc
-from fastai_serving_shim.app import Shim
 from fastai_serving_shim.grpc_server import GrpcFront
+from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
 
 
 def serve(fake: V2FakeTorchServe, **settings) -> GrpcFront:
     chosen = Settings(**{"host": "127.0.0.1", "grpc_port": 0, **settings})
-    return GrpcFront(chosen, Shim(chosen, client=fake)).start()
+    return GrpcFront(chosen, Service(chosen, client=fake)).start()
 
 
 @pytest.fixture
