@@ -202,7 +202,12 @@ def test_a_hostile_grpc_request_is_invalid_argument_and_the_server_serves_on(cli
     assert clients.call("infer", client="kserve_grpc", model="digits", inputs=[image_input(digits, True)])["ok"]
 
 
-def test_v2_requests_are_counted_in_the_metrics(torchserve, clients, digits):
+def test_v2_requests_are_counted_in_the_metrics_with_their_protocol(torchserve, clients, digits):
     clients.call("infer", client="triton_http", model="digits", inputs=[image_input(digits[:1], True)])
+    clients.call("infer", client="triton_grpc", model="digits", inputs=[image_input(digits[:1], True)])
     text = requests.get(f"{torchserve.shim}/metrics", timeout=30).text
-    assert 'route="/v2/models/{model}/infer"' in text
+    counted = [line for line in text.splitlines() if line.startswith("fastai_serving_requests_total{")]
+    assert any('protocol="v2"' in line and 'route="/v2/models/{model}/infer"' in line and 'model="digits"' in line
+               for line in counted)  # fmt: skip
+    assert any('front="grpc"' in line and 'protocol="v2"' in line and "GRPCInferenceService/ModelInfer" in line
+               for line in counted)  # fmt: skip
