@@ -73,9 +73,12 @@ def test_image_probabilities_equal_the_tf_serving_routes(torchserve, clients, di
 
 
 def tabular_rows(count: int = 12) -> list[dict]:
-    """Rows from the training distribution, categories all present (a binary BYTES tensor has no null)."""
+    """Rows from the training distribution, categories all present (a binary BYTES tensor has no null), continuous
+    values float32 ones (an FP32 column's), so the TF-Serving rows carry exactly the values the v2 columns do."""
     frame = tabular_frame(rows=40, seed=3)[[*TABULAR_CATEGORICAL, *TABULAR_CONTINUOUS]]
     frame = frame.dropna(subset=list(TABULAR_CATEGORICAL)).head(count)
+    for name in TABULAR_CONTINUOUS:
+        frame[name] = frame[name].astype(np.float32).astype(np.float64)
     return [
         {k: (None if isinstance(v, float) and math.isnan(v) else v.item() if isinstance(v, np.generic) else v)
          for k, v in row.items()}
