@@ -44,7 +44,7 @@ lint: install-dev  ## ruff check and ruff format --check over every Python folde
 format: install-dev  ## ruff format and ruff check --fix
 	@$(PYTHON) -m ruff format . && $(PYTHON) -m ruff check --fix .
 
-protos: install-dev  ## regenerate TF Serving's gRPC code (client/fastai_serving_protos/*_pb2*.py) from its .proto files, after editing them
+protos: install-dev  ## regenerate the gRPC code (client/fastai_serving_protos/*_pb2*.py: TF Serving's and the Open Inference Protocol's) from its .proto files, after editing them
 	@$(PYTHON) -m harness.protos
 
 clean:  ## remove build output, logs and archives (keeps .venv/)

@@ -12,6 +12,8 @@ Rows (same Learner, same images, one run):
   6g gRPC          the same through the gRPC front on :8500: TF Serving's Predict, raw image bytes (a gRPC client
                    in this process, with the shim's generated stubs: the wire TF Serving's own client speaks);
                    rows 6 and 6g take turns, one request per client each, so a busy machine slows both alike
+  6v v2 binary     the same through the Open Inference Protocol's REST route, as tritonclient.http sends it
+                   (binary tensor data: the tiles' bytes, no base64 or JSON around them); it takes turns with 6, 6g
   6a, 6b           row 6 with --no-channels-last (fastai's plain fp32) and with --precision bf16
   1c, 1d           the ceilings compiled: torch.compile's forward in fp32 and in bf16
   6c, 6d           row 6 and 6b with --compile worker: the worker compiles and warms the model before it is ready
@@ -47,6 +49,7 @@ import json
 import os
 import re
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -258,8 +261,41 @@ def run_load(
     return run_bodies(url, bodies, requests_per_client, headers)
 
 
-def run_bodies(url: str, bodies: list[bytes], requests_per_client: int, headers=None) -> tuple:
-    """One client thread per body, each POSTing it again and again; (seconds, latencies in ms, instances answered)."""
+def v2_request(tiles: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """A tritonclient.http-style inference request: a JSON header, then the tiles as one binary BYTES tensor."""
+    raw = b"".join(struct.pack("<I", len(tile)) + tile for tile in tiles)
+    header = json.dumps({
+        "inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [len(tiles)],
+                    "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"binary_data_output": True},
+    }).encode()  # fmt: skip
+    return header + raw, {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def v2_answered(response: requests.Response) -> int:
+    """The instances a v2 answer holds: its output's first dimension, from the JSON header."""
+    length = int(response.headers.get("Inference-Header-Content-Length", len(response.content)))
+    return json.loads(response.content[:length])["outputs"][0]["shape"][0]
+
+
+def run_v2_load(shim: str, tiles: list[bytes], clients: int, instances: int, requests_per_client: int) -> tuple:
+    """run_load's load through the v2 REST route, the tiles as binary tensor data."""
+    requests_of = [
+        v2_request([tiles[(i * instances + k) % len(tiles)] for k in range(instances)]) for i in range(clients)
+    ]
+    url = f"{shim}/v2/models/bench/infer"
+    return run_bodies(url, [body for body, _ in requests_of], requests_per_client, requests_of[0][1], v2_answered)
+
+
+def run_bodies(url: str, bodies: list[bytes], requests_per_client: int, headers=None, answered_in=None) -> tuple:
+    """One client thread per body, each POSTing it again and again; (seconds, latencies in ms, instances answered).
+
+    `answered_in`: how many instances an answer holds (default: its "predictions").
+    """
+    answered_in = answered_in or (lambda response: len(response.json()["predictions"]))
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -271,7 +307,7 @@ def run_bodies(url: str, bodies: list[bytes], requests_per_client: int, headers=
             response = session.post(url, data=bodies[index], headers=headers or {}, timeout=600)
             elapsed = (time.perf_counter() - began) * 1000
             response.raise_for_status()
-            answered += len(response.json()["predictions"])
+            answered += answered_in(response)
             with lock:
                 latencies.append(elapsed)
         return answered
@@ -399,10 +435,11 @@ def rows_served(servers: Servers, tiles, clients, instances, per_client, key: st
                 f"{servers.shim}/analyze:predict", tiles, clients, instances, per_client
             )
         return rows + [Row(name, answered, seconds, latencies, rss.peak_mb, precision=precision, compiled=compiled)]
-    # Rows 6 and 6g take turns, a request per client each, so load from elsewhere falls on both alike.
+    # Rows 6, 6g and 6v take turns, a request per client each, so load from elsewhere falls on each alike.
     loads = {
         name: lambda: run_load(f"{servers.shim}/analyze:predict", tiles, clients, instances, 1),
         "6g gRPC front -> TorchServe": lambda: run_grpc_load(servers.grpc, tiles, clients, instances, 1),
+        "6v v2 binary -> TorchServe": lambda: run_v2_load(servers.shim, tiles, clients, instances, 1),
     }
     totals = {row: [0.0, [], 0, 0.0] for row in loads}  # seconds, latencies, images, peak RSS
     for turn in range(per_client):
@@ -518,6 +555,7 @@ def print_targets(rows: list[Row], overhead: tuple[float, float], answers: dict[
         ("row 6b / its ceiling", own_ceiling("6b"), ">= 0.8"),
         ("row 6 / row 3 (predict loop)", speed["6"] / speed["3"], "> 1"),
         ("row 7 predict-batch / row 6 shim", speed["7"] / speed["6"], ">= 0.95"),
+        ("row 6v v2 binary / row 6 shim", speed["6v"] / speed["6"], ">= 1.0"),
         ("row 6 / row 4 (original method)", speed["6"] / speed["4"], "> 1"),
         ("shim's added p50, one image (ms)", overhead[1] - overhead[0], "<= 2"),
         ("row 6g gRPC / row 6 REST shim (same load)", speed["6g"] / speed["6"], ">= 1 (no base64, no JSON)"),

@@ -12,6 +12,7 @@ from fastai_serving_shim.routes import api
 from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.torchserve import TorchServeClient
+from fastai_serving_shim.v2_routes import v2
 
 FRONT = "rest"
 UNMATCHED = {"protocol": "", "route": "unmatched", "verb": "", "model": ""}
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None, client: TorchServeClient | None
     app.json.sort_keys = False
     app.extensions["fastai_serving"] = Service(settings, client)
     app.register_blueprint(api)
+    app.register_blueprint(v2)  # the Open Inference Protocol (KServe v2) beside TF Serving's API
     register_error_handlers(app)
     _count_requests(app)
     return app

@@ -1,7 +1,8 @@
 """The gRPC front: TF Serving's gRPC API on port 8500, beside the REST shim, from the same TorchServe.
 
 `python -m fastai_serving_shim.grpc_server` serves with the shim's settings (FASTAI_SERVING_* variables);
-scripts/serve starts it. Besides TF Serving's PredictionService and ModelService it serves
+scripts/serve starts it. Besides TF Serving's PredictionService and ModelService, and the Open
+Inference Protocol's inference.GRPCInferenceService (KServe v2; ServerReady false while draining), it serves
 gRPC's standard health service (Kubernetes gRPC probes: SERVING while every model has a ready
 worker) and server reflection (grpcurl lists and calls the API). On SIGTERM it reports
 NOT_SERVING, refuses new calls, lets the calls in flight finish (`graceful_timeout_s`, as the
@@ -21,11 +22,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fastai_serving import defaults
-from fastai_serving_protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
+from fastai_serving_protos import open_inference_pb2_grpc, tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
 from fastai_serving_shim import listener
 from fastai_serving_shim.grpc_services import ModelService, PredictionService, Unimplemented
 from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
+from fastai_serving_shim.v2_grpc import SERVICE as V2_SERVICE
+from fastai_serving_shim.v2_grpc import GRPCInferenceService
 
 logger = logging.getLogger("fastai_serving.grpc")
 
@@ -89,11 +92,14 @@ class GrpcFront:
             PredictionService(self.service), self.server
         )
         tensorflow_serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.service), self.server)
+        open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            GRPCInferenceService(self.service), self.server
+        )  # the Open Inference Protocol (KServe v2) beside TF Serving's API
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.server.add_generic_rpc_handlers((Unimplemented(),))  # after the services: only their unknown methods
         reflection.enable_server_reflection(
-            (PREDICTION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (PREDICTION_SERVICE, MODEL_SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.readiness = Readiness(self.service, self.health)
         self.port = self.server.add_insecure_port(address(settings.host, settings.grpc_port))

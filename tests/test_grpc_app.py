@@ -547,12 +547,13 @@ def test_health_of_an_unknown_service_is_not_found(channel):
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reflection_lists_tf_servings_services_health_and_itself(channel):
+def test_reflection_lists_tf_servings_services_the_open_inference_service_health_and_itself(channel):
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     assert {service.name for service in answer.list_services_response.service} == {
         "tensorflow.serving.PredictionService",
         "tensorflow.serving.ModelService",
+        "inference.GRPCInferenceService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

@@ -6,7 +6,7 @@ same messages against TF Serving's own descriptors, field by field.
 
 from __future__ import annotations
 
-from fastai_serving_protos import tensorflow_serving_pb2
+from fastai_serving_protos import open_inference_pb2, tensorflow_serving_pb2
 from harness import PROJECT_ROOT
 from harness.protos import PROTO_FOLDER, generate
 
@@ -29,3 +29,29 @@ def test_the_services_and_methods_are_tf_servings():
         "tensorflow.serving.PredictionService",
         "tensorflow.serving.ModelService",
     }
+
+
+def test_the_open_inference_service_and_methods_are_kserves_v2():
+    services = open_inference_pb2.DESCRIPTOR.services_by_name
+    assert {service.full_name: [m.name for m in service.methods] for service in services.values()} == {
+        "inference.GRPCInferenceService": [
+            "ServerLive",
+            "ServerReady",
+            "ModelReady",
+            "ServerMetadata",
+            "ModelMetadata",
+            "ModelInfer",
+        ]
+    }
+
+
+def test_the_infer_messages_keep_kserves_field_numbers():
+    request = open_inference_pb2.ModelInferRequest.DESCRIPTOR
+    response = open_inference_pb2.ModelInferResponse.DESCRIPTOR
+    assert {field.name: field.number for field in request.fields} == {
+        "model_name": 1, "model_version": 2, "id": 3, "parameters": 4, "inputs": 5, "outputs": 6,
+        "raw_input_contents": 7,
+    }  # fmt: skip
+    assert {field.name: field.number for field in response.fields} == {
+        "model_name": 1, "model_version": 2, "id": 3, "parameters": 4, "outputs": 5, "raw_output_contents": 6,
+    }  # fmt: skip

@@ -24,7 +24,8 @@ from fastai_serving_shim import metrics
 from fastai_serving_shim.settings import Settings, env_name
 from harness import PROJECT_ROOT
 
-OVERLAYS = ["cpu", "gpu", "kserve", "store-pvc", "store-init", "hpa-in-flight"]
+OVERLAYS = ["cpu", "gpu", "kserve", "kserve-v2", "store-pvc", "store-init", "hpa-in-flight"]
+KSERVE = ("kserve", "kserve-v2")  # an InferenceService, not a Deployment of our own
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]  # the oldest we state, and the newest kubernetes-validate bundles
 TOOLS_PYTHON = PROJECT_ROOT / ".venv-deploy" / "bin" / "python"
 IMAGE_USER = 10001  # Dockerfile.cpu and .gpu: USER 10001
@@ -54,7 +55,7 @@ def resources(overlay: str, kind: str | None = None) -> list[dict]:
 
 def pod_spec(overlay: str) -> dict:
     """The pod template of the overlay's server: the Deployment's, or the InferenceService's predictor."""
-    if overlay == "kserve":
+    if overlay in KSERVE:
         return resources(overlay, "InferenceService")[0]["spec"]["predictor"]
     return resources(overlay, "Deployment")[0]["spec"]["template"]["spec"]
 
@@ -159,7 +160,7 @@ def test_the_settings_configmap_holds_only_settings_the_shim_reads(overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_container_ports_and_scrape_annotations_are_the_shims(overlay):
     container = server_container(overlay)
-    expected = [defaults.SHIM_PORT] if overlay == "kserve" else [defaults.SHIM_PORT, defaults.GRPC_PORT]
+    expected = [defaults.SHIM_PORT] if overlay in KSERVE else [defaults.SHIM_PORT, defaults.GRPC_PORT]
     assert [port["containerPort"] for port in container["ports"]] == expected
     annotated = resources(overlay, "InferenceService") or [resources(overlay, "Deployment")[0]["spec"]["template"]]
     annotations = annotated[0]["metadata"]["annotations"]
@@ -168,7 +169,7 @@ def test_the_container_ports_and_scrape_annotations_are_the_shims(overlay):
     )
 
 
-@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o != "kserve"])
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o not in KSERVE])
 def test_the_service_hpa_and_pdb_point_at_the_deployments_pods(overlay):
     (deployment,) = resources(overlay, "Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -211,6 +212,16 @@ def test_the_kserve_overlay_is_a_raw_deployment_custom_predictor_with_our_image(
     assert service["apiVersion"] == "serving.kserve.io/v1beta1"
     assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
     assert re.fullmatch(r".+/fastai-serving:cpu", server_container("kserve")["image"])
+
+
+def test_the_kserve_v2_overlay_declares_the_open_inference_protocol_and_changes_nothing_else():
+    v1, v2 = resources("kserve", "InferenceService")[0], resources("kserve-v2", "InferenceService")[0]
+    assert server_container("kserve-v2").pop("env") == [
+        {"name": "PROTOCOL", "value": "v2"}
+    ]  # KServe's custom predictor
+    assert "env" not in server_container("kserve")
+    v2["spec"]["predictor"]["containers"][0].pop("env")
+    assert v1 == v2
 
 
 @pytest.mark.parametrize("overlay, mount", [("store-pvc", "persistentVolumeClaim"), ("store-init", "emptyDir")])

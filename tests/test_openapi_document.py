@@ -28,3 +28,11 @@ def test_every_prediction_route_documents_the_same_errors():
     for path, operations in PATHS.items():
         if "post" in operations:
             assert {"400", "404", "413", "500", "503", "504"} <= set(operations["post"]["responses"]), path
+
+
+def test_every_v2_route_is_documented_for_a_model_and_for_one_version():
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2"):
+        assert "get" in PATHS[path], path
+    for model_path in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        assert "get" in PATHS[model_path] and "get" in PATHS[f"{model_path}/ready"]
+        assert "post" in PATHS[f"{model_path}/infer"]

@@ -236,7 +236,7 @@ def test_classify_on_a_regression_model_is_a_400(torchserve, exported_learners):
         ("GET", "/v1/models/digits/versions/7", "no version 7"),
         ("POST", "/v1/models/digits/labels/stable:predict", "label"),
         ("POST", "/v1/models/digits:explain", "unknown method"),
-        ("GET", "/v2/models/digits", "no such route"),
+        ("GET", "/v3/models/digits", "no such route"),
     ],
 )
 def test_unknown_models_versions_and_routes_get_404(torchserve, demo_model, method, path, message):

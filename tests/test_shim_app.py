@@ -181,7 +181,7 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read():
         ("POST", "/v1/models/digits:explain", 404, "unknown method :explain"),
         ("POST", "/v1/models/digits/labels/stable:predict", 404, "version label 'stable'"),
         ("GET", "/v1/models/digits/versions/latest", 400, "'latest' is not a number"),
-        ("GET", "/v2/models/digits", 404, "no such route"),
+        ("GET", "/v3/models/digits", 404, "no such route"),
         ("GET", "/models", 404, "no such route"),
     ],
 )

@@ -1,4 +1,5 @@
-"""TF Serving's gRPC messages and services, shared by the gRPC front (shim/) and the batch client (client/).
+"""The gRPC messages and services, TF Serving's (tensorflow_*) and the Open Inference Protocol's (open_inference,
+KServe v2), shared by the gRPC front (shim/) and the batch client (client/).
 
 The .proto files here are the single source; the *_pb2*.py modules are generated from them by
 `make protos` (scripts/protos.py) and committed: do not edit them. tests/test_grpc_protos.py
