@@ -297,12 +297,10 @@ def _literal(name: str, value: str) -> bytes:
     return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
 
 
-DATA, HEADERS, SETTINGS, PING, GOAWAY, END_HEADERS, ACK = 0, 1, 4, 6, 7, 0x4, 0x1
+DATA, HEADERS, SETTINGS, PING, GOAWAY, END_STREAM, END_HEADERS, ACK = 0, 1, 4, 6, 7, 0x1, 0x4, 0x1
 
 
-async def _hold_h2(
-    host: str, port: int, streams: int, held: Held, trickle_s: float, stop: asyncio.Event
-) -> None:
+async def _hold_h2(host: str, port: int, streams: int, held: Held, trickle_s: float, stop: asyncio.Event) -> None:
     """One HTTP/2 connection: `streams` Predict calls that send their message a byte at a time (0: idle)."""
     try:
         reader, writer = await asyncio.open_connection(host, port)
@@ -326,10 +324,12 @@ async def _hold_h2(
     ids = [1 + 2 * i for i in range(streams)]
     for stream in ids:
         # A gRPC message of 1,000 bytes announced; its bytes follow one at a time.
-        writer.write(_frame(HEADERS, END_HEADERS, stream, headers) + _frame(DATA, 0, stream, b"\x00" + struct.pack(">I", 1000)))
+        writer.write(
+            _frame(HEADERS, END_HEADERS, stream, headers) + _frame(DATA, 0, stream, b"\x00" + struct.pack(">I", 1000))
+        )
     buffer, cut = b"", False
     try:
-        while not stop.is_set() and not cut:
+        while not stop.is_set() and not cut and (ids or not streams):
             for stream in ids:
                 writer.write(_frame(DATA, 0, stream, b"\x00"))
             await writer.drain()
@@ -346,7 +346,7 @@ async def _hold_h2(
                     length = int.from_bytes(buffer[:3], "big")
                     if len(buffer) < 9 + length:
                         break
-                    kind, flags, payload = buffer[3], buffer[4], buffer[9 : 9 + length]
+                    frame_head, kind, flags, payload = buffer[:9], buffer[3], buffer[4], buffer[9 : 9 + length]
                     buffer = buffer[9 + length :]
                     if kind == SETTINGS and not flags & ACK:
                         writer.write(_frame(SETTINGS, ACK, 0))
@@ -354,14 +354,20 @@ async def _hold_h2(
                         writer.write(_frame(PING, ACK, 0, payload))
                     elif kind == GOAWAY:
                         held.answers["GOAWAY"] = held.answers.get("GOAWAY", 0) + 1
-                    elif kind == HEADERS:
-                        held.answers["HEADERS (an answer)"] = held.answers.get("HEADERS (an answer)", 0) + 1
+                    elif kind == HEADERS and flags & END_STREAM:  # the server ended the call (its status)
+                        stream = int.from_bytes(frame_head[5:9], "big") & 0x7FFFFFFF
+                        if stream in ids:
+                            ids.remove(stream)
+                            held.cut_after_s.append(time.monotonic() - began)
+                            held.answers["call ended by the server"] = (
+                                held.answers.get("call ended by the server", 0) + 1
+                            )
     except (ConnectionError, OSError):
         cut = True
     finally:
         writer.close()
     if cut:
-        held.cut_after_s += [time.monotonic() - began] * max(streams, 1)
+        held.cut_after_s += [time.monotonic() - began] * (len(ids) if streams else 1)
 
 
 class Attack:
