@@ -11,7 +11,8 @@ During the attacked phase GET /ready, / and /metrics are timed every half second
 idle clients count how many the server cut off, and after how long. Loopback only; every phase is
 bounded by --phase-s and every request by --timeout-s, so the probe stops by itself.
 
-`make slow-clients` (MODEL=resnet for the benchmark's resnet34, FRONTS=... to compare REST fronts).
+`make slow-clients` (MODELS="free resnet" adds the benchmark's resnet34; FRONTS="direct proxy" compares the
+REST fronts in one run: gunicorn alone, as before nginx, and nginx in front).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from harness.servers import Servers, make_archive
 from harness.workload import make_learner, make_tiles
 
 MODEL = "bench"
+FRONTS = {"proxy": [], "direct": ["--no-proxy"]}  # scripts/serve's flags for each REST front
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 HEALTH_PATHS = ("/ready", "/", "/metrics")
 
@@ -489,6 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     add("--instances", type=int, default=8, help="tiles per ordinary request")
     add("--phase-s", type=float, default=20.0, help="seconds of ordinary load per phase")
     add("--timeout-s", type=float, default=15.0, help="an ordinary request's timeout")
+    add("--fronts", choices=sorted(FRONTS), nargs="+", default=["proxy"],
+        help="the REST fronts to compare in one run: nginx in front of the shim (proxy), gunicorn alone (direct)")  # fmt: skip
     add("--serve-flag", action="append", default=[], help="a flag for scripts/serve (repeatable)")
     args = parser.parse_args(argv)
     limit = raise_open_file_limit(4 * (args.slow + args.idle) + 1024)
@@ -502,11 +506,14 @@ def main(argv: list[str] | None = None) -> None:
             made = make_archive(MODEL, export, store)
             if made.returncode != 0:
                 sys.exit(f"slow-clients: make-archive failed:\n{made.stderr}")
-            servers = Servers(model_store=store, log_dir=tmp / f"logs-{model}", flags=args.serve_flag).start([MODEL])
-            try:
-                probe(servers, tiles, args, f"model {model}")
-            finally:
-                servers.stop()
+            for front in args.fronts:
+                flags = [*FRONTS[front], *args.serve_flag]
+                servers = Servers(model_store=store, log_dir=tmp / f"logs-{model}-{front}", flags=flags)
+                servers.start([MODEL])
+                try:
+                    probe(servers, tiles, args, f"model {model}, REST front {front}")
+                finally:
+                    servers.stop()
 
 
 if __name__ == "__main__":
