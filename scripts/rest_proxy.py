@@ -54,6 +54,7 @@ def render(settings, listen: str, app_socket: Path, health_socket: Path, run_dir
         "health_address": f"unix:{health_socket}",
         "upstream_keepalive_s": UPSTREAM_KEEPALIVE_S,
         "listen": listen,
+        "graceful_timeout_s": _seconds(settings.graceful_timeout_s),
         "backlog": defaults.LISTEN_BACKLOG,
         "connect_timeout_s": _seconds(settings.status_timeout_s),
         # The shim answers 504 itself when a prediction's deadline passes: nginx waits a little longer.
