@@ -55,7 +55,6 @@ def render(settings, listen: str, app_socket: Path, health_socket: Path, run_dir
         "upstream_keepalive_s": UPSTREAM_KEEPALIVE_S,
         "listen": listen,
         "graceful_timeout_s": _seconds(settings.graceful_timeout_s),
-        "backlog": defaults.LISTEN_BACKLOG,
         "connect_timeout_s": _seconds(settings.status_timeout_s),
         # The shim answers 504 itself when a prediction's deadline passes: nginx waits a little longer.
         "read_timeout_s": _seconds(settings.predict_timeout_s + 30),
@@ -77,6 +76,11 @@ def write_config(settings, listen: str, run_dir: Path) -> tuple[Path, Path, Path
 def nginx_command(nginx: str, config: Path, run_dir: Path) -> list[str]:
     """nginx in the foreground with this config; -e: its startup errors go to stderr, not /var/log (read-only)."""
     return [nginx, "-p", str(run_dir), "-c", str(config), "-e", "stderr"]
+
+
+def inherited(listener_fd: int) -> dict[str, str]:
+    """The environment that hands nginx a listening socket bound by its parent (nginx's own NGINX variable)."""
+    return {"NGINX": f"{listener_fd};"}
 
 
 def _seconds(value: float) -> int:

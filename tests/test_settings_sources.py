@@ -23,16 +23,19 @@ def torchserve_config(path: Path = PROJECT_ROOT / "config.properties") -> dict[s
 
 
 def readme_table(first_header: str) -> dict[str, str]:
-    """The README table whose first column is headed `first_header`: first cell (unquoted) -> second cell."""
-    lines = README.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    """The rows of every table whose first column is headed `first_header`, in the README and the pages
+    under docs/ (a topic's page may carry its own settings): first cell (unquoted) -> second cell."""
     rows = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        for key in re.findall(r"`([^`]+)`", cells[0]) or [cells[0]]:
-            rows[key] = cells[1]
+    for page in [README, *(path.read_text() for path in sorted((PROJECT_ROOT / "docs").glob("*.md")))]:
+        lines = page.splitlines()
+        for start in (i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |")):
+            for line in lines[start + 2 :]:
+                if not line.startswith("|"):
+                    break
+                cells = [cell.strip() for cell in line.strip("|").split("|")]
+                for key in re.findall(r"`([^`]+)`", cells[0]) or [cells[0]]:
+                    rows[key] = cells[1]
+    assert rows, f"no table headed {first_header!r} in the README or docs/"
     return rows
 
 

@@ -82,8 +82,6 @@ MAX_CONNECTIONS = 4096  # open connections per proxy worker (idle, slow, busy, i
 MAX_REQUESTS = 1024  # requests in flight on the REST front (headers read, not yet answered); past it, 503 at once
 PROXY_WORKERS = 2  # nginx worker processes
 HEALTH_THREADS = 4  # shim threads of their own for GET and HEAD (health, status, metadata, metrics)
-SHIM_KEEPALIVE_S = 30  # gunicorn's keep-alive towards nginx (nginx closes its idle connections 5 s earlier)
-LISTEN_BACKLOG = 2048  # connections the kernel queues for a front before it accepts them
 # gRPC: grpc's own server limits (the gRPC front).
 GRPC_RECEIVE_TIMEOUT_S = 10.0  # a call's request message must arrive within this, else DEADLINE_EXCEEDED
 GRPC_MAX_CONCURRENT_RPCS = 1024  # calls in flight on the gRPC front; past it, RESOURCE_EXHAUSTED at once
