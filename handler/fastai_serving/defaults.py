@@ -89,4 +89,4 @@ GRPC_MAX_CONCURRENT_STREAMS = 100  # streams (calls) one HTTP/2 connection may h
 GRPC_MIN_PING_INTERVAL_S = 10.0  # keepalive enforcement: a client pinging more often gets GOAWAY (too_many_pings)
 GRPC_MAX_CONNECTION_IDLE_S = 300.0  # a connection with no call for this long gets GOAWAY (clients reconnect)
 GRPC_MAX_CONNECTION_AGE_S = 600.0  # every connection gets GOAWAY after this (±10 %), so clients rebalance
-GRPC_MAX_CONNECTION_AGE_GRACE_S = 150.0  # then its calls in flight get this long (> the predict timeout), then it closes
+GRPC_MAX_CONNECTION_AGE_GRACE_S = 150.0  # then calls in flight get this long (> the predict timeout), then it closes
