@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help install install-dev demo serve test test-fast bench soak image-check gpu-check lint format protos clean
+.PHONY: help install install-dev demo serve test test-fast bench slow-clients soak image-check gpu-check lint format protos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test-fast: install-dev  ## the in-process tests alone: no server, no Java (under
 
 bench: install  ## benchmark table: ceilings, in-process baselines, TorchServe, the shim (QUICK=1: short mode; DEVICE=cuda)
 	@$(PYTHON) -m benchmarks.bench $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE))
+
+slow-clients: install  ## ordinary clients alone, then beside 500 slow and 1,000 idle connections, REST and gRPC (MODELS="free resnet", FRONTS="direct proxy")
+	@$(PYTHON) benchmarks/slow_clients.py --model $(or $(MODELS),free) --fronts $(or $(FRONTS),proxy)
 
 soak: install  ## minutes of checked load through the shim (SOAK_S=seconds, default 300)
 	@SOAK_S=$(or $(SOAK_S),300) $(PYTHON) -m benchmarks.soak

@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from fastai_serving import defaults
-from fastai_serving_scripts import LOG_CONFIG, LOG_DIR, MODEL_STORE, TORCHSERVE_CONFIG
+from fastai_serving_scripts import LOG_CONFIG, LOG_DIR, MODEL_STORE, TORCHSERVE_CONFIG, rest_proxy
 from fastai_serving_scripts.archives import archive_model_names
 from fastai_serving_shim import listener
 from fastai_serving_shim.errors import ServiceError
@@ -66,6 +66,11 @@ def build_parser(shim: Settings) -> argparse.ArgumentParser:
         "--grpc-ports are TorchServe's own",
     )
     add("--no-grpc", action="store_true", help="serve without the gRPC front")
+    add(
+        "--no-proxy",
+        action="store_true",
+        help="the REST front straight from gunicorn, without nginx in front: slow clients can then hold its threads",
+    )
     add(
         "--host",
         default=defaults.LOOPBACK,
@@ -259,6 +264,31 @@ def shim_process(environment: dict[str, str], rest: socket.socket) -> subprocess
     return guarded(command, {**environment, listener.LISTEN_FD: str(rest.fileno())}, pass_fds=(rest.fileno(),))
 
 
+def proxied_rest_front(environment: dict[str, str], rest: socket.socket, run_dir: Path) -> dict[str, subprocess.Popen]:
+    """nginx on the listening socket serve bound, in front of two gunicorns on unix sockets in `run_dir`:
+    one for predictions, one for GET and HEAD (health, status, metadata, metrics), so health never waits."""
+    settings = Settings.from_env(environment)
+    config, app_socket, health_socket = rest_proxy.write_config(
+        settings, rest_proxy.listen_address(settings.host, settings.port), run_dir
+    )
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    gunicorn_command = [str(gunicorn) if gunicorn.exists() else "gunicorn"]
+    health_pool = ["--workers", "1", "--threads", str(settings.health_threads)]
+    nginx = rest_proxy.nginx_command(rest_proxy.find_nginx(), config, run_dir)
+    return {
+        "shim": guarded([*gunicorn_command, "--bind", f"unix:{app_socket}", *SHIM_APP], environment),
+        "shim's GET pool": guarded(
+            [*gunicorn_command, "--bind", f"unix:{health_socket}", *health_pool, *SHIM_APP], environment
+        ),
+        # The guard hands LISTEN_FD's socket down; the NGINX variable tells nginx it is its listener.
+        "REST proxy": guarded(
+            nginx,
+            {**environment, listener.LISTEN_FD: str(rest.fileno()), **rest_proxy.inherited(rest.fileno())},
+            pass_fds=(rest.fileno(),),
+        ),
+    }
+
+
 def grpc_process(environment: dict[str, str]) -> subprocess.Popen:
     """The gRPC front, with the fronts' settings (it binds to the REST front's address, on --grpc-port)."""
     return guarded([sys.executable, *GRPC_APP], environment)
@@ -306,14 +336,27 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     models = archive_model_names(args.model_store)
     default_model = args.default_model or (models[0] if len(models) == 1 else "")
+    proxied = not args.no_shim and not args.no_proxy
+    if proxied and rest_proxy.find_nginx() is None:
+        print(
+            "serve: the REST front needs nginx, which is not installed: scripts/install installs it "
+            "(Debian: apt-get install nginx-light); or serve with --no-proxy",
+            file=sys.stderr,
+        )
+        return 2
     drain_file(args).unlink(missing_ok=True)
     metrics_dir = Path(tempfile.mkdtemp(prefix="fastai-serving-metrics-"))
+    # nginx's config, temp files and the shim's unix sockets: a short path (a socket's is at most ~100 bytes).
+    proxy_dir = Path(tempfile.mkdtemp(prefix="fastai-serving-rest-")) if proxied else None
     management = Management(f"http://{defaults.LOOPBACK}:{args.management_port}")
     rest = None if args.no_shim else rest_listener(args)
     processes = {"TorchServe": torchserve_process(args)}
     if rest is not None:
         environment = shim_environment(args, default_model, models, metrics_dir)
-        processes["shim"] = shim_process(environment, rest)
+        if proxy_dir is not None:
+            processes.update(proxied_rest_front(environment, rest, proxy_dir))
+        else:
+            processes["shim"] = shim_process(environment, rest)
         if not args.no_grpc:
             processes["gRPC front"] = grpc_process(environment)
     state = write_state(args)
@@ -346,6 +389,8 @@ def serve(args: argparse.Namespace) -> int:
         shut_down(processes, drain_file(args), drain_s, Settings.from_env().graceful_timeout_s, rest)
         state.unlink(missing_ok=True)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        if proxy_dir is not None:
+            shutil.rmtree(proxy_dir, ignore_errors=True)
     if exited is not None:
         print(f"serve: {why_it_ended(exited, processes[exited])}; stopped the rest", file=sys.stderr)
         return processes[exited].returncode or 1
@@ -378,10 +423,18 @@ def shut_down(
         left = listener.quiesce(rest, timeout_s=defaults.FRONT_STOP_MARGIN_S)
         if left:
             print(f"serve: {left} connections were still queued at the REST front when it stopped", flush=True)
+    fronts_stopped_by = time.monotonic() + graceful_s + defaults.FRONT_STOP_MARGIN_S  # one budget for all fronts
+    proxy = processes.get("REST proxy")
+    if proxy is not None:
+        # nginx first (SIGQUIT to its master: finish every request it accepted) while the shim behind it answers.
+        for master in _children(proxy):
+            master.send_signal(signal.SIGQUIT)
+        _wait_for_group(proxy, timeout_s=fronts_stopped_by - time.monotonic())
+        fronts.remove(proxy)
     for process in fronts:
         _signal_group(process, signal.SIGTERM)
     for process in fronts:
-        _wait_for_group(process, timeout_s=graceful_s + defaults.FRONT_STOP_MARGIN_S)
+        _wait_for_group(process, timeout_s=max(1.0, fronts_stopped_by - time.monotonic()))
     if rest is not None:
         rest.close()
     _signal_group(processes["TorchServe"], signal.SIGTERM)
@@ -410,6 +463,14 @@ def _wait_for_group(process: subprocess.Popen, timeout_s: float) -> None:
             return
         time.sleep(0.2)
     _signal_group(process, signal.SIGKILL)
+
+
+def _children(process: subprocess.Popen) -> list[psutil.Process]:
+    """The processes a guard runs (its COMMAND)."""
+    try:
+        return psutil.Process(process.pid).children()
+    except psutil.Error:
+        return []
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:

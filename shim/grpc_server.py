@@ -11,19 +11,23 @@ REST shim does), then exits. While scripts/serve drains, health says NOT_SERVING
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from grpc_health.v1 import _async as async_health
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fastai_serving import defaults
 from fastai_serving_protos import open_inference_pb2_grpc, tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
 from fastai_serving_shim import listener
+from fastai_serving_shim.grpc_limits import ReceiveDeadline, server_options
 from fastai_serving_shim.grpc_services import ModelService, PredictionService, Unimplemented
 from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
@@ -46,9 +50,9 @@ class Readiness:
     """Keeps the health service's answers current: "" and PredictionService SERVING while every model can serve."""
 
     def __init__(
-        self, service: Service, servicer: health.HealthServicer, interval_s: float = defaults.GRPC_HEALTH_POLL_S
+        self, service: Service, publish: Callable[[str, int], None], interval_s: float = defaults.GRPC_HEALTH_POLL_S
     ) -> None:
-        self.service, self.servicer, self.interval_s = service, servicer, interval_s
+        self.service, self.publish, self.interval_s = service, publish, interval_s
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="grpc-readiness", daemon=True)
 
@@ -57,11 +61,11 @@ class Readiness:
         ready = self.service.readiness().ready
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in (health.OVERALL_HEALTH, PREDICTION_SERVICE):
-            self.servicer.set(service, status)
+            self.publish(service, status)
         return ready
 
     def start(self) -> None:
-        self.servicer.set(MODEL_SERVICE, health_pb2.HealthCheckResponse.SERVING)  # status answers while models load
+        self.publish(MODEL_SERVICE, health_pb2.HealthCheckResponse.SERVING)  # status answers while models load
         self.check()
         self._thread.start()
 
@@ -74,38 +78,63 @@ class Readiness:
 
 
 class GrpcFront:
-    """The gRPC server with its services, bound to the shim's host and `grpc_port`; `start`, then `stop`."""
+    """The gRPC server with its services, bound to the shim's host and `grpc_port`; `start`, then `stop`.
+
+    A `grpc.aio` server on an event loop in a thread of its own: HTTP/2, and every call's request
+    message, are read there (a slow or idle client costs no thread); the servicers run on
+    `grpc_threads` threads once a call's message is whole (grpc_limits.ReceiveDeadline).
+    """
 
     def __init__(self, settings: Settings, service: Service | None = None) -> None:
         self.settings = settings
         self.service = service or Service(settings)
+        self.pool = ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc")
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
+        self._loop_thread.start()
+        self.health = async_health.HealthServicer()  # answers on the event loop: never behind predictions
+        try:
+            self.server, self.port = self._on_loop(self._build())
+        except BaseException:
+            self._close_loop()
+            raise
+        self.readiness = Readiness(self.service, self._publish)
+
+    async def _build(self) -> tuple[grpc.aio.Server, int]:
+        settings = self.settings
         limit = settings.max_body_bytes  # the REST body limit, each way: larger messages get RESOURCE_EXHAUSTED
-        self.server = grpc.server(
-            ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
+        server = grpc.aio.server(
+            migration_thread_pool=self.pool,
+            interceptors=[ReceiveDeadline(settings.grpc_receive_timeout_s, self.pool)],
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),  # a port already taken fails here, never shared
+                *server_options(settings),
             ],
         )
-        tensorflow_serving_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.service), self.server
-        )
-        tensorflow_serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.service), self.server)
+        tensorflow_serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.service), server)
+        tensorflow_serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.service), server)
         open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            GRPCInferenceService(self.service), self.server
+            GRPCInferenceService(self.service), server
         )  # the Open Inference Protocol (KServe v2) beside TF Serving's API
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.server.add_generic_rpc_handlers((Unimplemented(),))  # after the services: only their unknown methods
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        server.add_generic_rpc_handlers((Unimplemented(),))  # after the services: only their unknown methods
         reflection.enable_server_reflection(
-            (PREDICTION_SERVICE, MODEL_SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (PREDICTION_SERVICE, MODEL_SERVICE, V2_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.readiness = Readiness(self.service, self.health)
-        self.port = self.server.add_insecure_port(address(settings.host, settings.grpc_port))
+        return server, server.add_insecure_port(address(settings.host, settings.grpc_port))
+
+    def _on_loop(self, coroutine):
+        """Run a coroutine on the front's event loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def _publish(self, service: str, status: int) -> None:
+        self._on_loop(self.health.set(service, status))
 
     def start(self) -> GrpcFront:
-        self.server.start()
+        self._on_loop(self.server.start())
         self.readiness.start()
         return self
 
@@ -115,11 +144,17 @@ class GrpcFront:
         Connections already queued at the listener are accepted first, so none is reset (listener.quiesce).
         """
         self.readiness.stop()
-        self.health.enter_graceful_shutdown()
+        self._on_loop(self.health.enter_graceful_shutdown())
         for own in listener.own_listeners(self.port):
             listener.quiesce(own, timeout_s=defaults.FRONT_STOP_MARGIN_S)
             own.close()
-        self.server.stop(self.settings.graceful_timeout_s if grace_s is None else grace_s).wait()
+        self._on_loop(self.server.stop(self.settings.graceful_timeout_s if grace_s is None else grace_s))
+        self._close_loop()
+
+    def _close_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join(timeout=defaults.FRONT_STOP_MARGIN_S)
+        self.pool.shutdown(wait=False)
 
 
 def main() -> int:

@@ -36,6 +36,23 @@ class Settings:
     threads: int = defaults.SHIM_THREADS  # threads per gunicorn worker: concurrent requests
     grpc_port: int = defaults.GRPC_PORT  # the gRPC front's port (on `host`)
     grpc_threads: int = defaults.GRPC_THREADS  # the gRPC front's threads: concurrent calls
+    # Slow and idle clients (docs/reliability.md): the REST front's proxy (scripts/nginx.conf) and gRPC's limits.
+    header_timeout_s: float = defaults.HEADER_TIMEOUT_S  # a request's headers must all arrive within this
+    body_timeout_s: float = defaults.BODY_TIMEOUT_S  # a body may pause at most this long between two reads
+    keepalive_timeout_s: float = defaults.KEEPALIVE_TIMEOUT_S  # an idle keep-alive connection is closed after this
+    max_connections: int = defaults.MAX_CONNECTIONS  # open connections per proxy worker; past it, closed at once
+    max_requests: int = defaults.MAX_REQUESTS  # REST requests in flight; past it, 503 at once
+    proxy_workers: int = defaults.PROXY_WORKERS  # nginx worker processes
+    health_threads: int = defaults.HEALTH_THREADS  # shim threads of their own for GET and HEAD requests
+    grpc_receive_timeout_s: float = defaults.GRPC_RECEIVE_TIMEOUT_S  # a call's message must arrive within this
+    grpc_max_concurrent_rpcs: int = (
+        defaults.GRPC_MAX_CONCURRENT_RPCS
+    )  # gRPC calls in flight; past it, RESOURCE_EXHAUSTED
+    grpc_max_concurrent_streams: int = defaults.GRPC_MAX_CONCURRENT_STREAMS  # calls open on one HTTP/2 connection
+    grpc_min_ping_interval_s: float = defaults.GRPC_MIN_PING_INTERVAL_S  # clients pinging more often get GOAWAY
+    grpc_max_connection_idle_s: float = defaults.GRPC_MAX_CONNECTION_IDLE_S  # a connection with no call: GOAWAY after
+    grpc_max_connection_age_s: float = defaults.GRPC_MAX_CONNECTION_AGE_S  # every connection: GOAWAY after (rebalance)
+    grpc_max_connection_age_grace_s: float = defaults.GRPC_MAX_CONNECTION_AGE_GRACE_S  # then calls get this long
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -615,3 +615,61 @@ def refused_once_stopping(call, overall_s: float = 60) -> grpc.RpcError:
 )
 def test_each_failure_has_one_grpc_code(failure, code):
     assert GRPC_CODE[failure] == getattr(grpc.StatusCode, code)
+
+
+def never_sends(release: threading.Event):
+    """A request iterator that holds its call open without sending the message, until released."""
+    release.wait(60)
+    yield from ()
+
+
+def test_a_call_whose_message_does_not_arrive_within_the_receive_deadline_is_deadline_exceeded(fake):
+    running, release = serve(fake, grpc_receive_timeout_s=0.5, grpc_threads=1), threading.Event()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as opened:
+            slow = opened.stream_unary("/tensorflow.serving.PredictionService/Predict")
+            with pytest.raises(grpc.RpcError) as error:
+                slow(never_sends(release), timeout=30)
+    finally:
+        release.set()
+        running.stop(grace_s=0)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "did not arrive within 0.5 s" in error.value.details()
+    assert not [call for call in fake.calls if call[0] == "predict"]  # the service never saw it
+
+
+def test_calls_waiting_for_their_message_hold_no_thread_of_the_servicers(fake):
+    running, release = serve(fake, grpc_threads=1), threading.Event()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as opened:
+            slow = opened.stream_unary("/tensorflow.serving.PredictionService/Predict")
+            waiting = [slow.future(never_sends(release), timeout=30) for _ in range(5)]
+            answer = predictions(opened).Predict(predict_request(), timeout=30)
+            for call in waiting:
+                call.cancel()
+    finally:
+        release.set()
+        running.stop(grace_s=0)
+    assert answer.outputs["probabilities"].float_val
+
+
+def test_calls_past_the_cap_are_refused_with_resource_exhausted(fake):
+    running, release = serve(fake, grpc_max_concurrent_rpcs=2), threading.Event()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as opened:
+            slow = opened.stream_unary("/tensorflow.serving.PredictionService/Predict")
+            waiting = [slow.future(never_sends(release), timeout=30) for _ in range(2)]
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    predictions(opened).Predict(predict_request(), timeout=30)
+                except grpc.RpcError as error:
+                    refusal = error
+                    break
+                assert time.monotonic() < deadline, "never refused"
+            for call in waiting:
+                call.cancel()
+    finally:
+        release.set()
+        running.stop(grace_s=0)
+    assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -66,11 +66,13 @@ def install_steps(*options: str) -> list[str]:
 
 
 def test_the_serving_install_holds_what_serving_needs_and_no_test_tool():
-    assert install_steps() == ["java", "python", "project", "client"]
+    assert install_steps() == ["java", "nginx", "python", "project", "client"]
 
 
 def test_the_dev_install_adds_the_test_tools_after_the_serving_steps():
-    assert install_steps("--dev") == ["java", "python", "project", "client", "dev", "tools", "tfclient", "postgresql"]
+    assert install_steps("--dev") == [
+        "java", "nginx", "python", "project", "client", "dev", "tools", "tfclient", "v2client", "postgresql"
+    ]  # fmt: skip
 
 
 def test_the_makefile_installs_test_tools_for_the_tests_only():

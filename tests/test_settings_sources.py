@@ -19,6 +19,8 @@ from fastai_serving_scripts import make_archive, serve
 from fastai_serving_shim.settings import Settings, env_name
 from harness import PROJECT_ROOT
 
+README = (PROJECT_ROOT / "README.md").read_text()
+DOCS = PROJECT_ROOT / "docs"
 SETTINGS_PAGE = (PROJECT_ROOT / "docs" / "settings.md").read_text()  # make-archive's and serve's flags, the variables
 BATCH_PAGE = (PROJECT_ROOT / "docs" / "batch.md").read_text()  # predict-batch's flags
 PIPELINE_PAGE = (PROJECT_ROOT / "docs" / "pipeline.md").read_text()  # the fast paths' own make-archive flags
@@ -29,17 +31,21 @@ def torchserve_config(path: Path = PROJECT_ROOT / "config.properties") -> dict[s
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def readme_table(first_header: str, page: str = SETTINGS_PAGE) -> dict[str, str]:
-    """The table of `page` whose first column is headed `first_header`: first cell (unquoted) -> second cell."""
-    lines = page.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+def readme_table(first_header: str, page: str | None = None) -> dict[str, str]:
+    """The rows of every table whose first column is headed `first_header`, in `page`, or else in the README and
+    every page under docs/ (a topic's page may carry its own settings): first cell (unquoted) -> second cell."""
     rows = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        for key in re.findall(r"`([^`]+)`", cells[0]) or [cells[0]]:
-            rows[key] = cells[1]
+    pages = [page] if page is not None else [README, *(path.read_text() for path in sorted(DOCS.glob("*.md")))]
+    for text in pages:
+        lines = text.splitlines()
+        for start in (i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |")):
+            for line in lines[start + 2 :]:
+                if not line.startswith("|"):
+                    break
+                cells = [cell.strip() for cell in line.strip("|").split("|")]
+                for key in re.findall(r"`([^`]+)`", cells[0]) or [cells[0]]:
+                    rows[key] = cells[1]
+    assert rows, f"no table headed {first_header!r}" + ("" if page is not None else " in the README or docs/")
     return rows
 
 

@@ -79,3 +79,21 @@ GRPC_THREADS = 32  # the gRPC front's threads: concurrent calls (as many as the 
 # --- Fast paths (make-archive; README, "Performance", and docs/pipeline.md) ----------------------
 FAST_IMAGES = True  # build a vision batch straight from PIL images when every transform is one the fast path knows
 FAST_ROWS = True  # apply a tabular or collab Learner's procs to a batch's rows vectorized, without a test_dl
+
+# --- Slow and idle clients: the fronts' deadlines and caps (docs/reliability.md) -----------------
+# REST: nginx reads each request whole before a shim thread sees it (scripts/nginx.conf).
+HEADER_TIMEOUT_S = 10.0  # a request's line and headers must all arrive within this, else the connection is closed
+BODY_TIMEOUT_S = 10.0  # a body may pause this long between two reads (an answer's reader too), else closed
+KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection is closed after this; meanwhile it costs no thread
+MAX_CONNECTIONS = 4096  # open connections per proxy worker (idle, slow, busy, its own to the shim); past it, closed
+MAX_REQUESTS = 1024  # requests in flight on the REST front (headers read, not yet answered); past it, 503 at once
+PROXY_WORKERS = 2  # nginx worker processes
+HEALTH_THREADS = 4  # shim threads of their own for GET and HEAD (health, status, metadata, metrics)
+# gRPC: grpc's own server limits (the gRPC front).
+GRPC_RECEIVE_TIMEOUT_S = 10.0  # a call's request message must arrive within this, else DEADLINE_EXCEEDED
+GRPC_MAX_CONCURRENT_RPCS = 1024  # calls in flight on the gRPC front; past it, RESOURCE_EXHAUSTED at once
+GRPC_MAX_CONCURRENT_STREAMS = 100  # streams (calls) one HTTP/2 connection may have open at once
+GRPC_MIN_PING_INTERVAL_S = 10.0  # keepalive enforcement: a client pinging more often gets GOAWAY (too_many_pings)
+GRPC_MAX_CONNECTION_IDLE_S = 300.0  # a connection with no call for this long gets GOAWAY (clients reconnect)
+GRPC_MAX_CONNECTION_AGE_S = 600.0  # every connection gets GOAWAY after this (±10 %), so clients rebalance
+GRPC_MAX_CONNECTION_AGE_GRACE_S = 150.0  # then calls in flight get this long (> the predict timeout), then it closes
