@@ -14,6 +14,9 @@ from pathlib import Path
 
 import requests
 
+from fastai_serving_shim.errors import ServiceError
+from fastai_serving_shim.torchserve import Management
+
 BATCH_LINE = re.compile(r"fastai-serving batch: requests=(\d+) instances=(\d+) failed=(\d+)")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,12 +124,14 @@ class Servers:
         self.wait_ready(models, timeout_s)
         return self
 
+    def management_client(self) -> Management:
+        """TorchServe's management API, through the project's one client of it."""
+        return Management(self.management)
+
     def ready(self, model: str) -> bool:
         try:
-            response = requests.get(f"{self.management}/models/{model}", timeout=2)
-            workers = [w for version in response.json() for w in version.get("workers", [])]
-            return any(w["status"] == "READY" for w in workers)
-        except (requests.RequestException, ValueError, TypeError, KeyError):
+            return self.management_client().ready(model)
+        except ServiceError:
             return False
 
     def shim_ready(self, model: str) -> bool:

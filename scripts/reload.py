@@ -17,14 +17,14 @@ import os
 import shutil
 import sys
 import time
-import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
-
 from fastai_serving import defaults
+from fastai_serving_scripts.archives import NotAnArchive, archive_identity
 from fastai_serving_scripts.serve import state_file
+from fastai_serving_shim.errors import Failure, ServiceError
+from fastai_serving_shim.torchserve import Management
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,8 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--model-store", type=Path, help="the server's model store (default: the one scripts/serve serves)")
     add("--management", default=f"http://{defaults.LOOPBACK}:{defaults.MANAGEMENT_PORT}",
         help="TorchServe's management API (default: %(default)s)")  # fmt: skip
-    add("--ready-timeout", type=float, default=180, help="seconds the new version may take to get a ready worker")
-    add("--drain", type=float, default=10, help="seconds requests already sent to the old version get to finish")
+    add(
+        "--ready-timeout",
+        type=float,
+        default=defaults.RELOAD_READY_TIMEOUT_S,
+        help="seconds the new version may take to get a ready worker (default: %(default)s)",
+    )
+    add("--drain", type=float, default=defaults.RELOAD_DRAIN_S,
+        help="seconds requests already sent to the old version get to finish (default: %(default)s)")  # fmt: skip
     add("--keep-old", action="store_true", help="keep the old version registered (not the default any more)")
     return parser.parse_args(argv)
 
@@ -73,54 +79,29 @@ def model_store_for(requested: Path | None, management: str) -> Path:
     return requested
 
 
-def archive_identity(archive: Path) -> tuple[str, str]:
-    """(model name, version) from the archive's manifest."""
-    try:
-        with zipfile.ZipFile(archive) as mar:
-            model = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
-        return model["modelName"], model["modelVersion"]
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as error:
-        raise ReloadError(f"{archive} is not a model archive: {error}") from None
-
-
-class Management:
-    """The few TorchServe management calls a reload needs."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-
-    def call(self, method: str, path: str, timeout: float = 30, **params) -> requests.Response:
-        try:
-            return requests.request(method, f"{self.url}{path}", params=params or None, timeout=timeout)
-        except requests.RequestException as error:
-            raise ReloadError(f"TorchServe's management API at {self.url} is unreachable: {error}") from None
-
-    def versions(self, name: str) -> list[dict]:
-        response = self.call("GET", f"/models/{name}/all")
-        if response.status_code == 404:
-            raise ReloadError(f"model {name!r} is not registered; nothing to reload (serve it first)")
-        response.raise_for_status()
-        return response.json()
-
-    def default_version(self, name: str) -> str:
-        response = self.call("GET", f"/models/{name}")
-        response.raise_for_status()
-        return response.json()[0]["modelVersion"]
-
-    def ready(self, name: str, version: str) -> bool:
-        response = self.call("GET", f"/models/{name}/{version}")
-        if response.status_code != 200:
-            return False
-        return any(w.get("status") == "READY" for v in response.json() for w in v.get("workers", []))
-
-
 def reload(args: argparse.Namespace, say=print) -> None:
-    name, new_version = archive_identity(args.archive)
+    try:
+        name, new_version = archive_identity(args.archive)
+    except NotAnArchive as error:
+        raise ReloadError(str(error)) from None
     if name != args.name:
         raise ReloadError(f"{args.archive} holds model {name!r}, not {args.name!r}")
-    management = Management(args.management)
+    management = Management(args.management, timeout_s=30)
+    try:
+        swap(args, management, name, new_version, say)
+    except ServiceError as error:
+        raise ReloadError(f"TorchServe's management API at {args.management}: {error.message}") from None
+
+
+def swap(args: argparse.Namespace, management: Management, name: str, new_version: str, say) -> None:
+    """Register the new version beside the old, wait for its worker, make it the default, retire the old."""
     model_store = model_store_for(args.model_store, args.management)
-    registered = {v["modelVersion"]: v for v in management.versions(name)}
+    try:
+        registered = {v["modelVersion"]: v for v in management.versions(name)}
+    except ServiceError as error:
+        if error.failure is Failure.NOT_FOUND:
+            raise ReloadError(f"model {name!r} is not registered; nothing to reload (serve it first)") from None
+        raise
     old_version = management.default_version(name)
     if new_version in registered:
         raise ReloadError(f"{name} version {new_version} is already registered: make the archive with a new --version")
@@ -130,15 +111,16 @@ def reload(args: argparse.Namespace, say=print) -> None:
     if args.archive.resolve() != target.resolve():
         shutil.copy2(args.archive, target)
     say(f"reload: registering {name} {new_version} beside {old_version}")
-    response = management.call("POST", "/models", timeout=60, url=target.name, synchronous="false")
-    if response.status_code not in (200, 202):
+    try:
+        management.register(target.name, synchronous="false")
+    except ServiceError as error:
         target.unlink(missing_ok=True)
-        raise ReloadError(f"TorchServe refused {target.name}: {_message(response)}; {old_version} keeps serving")
+        raise ReloadError(f"TorchServe refused {target.name}: {error.message}; {old_version} keeps serving") from None
 
     deadline = time.monotonic() + args.ready_timeout
     while not management.ready(name, new_version):
         if time.monotonic() > deadline:
-            management.call("DELETE", f"/models/{name}/{new_version}", timeout=60)
+            management.unregister(name, new_version, timeout_s=60)
             target.unlink(missing_ok=True)
             raise ReloadError(
                 f"{name} {new_version} had no ready worker after {args.ready_timeout:.0f} s (its worker fails to load: "
@@ -146,16 +128,18 @@ def reload(args: argparse.Namespace, say=print) -> None:
             )
         time.sleep(1)
 
-    response = management.call("PUT", f"/models/{name}/{new_version}/set-default")
-    if response.status_code != 200:
-        raise ReloadError(f"could not make {new_version} the default: {_message(response)}")
+    try:
+        management.set_default(name, new_version)
+    except ServiceError as error:
+        raise ReloadError(f"could not make {new_version} the default: {error.message}") from None
     say(f"reload: {name} {new_version} is ready and now the default")
     if args.keep_old:
         return
     time.sleep(args.drain)
-    response = management.call("DELETE", f"/models/{name}/{old_version}", timeout=120)
-    if response.status_code != 200:
-        raise ReloadError(f"{new_version} serves, but retiring {old_version} failed: {_message(response)}")
+    try:
+        management.unregister(name, old_version)
+    except ServiceError as error:
+        raise ReloadError(f"{new_version} serves, but retiring {old_version} failed: {error.message}") from None
     _retire_archive(model_store, old_archive)
     say(f"reload: retired {name} {old_version}")
 
@@ -167,13 +151,6 @@ def _retire_archive(model_store: Path, archive_name: str) -> None:
         retired = model_store / "retired"
         retired.mkdir(exist_ok=True)
         archive.replace(retired / archive.name)
-
-
-def _message(response: requests.Response) -> str:
-    try:
-        return response.json().get("message", response.text)
-    except ValueError:
-        return response.text or str(response.status_code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,35 +1,46 @@
 """Serve every archive in a model store: TorchServe, and the TF-Serving shim in front of it.
 
-Starts TorchServe (config.properties, log4j2.xml), the shim (gunicorn, port 8501) and its gRPC
+Starts TorchServe (config.properties, log4j2.xml), the REST front (gunicorn, port 8501) and the gRPC
 front (port 8500), prints each model once it has a ready worker, and exits non-zero as soon as one
-stops on its own (TorchServe's own `torchserve --stop` included). SIGTERM (what `docker stop` and
-Kubernetes send) drains: readiness fails at once while requests are still served for --drain-s
-seconds, then the fronts stop accepting and answer what they accepted, then TorchServe stops.
-Ctrl-C stops the same way without the drain.
+stops on its own (TorchServe's own `torchserve --stop` included). A port already taken is refused
+before anything starts, naming what holds it. SIGTERM (what `docker stop` and Kubernetes send)
+drains: readiness fails at once while requests are still served for --drain-s seconds, then the
+fronts stop new handshakes, answer what they accepted, and stop, then TorchServe stops: a client
+gets an answer or a refused connection, never a reset. Ctrl-C stops the same way without the
+drain. Every child runs under a guard (fastai_serving_scripts.guard) and ends with serve however
+serve ends, SIGKILL included.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-import zipfile
 from pathlib import Path
+
+import psutil
 
 from fastai_serving import defaults
 from fastai_serving_scripts import LOG_CONFIG, LOG_DIR, MODEL_STORE, TORCHSERVE_CONFIG
+from fastai_serving_scripts.archives import archive_model_names
+from fastai_serving_shim import listener
+from fastai_serving_shim.errors import ServiceError
 from fastai_serving_shim.settings import Settings, env_name
+from fastai_serving_shim.torchserve import Management, host_url
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SHIM_APP = ["-c", "python:fastai_serving_shim.gunicorn_conf", "fastai_serving_shim.wsgi:app"]
 GRPC_APP = ["-m", "fastai_serving_shim.grpc_server"]
+GUARD = ["-m", "fastai_serving_scripts.guard"]
+LISTEN_BACKLOG = 2048  # connections the kernel queues for the REST front before its workers accept them
 STATE_FOLDER = "fastai-serving"  # in the temp folder: what each running serve serves, for scripts/reload
 
 
@@ -107,27 +118,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser(Settings.from_env()).parse_args(argv)
 
 
-def archive_model_names(model_store: Path) -> list[str]:
-    """The model names of the archives in the store, read from their manifests, each once."""
-    names = []
-    for archive in sorted(model_store.glob("*.mar")):
+def ports(args: argparse.Namespace) -> list[tuple[str, int, str]]:
+    """Every (host, port, what) this serve will listen on."""
+    wanted = [
+        (args.host, args.inference_port, "TorchServe's inference API"),
+        (defaults.LOOPBACK, args.management_port, "TorchServe's management API"),
+        (defaults.LOOPBACK, args.metrics_port, "TorchServe's metrics API"),
+        (defaults.LOOPBACK, args.grpc_ports[0], "TorchServe's gRPC inference API"),
+        (defaults.LOOPBACK, args.grpc_ports[1], "TorchServe's gRPC management API"),
+    ]
+    if not args.no_shim:
+        wanted.append((args.shim_host, args.port, "the REST front"))
+        if not args.no_grpc:
+            wanted.append((args.shim_host, args.grpc_port, "the gRPC front"))
+    return wanted
+
+
+def taken_port(host: str, port: int) -> bool:
+    """Whether something listens on host:port already (a port merely in TIME_WAIT is free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            with zipfile.ZipFile(archive) as mar:
-                name = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelName"]
-        except (zipfile.BadZipFile, KeyError, ValueError):
-            name = archive.stem
-        if name not in names:
-            names.append(name)
-    return names
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
 
 
-def connectable(host: str) -> str:
-    """An address to reach a server bound to `host`: the wildcard addresses mean this machine's loopback."""
-    if host in ("0.0.0.0", ""):
-        return defaults.LOOPBACK
-    if host in ("::", "[::]"):
-        return "[::1]"
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+def holder_of(port: int) -> str:
+    """Which process listens on `port`, as far as this user may see."""
+    try:
+        for connection in psutil.net_connections(kind="tcp"):
+            if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
+                if connection.pid is None:
+                    return "a process of another user"
+                process = psutil.Process(connection.pid)
+                return f"pid {connection.pid} ({' '.join(process.cmdline())[:120] or process.name()})"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"
+
+
+def refuse_taken_ports(args: argparse.Namespace) -> str | None:
+    """A message naming each port already taken and what holds it, or None when every port is free."""
+    taken = [(port, what) for host, port, what in ports(args) if taken_port(host, port)]
+    if not taken:
+        return None
+    lines = [f"port {port} ({what}) is taken by {holder_of(port)}" for port, what in taken]
+    return "; ".join(lines) + ": stop it (an earlier serve?) or choose other ports (serve --help)"
+
+
+def rest_listener(args: argparse.Namespace) -> socket.socket:
+    """The REST front's listening socket: serve holds it too, so it can stop new handshakes before the front stops."""
+    host = args.shim_host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, args.port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+def guarded(command: list[str], environment: dict[str, str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """`command` in a process group of its own, under a guard that ends the group if serve dies (fastai_serving_scripts.guard)."""
+    return subprocess.Popen(
+        [sys.executable, *GUARD, str(os.getpid()), *command],
+        env=environment,
+        start_new_session=True,
+        pass_fds=pass_fds,
+    )
 
 
 def torchserve_environment(args: argparse.Namespace) -> dict[str, str]:
@@ -161,7 +221,7 @@ def torchserve_process(args: argparse.Namespace) -> subprocess.Popen:
     ]  # fmt: skip
     if args.run_dir:
         args.run_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(command, env=torchserve_environment(args), start_new_session=True)
+    return guarded(command, torchserve_environment(args))
 
 
 def drain_file(args: argparse.Namespace) -> Path:
@@ -169,10 +229,12 @@ def drain_file(args: argparse.Namespace) -> Path:
     return args.log_dir / "run" / "draining"
 
 
-def shim_environment(args: argparse.Namespace, default_model: str, models: list[str]) -> dict[str, str]:
-    torchserve = connectable(args.host)
+def shim_environment(
+    args: argparse.Namespace, default_model: str, models: list[str], metrics_dir: Path
+) -> dict[str, str]:
+    """Both fronts' settings; one metrics folder, so /metrics counts every front's requests."""
     settings = {
-        "upstream": f"http://{torchserve}:{args.inference_port}",
+        "upstream": host_url(args.host, args.inference_port),
         "management": f"http://{defaults.LOOPBACK}:{args.management_port}",
         "torchserve_metrics": f"http://{defaults.LOOPBACK}:{args.metrics_port}/metrics",
         "default_model": default_model,
@@ -183,19 +245,23 @@ def shim_environment(args: argparse.Namespace, default_model: str, models: list[
     }
     # Readiness waits for every archive in the store, unless the user named the models it waits for.
     settings["ready_models"] = os.environ.get(env_name("ready_models")) or ",".join(models)
-    return {**os.environ, **{env_name(name): value for name, value in settings.items()}}
+    return {
+        **os.environ,
+        **{env_name(name): value for name, value in settings.items()},
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
 
 
-def shim_process(args: argparse.Namespace, default_model: str, models: list[str]) -> subprocess.Popen:
+def shim_process(environment: dict[str, str], rest: socket.socket) -> subprocess.Popen:
+    """The REST front (gunicorn) on the listening socket serve bound for it."""
     gunicorn = Path(sys.executable).parent / "gunicorn"
     command = [str(gunicorn) if gunicorn.exists() else "gunicorn", *SHIM_APP]
-    return subprocess.Popen(command, env=shim_environment(args, default_model, models), start_new_session=True)
+    return guarded(command, {**environment, listener.LISTEN_FD: str(rest.fileno())}, pass_fds=(rest.fileno(),))
 
 
-def grpc_process(args: argparse.Namespace, default_model: str, models: list[str]) -> subprocess.Popen:
-    """The gRPC front, with the shim's settings (it binds to the shim's address, on --grpc-port)."""
-    command = [sys.executable, *GRPC_APP]
-    return subprocess.Popen(command, env=shim_environment(args, default_model, models), start_new_session=True)
+def grpc_process(environment: dict[str, str]) -> subprocess.Popen:
+    """The gRPC front, with the fronts' settings (it binds to the REST front's address, on --grpc-port)."""
+    return guarded([sys.executable, *GRPC_APP], environment)
 
 
 def state_file(management_port: int) -> Path:
@@ -210,19 +276,11 @@ def write_state(args: argparse.Namespace) -> Path:
     return path
 
 
-def ready_models(management_port: int) -> dict[str, bool]:
-    """Each registered model and whether it has a READY worker (TorchServe's /ping says Healthy too early)."""
-    base = f"http://{defaults.LOOPBACK}:{management_port}/models"
+def ready_models(management: Management) -> dict[str, bool]:
+    """Each registered model and whether it has a READY worker ({} while TorchServe does not answer)."""
     try:
-        with urllib.request.urlopen(base, timeout=2) as response:
-            names = [m["modelName"] for m in json.load(response)["models"]]
-        ready = {}
-        for name in names:
-            with urllib.request.urlopen(f"{base}/{name}", timeout=2) as response:
-                workers = [w for version in json.load(response) for w in version.get("workers", [])]
-            ready[name] = any(w.get("status") == "READY" for w in workers)
-        return ready
-    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return management.models_ready()
+    except ServiceError:
         return {}
 
 
@@ -242,14 +300,22 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     args.model_store = args.model_store.resolve()
     args.log_dir = args.log_dir.resolve()
+    taken = refuse_taken_ports(args)
+    if taken:
+        print(f"serve: {taken}", file=sys.stderr)
+        return 2
     models = archive_model_names(args.model_store)
     default_model = args.default_model or (models[0] if len(models) == 1 else "")
     drain_file(args).unlink(missing_ok=True)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="fastai-serving-metrics-"))
+    management = Management(f"http://{defaults.LOOPBACK}:{args.management_port}")
+    rest = None if args.no_shim else rest_listener(args)
     processes = {"TorchServe": torchserve_process(args)}
-    if not args.no_shim:
-        processes["shim"] = shim_process(args, default_model, models)
-    if not args.no_shim and not args.no_grpc:
-        processes["gRPC front"] = grpc_process(args, default_model, models)
+    if rest is not None:
+        environment = shim_environment(args, default_model, models, metrics_dir)
+        processes["shim"] = shim_process(environment, rest)
+        if not args.no_grpc:
+            processes["gRPC front"] = grpc_process(environment)
     state = write_state(args)
     stopping: signal.Signals | None = None
 
@@ -267,7 +333,7 @@ def serve(args: argparse.Namespace) -> int:
         while stopping is None and exited is None:
             exited = next((name for name, process in processes.items() if process.poll() is not None), None)
             if time.monotonic() >= next_look:
-                models_ready = ready_models(args.management_port)
+                models_ready = ready_models(management)
                 for name in sorted(n for n, ready in models_ready.items() if ready and n not in announced):
                     announced.add(name)
                     _announce(args, name, default_model)
@@ -277,20 +343,29 @@ def serve(args: argparse.Namespace) -> int:
             time.sleep(0.2)
     finally:
         drain_s = args.drain_s if stopping == signal.SIGTERM and exited is None and not args.no_shim else 0
-        shut_down(processes, drain_file(args), drain_s, Settings.from_env().graceful_timeout_s)
+        shut_down(processes, drain_file(args), drain_s, Settings.from_env().graceful_timeout_s, rest)
         state.unlink(missing_ok=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     if exited is not None:
         print(f"serve: {why_it_ended(exited, processes[exited])}; stopped the rest", file=sys.stderr)
         return processes[exited].returncode or 1
     return 0
 
 
-def shut_down(processes: dict[str, subprocess.Popen], draining: Path, drain_s: float, graceful_s: float) -> None:
+def shut_down(
+    processes: dict[str, subprocess.Popen],
+    draining: Path,
+    drain_s: float,
+    graceful_s: float,
+    rest: socket.socket | None = None,
+) -> None:
     """The fronts first, TorchServe last, so that every request a front accepted is answered.
 
     With a drain, readiness fails at once (load balancers stop sending) while requests are
-    still served for `drain_s`; then the fronts stop accepting and answer what they accepted
-    (for up to `graceful_s`); then TorchServe stops.
+    still served for `drain_s`; then the REST front's listener takes no new handshake and its
+    workers accept what is queued (the gRPC front does the same itself), the fronts stop
+    accepting and answer what they accepted (for up to `graceful_s`); then TorchServe stops.
+    Each wait is a named default; their sum is `defaults.shutdown_budget_s()`.
     """
     fronts = [process for name, process in processes.items() if name != "TorchServe"]
     if drain_s > 0:
@@ -299,17 +374,23 @@ def shut_down(processes: dict[str, subprocess.Popen], draining: Path, drain_s: f
         deadline = time.monotonic() + drain_s
         while time.monotonic() < deadline and all(process.poll() is None for process in processes.values()):
             time.sleep(0.1)
+    if rest is not None:
+        left = listener.quiesce(rest, timeout_s=defaults.FRONT_STOP_MARGIN_S)
+        if left:
+            print(f"serve: {left} connections were still queued at the REST front when it stopped", flush=True)
     for process in fronts:
         _signal_group(process, signal.SIGTERM)
     for process in fronts:
-        _wait_for_group(process, timeout_s=graceful_s + 10)
+        _wait_for_group(process, timeout_s=graceful_s + defaults.FRONT_STOP_MARGIN_S)
+    if rest is not None:
+        rest.close()
     _signal_group(processes["TorchServe"], signal.SIGTERM)
-    _wait_for_group(processes["TorchServe"], timeout_s=30)
+    _wait_for_group(processes["TorchServe"], timeout_s=defaults.TORCHSERVE_STOP_S)
     draining.unlink(missing_ok=True)
 
 
 def _announce(args: argparse.Namespace, name: str, default_model: str) -> None:
-    where = f"http://{connectable(args.host)}:{args.inference_port}/predictions/{name}"
+    where = f"{host_url(args.host, args.inference_port)}/predictions/{name}"
     if not args.no_shim:
         shim = f"http://{defaults.LOOPBACK}:{args.port}"
         where += f", {shim}/v1/models/{name}:predict" + (f", {shim}/analyze:predict" if name == default_model else "")

@@ -20,16 +20,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fastai_serving.errors import ServingError
+from fastai_serving import defaults
 from fastai_serving_protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
-from fastai_serving_shim.app import Shim
+from fastai_serving_shim import listener
 from fastai_serving_shim.grpc_services import ModelService, PredictionService, Unimplemented
+from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
 
 logger = logging.getLogger("fastai_serving.grpc")
 
-# How often the health service asks TorchServe whether every model has a ready worker.
-HEALTH_POLL_S = 2.0
 SERVICES = tensorflow_serving_pb2.DESCRIPTOR.services_by_name
 PREDICTION_SERVICE = SERVICES["PredictionService"].full_name
 MODEL_SERVICE = SERVICES["ModelService"].full_name
@@ -43,18 +42,16 @@ def address(host: str, port: int) -> str:
 class Readiness:
     """Keeps the health service's answers current: "" and PredictionService SERVING while every model can serve."""
 
-    def __init__(self, shim: Shim, servicer: health.HealthServicer, interval_s: float = HEALTH_POLL_S) -> None:
-        self.shim, self.servicer, self.interval_s = shim, servicer, interval_s
+    def __init__(
+        self, service: Service, servicer: health.HealthServicer, interval_s: float = defaults.GRPC_HEALTH_POLL_S
+    ) -> None:
+        self.service, self.servicer, self.interval_s = service, servicer, interval_s
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="grpc-readiness", daemon=True)
 
     def check(self) -> bool:
-        """Ask TorchServe now (the REST shim's GET /ready), and publish the answer."""
-        try:
-            models_ready = {} if self.shim.draining() else self.shim.models_ready()
-            ready = bool(models_ready) and all(models_ready.values())
-        except ServingError:
-            ready = False  # TorchServe unreachable
+        """Ask the service now (the REST front's GET /ready), and publish the answer."""
+        ready = self.service.readiness().ready
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in (health.OVERALL_HEALTH, PREDICTION_SERVICE):
             self.servicer.set(service, status)
@@ -76,9 +73,9 @@ class Readiness:
 class GrpcFront:
     """The gRPC server with its services, bound to the shim's host and `grpc_port`; `start`, then `stop`."""
 
-    def __init__(self, settings: Settings, shim: Shim | None = None) -> None:
+    def __init__(self, settings: Settings, service: Service | None = None) -> None:
         self.settings = settings
-        self.shim = shim or Shim(settings)
+        self.service = service or Service(settings)
         limit = settings.max_body_bytes  # the REST body limit, each way: larger messages get RESOURCE_EXHAUSTED
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc"),
@@ -88,15 +85,17 @@ class GrpcFront:
                 ("grpc.so_reuseport", 0),  # a port already taken fails here, never shared
             ],
         )
-        tensorflow_serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.shim), self.server)
-        tensorflow_serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.shim), self.server)
+        tensorflow_serving_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.service), self.server
+        )
+        tensorflow_serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.service), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.server.add_generic_rpc_handlers((Unimplemented(),))  # after the services: only their unknown methods
         reflection.enable_server_reflection(
             (PREDICTION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.readiness = Readiness(self.shim, self.health)
+        self.readiness = Readiness(self.service, self.health)
         self.port = self.server.add_insecure_port(address(settings.host, settings.grpc_port))
 
     def start(self) -> GrpcFront:
@@ -105,9 +104,15 @@ class GrpcFront:
         return self
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Report NOT_SERVING, refuse new calls, let calls in flight finish within the grace, then stop."""
+        """Report NOT_SERVING, take no new handshake, let calls in flight finish within the grace, then stop.
+
+        Connections already queued at the listener are accepted first, so none is reset (listener.quiesce).
+        """
         self.readiness.stop()
         self.health.enter_graceful_shutdown()
+        for own in listener.own_listeners(self.port):
+            listener.quiesce(own, timeout_s=defaults.FRONT_STOP_MARGIN_S)
+            own.close()
         self.server.stop(self.settings.graceful_timeout_s if grace_s is None else grace_s).wait()
 
 

@@ -1,10 +1,10 @@
-"""TF Serving's gRPC services on the shim's logic: PredictionService and ModelService.
+"""TF Serving's gRPC services over the front-neutral service: PredictionService and ModelService.
 
-Each call is one upstream request to TorchServe's inference API through the shim's pooled
-client (so gRPC and REST calls share TorchServe's dynamic batches), carrying the images as
-they arrived in the images body (no base64, no JSON). Models, versions, the default model,
-status and metadata come from the same `Shim` as the REST routes, so both fronts give the
-same answers; errors are `ServingError`s with the REST shim's statuses and messages.
+Each call is one upstream request to TorchServe's inference API through the service (so gRPC
+and REST calls share TorchServe's dynamic batches), carrying the images as they arrived in the
+images body (no base64, no JSON). Models, versions, the default model, status and metadata
+come from the same `Service` as the REST routes, so both fronts give the same answers; what a
+request's task cannot answer (its signature, its output filter) is refused before inference.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 
-from fastai_serving.errors import BadInput, ServingError
+from fastai_serving.bodies import Body
+from fastai_serving.errors import BadInput
 from fastai_serving.images_wire import IMAGES_CONTENT_TYPE, images_body
 from fastai_serving.names import check_model_name
-from fastai_serving.vocabulary import CLASS_INDEX_SIGNATURE, CLASSIFY, MULTI_LABEL, PREDICT, REGRESS
+from fastai_serving.vocabulary import CLASS_INDEX_SIGNATURE, CLASSIFY, EXAMPLES, MULTI_LABEL, PREDICT, REGRESS, ROWS
 from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType
 from fastai_serving_protos.tensorflow_error_pb2 import Code
-from fastai_serving_shim.app import Shim
-from fastai_serving_shim.errors import ShimError
-from fastai_serving_shim.grpc_errors import answers_errors
+from fastai_serving_shim.errors import Failure, ServiceError, failure_of_status
+from fastai_serving_shim.grpc_errors import answers_errors, name_model
 from fastai_serving_shim.grpc_tensors import (
     images_of_examples,
     images_of_inputs,
@@ -34,60 +34,83 @@ from fastai_serving_shim.grpc_tensors import (
     struct_of,
     tensor_of,
 )
-from fastai_serving_shim.relay import upstream_error
+from fastai_serving_shim.service import Service
 from fastai_serving_shim.status import signature_output, status_body, tf_version
-from fastai_serving_shim.upstream import UpstreamAnswer
+from fastai_serving_shim.torchserve import UpstreamAnswer
 
 SIGNATURE_DEF = "signature_def"  # TF Serving's one metadata field
 FASTAI = "fastai"  # ours: the handler's description (task, classes in output order, input), as a Struct
 DEFAULT_SIGNATURE = "serving_default"
+TF_SERVING = "tfserving"  # the protocol label of these services' metrics
 
 
 class Target:
-    """Which model and version a ModelSpec names: the default model when it names none, as /analyze."""
+    """Which model and TorchServe version a ModelSpec names: the default model when it names none, as /analyze."""
 
-    def __init__(self, shim: Shim, spec: serving.ModelSpec) -> None:
-        self.model = spec.name or shim.default_model()
+    def __init__(self, service: Service, spec: serving.ModelSpec) -> None:
+        self.model = spec.name or service.default_model()
+        name_model(self.model)
         check_model_name(self.model)
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
-            raise ShimError(404, f"version label {spec.version_label!r} is not defined: use a version number")
+            raise ServiceError(
+                Failure.NOT_FOUND, f"version label {spec.version_label!r} is not defined: use a version number"
+            )
         self.url_version = str(spec.version.value) if choice == "version" else None  # as a REST URL's /versions/<n>
+        self.service = service
+
+    def version(self) -> str | None:
+        """The TorchServe version to predict with (None: the default), resolved from the routing cache."""
+        return self.service.predict_version(self.model, self.url_version)
+
+
+def check_output_filter(task: str, signature_name: str, output_filter: list[str]) -> None:
+    """Refuse a Predict whose task cannot answer its signature or whose output filter names another output."""
+    if signature_name == CLASS_INDEX_SIGNATURE and task == MULTI_LABEL:
+        raise BadInput(
+            "signature_name 'classes' of a multi-label model answers a list of class indices per image, "
+            "which no tensor holds: use serving_default (one score per class) and threshold it"
+        )
+    name, _ = signature_output(task, signature_name)
+    unknown = [alias for alias in output_filter if alias != name]
+    if unknown:
+        raise BadInput(f"output_filter names {unknown[0]!r}: this signature's one output is {name!r}")
 
 
 class PredictionService(serving_grpc.PredictionServiceServicer):
     """Predict, Classify, Regress and GetModelMetadata; TF Serving's MultiInference answers UNIMPLEMENTED."""
 
-    def __init__(self, shim: Shim) -> None:
-        self.shim = shim
+    protocol = TF_SERVING
 
-    @answers_errors
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    @answers_errors("PredictionService/Predict", PREDICT)
     def Predict(self, request: serving.PredictRequest, context: grpc.ServicerContext) -> serving.PredictResponse:
-        target = Target(self.shim, request.model_spec)
+        target = Target(self.service, request.model_spec)
         signature_name = request.model_spec.signature_name
+        output_filter = list(request.output_filter)
+        version = target.version()
+        known_task = self.service.task(target.model, version)
+        if known_task:  # refused before inference; else once the answer names the task
+            check_output_filter(known_task, signature_name, output_filter)
         images = images_of_inputs(request.inputs)
-        answer, answers = self._infer(target, images, PREDICT, signature_name, context)
-        if signature_name == CLASS_INDEX_SIGNATURE and answer.task == MULTI_LABEL:
-            raise BadInput(
-                "signature_name 'classes' of a multi-label model answers a list of class indices per image, "
-                "which no tensor holds: use serving_default (one score per class) and threshold it"
-            )
+        answer, answers = self._infer(target, version, images, PREDICT, signature_name, context)
+        check_output_filter(answer.task, signature_name, output_filter)
         name, dtype = signature_output(answer.task, signature_name)
-        unknown = [alias for alias in request.output_filter if alias != name]
-        if unknown:
-            raise BadInput(f"output_filter names {unknown[0]!r}: this signature's one output is {name!r}")
         return serving.PredictResponse(
             model_spec=model_spec(target.model, tf_version(answer.model_version), signature_name or DEFAULT_SIGNATURE),
             outputs={name: tensor_of(answers["predictions"], DataType.Value(dtype))},
         )
 
-    @answers_errors
+    @answers_errors("PredictionService/Classify", CLASSIFY)
     def Classify(
         self, request: serving.ClassificationRequest, context: grpc.ServicerContext
     ) -> serving.ClassificationResponse:
-        target = Target(self.shim, request.model_spec)
+        target = Target(self.service, request.model_spec)
         images = images_of_examples(request.input)
-        answer, answers = self._infer(target, images, CLASSIFY, request.model_spec.signature_name, context)
+        version = target.version()
+        answer, answers = self._infer(target, version, images, CLASSIFY, request.model_spec.signature_name, context)
         result = serving.ClassificationResult(
             classifications=[
                 serving.Classifications(classes=[serving.Class(label=label, score=score) for label, score in scores])
@@ -99,11 +122,12 @@ class PredictionService(serving_grpc.PredictionServiceServicer):
             model_spec=model_spec(target.model, tf_version(answer.model_version), signature), result=result
         )
 
-    @answers_errors
+    @answers_errors("PredictionService/Regress", REGRESS)
     def Regress(self, request: serving.RegressionRequest, context: grpc.ServicerContext) -> serving.RegressionResponse:
-        target = Target(self.shim, request.model_spec)
+        target = Target(self.service, request.model_spec)
         images = images_of_examples(request.input)
-        answer, answers = self._infer(target, images, REGRESS, request.model_spec.signature_name, context)
+        version = target.version()
+        answer, answers = self._infer(target, version, images, REGRESS, request.model_spec.signature_name, context)
         values = answers["results"]
         several = next((value for value in values if isinstance(value, list)), None)
         if several is not None:
@@ -114,7 +138,7 @@ class PredictionService(serving_grpc.PredictionServiceServicer):
             model_spec=model_spec(target.model, tf_version(answer.model_version), signature), result=result
         )
 
-    @answers_errors
+    @answers_errors("PredictionService/GetModelMetadata")
     def GetModelMetadata(
         self, request: serving.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> serving.GetModelMetadataResponse:
@@ -124,8 +148,8 @@ class PredictionService(serving_grpc.PredictionServiceServicer):
         unsupported = [field for field in fields if field not in (SIGNATURE_DEF, FASTAI)]
         if unsupported:
             raise BadInput(f"metadata field {unsupported[0]!r} is not supported: ask for 'signature_def' or 'fastai'")
-        target = Target(self.shim, request.model_spec)
-        body = self.shim.metadata(target.model, target.url_version)  # the REST metadata route's body
+        target = Target(self.service, request.model_spec)
+        body = self.service.metadata(target.model, target.url_version)  # the REST metadata route's body
         metadata = {}
         for field in fields:
             packed = any_pb2.Any()
@@ -139,11 +163,18 @@ class PredictionService(serving_grpc.PredictionServiceServicer):
         )
 
     def _infer(
-        self, target: Target, images: list[bytes], verb: str, signature_name: str, context: grpc.ServicerContext
+        self,
+        target: Target,
+        version: str | None,
+        images: list[bytes],
+        verb: str,
+        signature_name: str,
+        context: grpc.ServicerContext,
     ) -> tuple[UpstreamAnswer, dict[str, Any]]:
         """One upstream request for `images`, within the client's deadline; the handler's answer, checked."""
-        version = self.shim.predict_version(target.model, target.url_version) if target.url_version else None
-        answer = self.shim.client.predict(
+        form = ROWS if verb == PREDICT else EXAMPLES
+        self.service.check_answerable(target.model, version, Body(form, images, verb, signature_name))
+        answer = self.service.predict(
             target.model,
             version,
             images_body(images, signature_name),
@@ -151,33 +182,33 @@ class PredictionService(serving_grpc.PredictionServiceServicer):
             content_type=IMAGES_CONTENT_TYPE,
             timeout_s=context.time_remaining(),
         )
-        error = upstream_error(answer, target.model)
-        if error is not None:
-            raise error
         if not answer.model_version:  # the handler names its version on every answer, its errors too
-            raise ShimError(
-                412,
+            raise ServiceError(
+                Failure.OUTDATED_ARCHIVE,
                 f"the archive of model {target.model!r} was made by an older fastai-serving, whose handler "
                 "cannot read the gRPC front's requests: rebuild it with scripts/make-archive",
             )
         answers = json.loads(answer.body)
-        if answer.status != 200:
-            raise ServingError(str(answers.get("error", "")), answer.status)  # the handler's own, as REST answers it
+        if answer.status != 200:  # the handler's own error, as REST answers it
+            raise ServiceError(failure_of_status(answer.status), str(answers.get("error", "")))
+        self.service.count_instances(target.model, verb, len(images))
         return answer, answers
 
 
 class ModelService(serving_grpc.ModelServiceServicer):
     """GetModelStatus from TorchServe's workers; TF Serving's HandleReloadConfigRequest answers UNIMPLEMENTED."""
 
-    def __init__(self, shim: Shim) -> None:
-        self.shim = shim
+    protocol = TF_SERVING
 
-    @answers_errors
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    @answers_errors("ModelService/GetModelStatus")
     def GetModelStatus(
         self, request: serving.GetModelStatusRequest, context: grpc.ServicerContext
     ) -> serving.GetModelStatusResponse:
-        target = Target(self.shim, request.model_spec)
-        _, body = status_body(target.model, self.shim.version_descriptions(target.model, target.url_version))
+        target = Target(self.service, request.model_spec)
+        _, body = status_body(target.model, self.service.version_descriptions(target.model, target.url_version))
         return serving.GetModelStatusResponse(
             model_version_status=[
                 serving.ModelVersionStatus(

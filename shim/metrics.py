@@ -1,8 +1,10 @@
-"""The shim's Prometheus metrics, with TorchServe's re-exported beside them: one scrape of one port sees both.
+"""The fronts' Prometheus metrics, with TorchServe's re-exported beside them: one scrape of one port sees both.
 
-Under gunicorn, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
-shim/gunicorn_conf.py) sums what every worker counted; in-process (tests) the default
-registry holds them.
+Every front counts its requests here, through the service (`Service.count`), with labels for
+the front (rest, grpc) and the protocol (tfserving, v2). Under scripts/serve every front's
+processes write to one prometheus_client multiprocess folder (PROMETHEUS_MULTIPROC_DIR, set by
+serve before any front starts; gunicorn's config makes one when run alone), and GET /metrics
+sums them; in-process (tests) the default registry holds them.
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ from prometheus_client import (
     multiprocess,
 )
 
-SCRAPE_TIMEOUT_S = 2.0  # TorchServe's metrics are read on loopback; a slow answer must not stall the scrape
+from fastai_serving import defaults
 
 REQUESTS = Counter(
-    "fastai_serving_requests", "Requests the shim answered", ["model", "route", "verb", "status"]
-)  # fmt: skip
+    "fastai_serving_requests",
+    "Requests the fronts answered; status is the HTTP status (REST) or the gRPC code's name",
+    ["front", "protocol", "model", "route", "verb", "status"],
+)
 LATENCY = Histogram(
     "fastai_serving_request_duration_seconds",
-    "Time from a request's arrival at the shim to its answer",
-    ["model", "route", "verb"],
+    "Time from a request's arrival at a front to its answer",
+    ["front", "protocol", "model", "route", "verb"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 IN_FLIGHT = Gauge(
-    "fastai_serving_requests_in_flight", "Requests the shim is answering now", multiprocess_mode="livesum"
+    "fastai_serving_requests_in_flight", "Requests the fronts are answering now", multiprocess_mode="livesum"
 )  # fmt: skip
 INSTANCES = Histogram(
     "fastai_serving_instances_per_request",
@@ -59,7 +63,7 @@ def exposition(torchserve_metrics_url: str) -> tuple[bytes, str]:
         "fastai_serving_torchserve_metrics_up", "Whether TorchServe's metrics could be read for this scrape", registry=up
     )  # fmt: skip
     try:
-        response = requests.get(torchserve_metrics_url, timeout=SCRAPE_TIMEOUT_S)
+        response = requests.get(torchserve_metrics_url, timeout=defaults.METRICS_SCRAPE_TIMEOUT_S)
         response.raise_for_status()
         torchserve_text = response.content
         torchserve_up.set(1)

@@ -1,4 +1,4 @@
-"""The routes, as TF Serving's REST API names them (see README, "The TF-Serving API")."""
+"""The REST front's routes, as TF Serving's REST API names them (docs/api.md): thin, over the service."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from fastai_serving.bodies import read_body
 from fastai_serving.names import check_model_name
 from fastai_serving.vocabulary import PREDICT, VERBS
 from fastai_serving_shim import metrics
-from fastai_serving_shim.errors import ShimError
-from fastai_serving_shim.relay import relay
-from fastai_serving_shim.status import readiness_body, status_body
+from fastai_serving_shim.rest_errors import RouteError
+from fastai_serving_shim.service import Service
+from fastai_serving_shim.status import status_body
+from fastai_serving_shim.torchserve import JSON
 
 api = Blueprint("api", __name__)
 
@@ -24,7 +25,10 @@ MODEL_PATH = re.compile(
 )
 
 
-def shim():
+TF_SERVING = "tfserving"  # the protocol label of these routes' metrics
+
+
+def service() -> Service:
     return current_app.extensions["fastai_serving"]
 
 
@@ -34,9 +38,9 @@ def json_answer(status: int, body: dict) -> Response:
     return response
 
 
-def label(route: str, verb: str = "") -> None:
+def label(route: str, verb: str = "", protocol: str = TF_SERVING) -> None:
     """How this request is counted in the metrics: the route's template and the verb (the model is added once known)."""
-    g.metric = {"model": "", "route": route, "verb": verb}
+    g.metric = {"protocol": protocol, "model": "", "route": route, "verb": verb}
 
 
 def label_model(model: str) -> None:
@@ -49,23 +53,25 @@ def label_model(model: str) -> None:
 @api.get("/")
 def alive() -> Response:
     """KServe v1's liveness: the process answers. Never asks TorchServe, so a busy or loading model never fails it."""
-    label("/")
+    label("/", protocol="")
     return jsonify({"status": "alive"})
 
 
 @api.get("/ready")
 def ready() -> Response:
     """The server's readiness: every model it serves has a ready worker, and it is not shutting down."""
-    label("/ready")
-    if shim().draining():
-        return json_answer(503, {"ready": False, "draining": True, "models": {}})
-    return json_answer(*readiness_body(shim().models_ready()))
+    label("/ready", protocol="")
+    readiness = service().readiness()
+    body = {"ready": readiness.ready, "models": readiness.models}
+    if readiness.draining:
+        body["draining"] = True
+    return json_answer(200 if readiness.ready else 503, body)
 
 
 @api.get("/metrics")
 def prometheus_metrics() -> Response:
-    label("/metrics")
-    text, content_type = metrics.exposition(shim().settings.torchserve_metrics)
+    label("/metrics", protocol="")
+    text, content_type = metrics.exposition(service().settings.torchserve_metrics)
     return Response(text, mimetype=None, content_type=content_type)
 
 
@@ -75,19 +81,19 @@ def prometheus_metrics() -> Response:
 @api.post("/analyze:predict")
 def analyze_predict() -> Response:
     label("/analyze:predict", PREDICT)
-    return predict(shim().default_model(), None, PREDICT)
+    return predict(service().default_model(), None, PREDICT)
 
 
 @api.get("/analyze")
 def analyze_status() -> Response:
     label("/analyze")
-    return model_status(shim().default_model(), None)
+    return model_status(service().default_model(), None)
 
 
 @api.get("/analyze/metadata")
 def analyze_metadata() -> Response:
     label("/analyze/metadata")
-    return model_metadata(shim().default_model(), None)
+    return model_metadata(service().default_model(), None)
 
 
 # --- /v1/models/...: TF Serving's REST API ------------------------------------------------------
@@ -97,7 +103,7 @@ def analyze_metadata() -> Response:
 def list_models() -> Response:
     """KServe v1's model list: every model TorchServe serves."""
     label("/v1/models")
-    return jsonify({"models": shim().client.models()})
+    return jsonify({"models": service().models()})
 
 
 @api.route("/v1/models/<path:model_path>", methods=["GET", "POST"])
@@ -105,21 +111,21 @@ def tf_serving(model_path: str) -> Response:
     label("/v1/models/unmatched")
     match = MODEL_PATH.match(model_path)
     if match is None:
-        raise ShimError(404, f"no such route /v1/models/{model_path}: see /openapi.yaml for the API")
+        raise RouteError(404, f"no such route /v1/models/{model_path}: see /openapi.yaml for the API")
     model, version, verb = match["model"], match["version"], match["verb"]
     check_model_name(model)
     route = "/v1/models/{model}" + ("/versions/{version}" if version else "")
     label(route + (":{verb}" if verb else "/metadata" if match["metadata"] else ""), verb or "")
     if match["label"] is not None:
-        raise ShimError(404, f"version label {match['label']!r} is not defined: use /versions/<number>")
+        raise RouteError(404, f"version label {match['label']!r} is not defined: use /versions/<number>")
     if verb is not None:
         if verb not in VERBS:
-            raise ShimError(404, f"unknown method :{verb}: use :predict, :classify or :regress")
+            raise RouteError(404, f"unknown method :{verb}: use :predict, :classify or :regress")
         if request.method != "POST":
-            raise ShimError(405, f":{verb} takes POST")
+            raise RouteError(405, f":{verb} takes POST")
         return predict(model, version, verb)
     if request.method != "GET":
-        raise ShimError(405, "POST goes to /v1/models/<model>[/versions/<n>]:predict")
+        raise RouteError(405, "POST goes to /v1/models/<model>[/versions/<n>]:predict")
     if match["metadata"]:
         return model_metadata(model, version)
     return model_status(model, version)
@@ -128,30 +134,34 @@ def tf_serving(model_path: str) -> Response:
 # --- What the routes do ---------------------------------------------------------------------------
 
 
-def predict(model: str, version: str | None, verb: str) -> Response:
-    """Check the body's outer shape, then forward it as it came (JSON whatever the Content-Type) in one upstream request."""
+def predict(model: str, url_version: str | None, verb: str) -> Response:
+    """Check the body's outer shape, then forward it as it came (JSON whatever the Content-Type) in one upstream request.
+
+    The handler's answers, its own {"error"}s included, pass through as they are.
+    """
     label_model(model)
     body = request.get_data(cache=False)
-    instances = read_body(body, verb, raw_allowed=False).instances  # the handler reads it again, instance by instance
-    torchserve_version = shim().predict_version(model, version) if version else None
-    answer = relay(shim().client.predict(model, torchserve_version, body, verb), model)
-    metrics.INSTANCES.labels(model, verb).observe(len(instances))  # a served model: a bounded label
-    return answer
+    parsed = read_body(body, verb, raw_allowed=False)  # the handler reads it again, instance by instance
+    version = service().predict_version(model, url_version)
+    service().check_answerable(model, version, parsed)
+    answer = service().predict(model, version, body, verb)
+    service().count_instances(model, verb, len(parsed.instances))
+    return Response(answer.body, status=answer.status, mimetype=JSON)
 
 
 def model_status(model: str, version: str | None) -> Response:
     label_model(model)
-    return json_answer(*status_body(model, shim().version_descriptions(model, version)))
+    return json_answer(*status_body(model, service().version_descriptions(model, version)))
 
 
 def model_metadata(model: str, version: str | None) -> Response:
     label_model(model)
-    return jsonify(shim().metadata(model, version))
+    return jsonify(service().metadata(model, version))
 
 
 @api.get("/openapi.yaml")
 def openapi_document() -> Response:
-    label("/openapi.yaml")
+    label("/openapi.yaml", protocol="")
     return Response(
         resources.files("fastai_serving_shim").joinpath("openapi.yaml").read_bytes(), mimetype="application/yaml"
     )

@@ -8,8 +8,8 @@ from typing import Any
 from fastai_serving.columns import BOOLEAN, CONTINUOUS, INTEGER, NUMBER
 from fastai_serving.names import check_url_version
 from fastai_serving.vocabulary import CLASS_INDEX_SIGNATURE, CLASSIFIERS, IMAGE_INPUT, SEGMENTATION
-from fastai_serving_shim.errors import ShimError
-from fastai_serving_shim.upstream import has_ready_worker
+from fastai_serving_shim.errors import Failure, ServiceError
+from fastai_serving_shim.torchserve import has_ready_worker
 
 
 def tf_version(torchserve_version: str) -> str:
@@ -25,7 +25,7 @@ def resolve_version(url_version: str, descriptions: list[dict[str, Any]], model:
     for description in descriptions:
         if tf_version(str(description.get("modelVersion", ""))) == wanted:
             return str(description["modelVersion"])
-    raise ShimError(404, f"model {model!r} has no version {url_version}")
+    raise ServiceError(Failure.NOT_FOUND, f"model {model!r} has no version {url_version}")
 
 
 def status_body(model: str, descriptions: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
@@ -45,12 +45,6 @@ def status_body(model: str, descriptions: list[dict[str, Any]]) -> tuple[int, di
         )
     ready = any(status["state"] == "AVAILABLE" for status in statuses)
     return (200 if ready else 503), {"model_version_status": statuses, "name": model, "ready": ready}
-
-
-def readiness_body(models_ready: dict[str, bool]) -> tuple[int, dict[str, Any]]:
-    """The server's readiness: 200 when every model it waits for has a ready worker."""
-    ready = bool(models_ready) and all(models_ready.values())
-    return (200 if ready else 503), {"ready": ready, "models": models_ready}
 
 
 def signature_output(task: str, signature_name: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""A fake of `fastai_serving_shim.upstream.TorchServeClient`'s model table, for the in-process tests of one front.
+"""A fake of `fastai_serving_shim.torchserve.TorchServeClient`'s model table, for the in-process tests of one front.
 
 It answers what TorchServe's management API would (models, their versions, what each
 describes) from a table, and records every call. Each front's tests add the `predict`
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fastai_serving_shim.errors import ShimError
+from fastai_serving_shim.errors import Failure, ServiceError
 
 DESCRIBED = {
     "classification": {"task": "classification", "classes": ["cat", "dog"], "input": "image", "precision": "fp32"},
@@ -39,7 +39,7 @@ class ModelTable:
     def versions(self, model: str, version: str | None = "all") -> list[dict]:
         self.calls.append(("versions", model, version))
         if model not in self.served:
-            raise ShimError(404, f"model {model!r} not found")
+            raise ServiceError(Failure.NOT_FOUND, f"model {model!r} not found")
         return self.served[model] if version == "all" else self.served[model][:1]
 
     def described(self, model: str, version: str) -> dict:

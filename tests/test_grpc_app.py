@@ -1,6 +1,6 @@
 """The gRPC front in-process: a real gRPC server on a loopback port, our own stubs, a fake TorchServe client.
 
-The fake stands in for `fastai_serving_shim.upstream.TorchServeClient` alone (as in tests/test_shim_app.py): it
+The fake stands in for `fastai_serving_shim.torchserve.TorchServeClient` alone (as in tests/test_shim_app.py): it
 answers from a table and records every call, so these tests show what the gRPC front sends
 upstream and how each answer and error becomes a TF Serving message or status code.
 tests/test_grpc.py drives the same server with TF Serving's own client against a real TorchServe.
@@ -9,6 +9,8 @@ tests/test_grpc.py drives the same server with TF Serving's own client against a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,9 +21,11 @@ from fake_torchserve import DESCRIBED, ModelTable, version
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY, generate_latest
 
 from fastai_serving.bodies import read_body
 from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
+from fastai_serving.vocabulary import MULTI_LABEL
 from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import (
@@ -32,13 +36,13 @@ from fastai_serving_protos.tensorflow_core_pb2 import (
     TensorProto,
     TensorShapeProto,
 )
-from fastai_serving_shim.app import Shim
-from fastai_serving_shim.errors import ShimError
-from fastai_serving_shim.grpc_errors import grpc_code
+from fastai_serving_shim.errors import Failure, ServiceError
+from fastai_serving_shim.grpc_errors import GRPC_CODE
 from fastai_serving_shim.grpc_server import GrpcFront
+from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.status import metadata_body
-from fastai_serving_shim.upstream import UpstreamAnswer
+from fastai_serving_shim.torchserve import UpstreamAnswer
 
 PNG = b"\x89PNG\r\n\x1a\n-pretend-image"
 
@@ -51,7 +55,7 @@ def answered(body: dict, status: int = 200, model_version: str = "1.0", task: st
 class FakeTorchServe(ModelTable):
     """The model table; `answer` makes each prediction's answer from the images sent. Records calls."""
 
-    answer: object = None  # a function of (images, verb, signature_name) -> UpstreamAnswer, or a ShimError to raise
+    answer: object = None  # a function of (images, verb, signature_name) -> UpstreamAnswer, or a ServiceError to raise
     hold_first: bool = False  # the first prediction waits, once `entered` is set, until `release` is
     entered: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
@@ -64,7 +68,7 @@ class FakeTorchServe(ModelTable):
         if self.hold_first and not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(timeout=120), "the test never released the held prediction"
-        if isinstance(self.answer, ShimError):
+        if isinstance(self.answer, ServiceError):
             raise self.answer
         if self.answer is not None:
             return self.answer(request.instances, verb, request.signature_name)
@@ -87,7 +91,7 @@ def fake() -> FakeTorchServe:
 
 def serve(fake: FakeTorchServe, **settings) -> GrpcFront:
     chosen = Settings(**{"host": "127.0.0.1", "grpc_port": 0, **settings})
-    return GrpcFront(chosen, Shim(chosen, client=fake)).start()
+    return GrpcFront(chosen, Service(chosen, client=fake)).start()
 
 
 @pytest.fixture
@@ -229,6 +233,45 @@ def test_an_output_filter_names_the_signatures_output(channel):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "one output is 'probabilities'" in error.details()
 
 
+def test_once_the_task_is_known_a_wrong_output_filter_is_refused_before_inference(fake, channel):
+    predictions(channel).Predict(predict_request(), timeout=10)  # the answer names the model's task
+    asked = fake.count("predict")
+    request = predict_request()
+    request.output_filter[:] = ["scores"]
+    error = refused(predictions(channel).Predict, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and fake.count("predict") == asked
+
+
+def test_once_the_task_is_known_class_indices_of_a_multi_label_model_are_refused_before_inference(fake, channel):
+    fake.answer = lambda images, verb, signature: answered({"predictions": [[0.2, 0.9]]}, task=MULTI_LABEL)
+    predictions(channel).Predict(predict_request(), timeout=10)
+    asked = fake.count("predict")
+    error = refused(predictions(channel).Predict, predict_request(signature_name="classes"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and fake.count("predict") == asked
+
+
+def test_each_call_is_counted_in_the_fronts_request_metrics(channel):
+    labels = {"front": "grpc", "protocol": "tfserving", "model": "digits", "route": "PredictionService/Predict"}
+    before = requests_counted(**labels, verb="predict", status="OK")
+    predictions(channel).Predict(predict_request(), timeout=10)
+    assert requests_counted(**labels, verb="predict", status="OK") == before + 1
+
+
+def test_a_made_up_model_never_becomes_a_metrics_label(fake, channel):
+    fake.answer = ServiceError(Failure.NOT_FOUND, "model 'made_up_xyz' not found")  # TorchServe's answer
+    refused(predictions(channel).Predict, predict_request(model="made_up_xyz"))
+    assert "made_up_xyz" not in generate_latest(REGISTRY).decode()
+
+
+def requests_counted(**labels: str) -> float:
+    return REGISTRY.get_sample_value("fastai_serving_requests_total", labels) or 0.0
+
+
+def test_the_grpc_front_imports_no_flask():
+    check = "import sys, fastai_serving_shim.grpc_server; assert 'flask' not in sys.modules, 'flask imported'"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).returncode == 0
+
+
 def test_a_model_spec_without_a_name_goes_to_the_default_model_as_analyze(fake, channel):
     predictions(channel).Predict(predict_request(model=""), timeout=10)
     assert fake.calls[-1][:2] == ("predict", "digits")
@@ -250,7 +293,9 @@ def test_with_several_models_and_no_default_a_nameless_spec_is_not_found_saying_
     ],
 )
 def test_unknown_models_versions_and_labels_are_not_found(fake, channel, spec, message):
-    fake.answer = ShimError(404, "model 'nothing_here' not found")  # TorchServe's answer for a model it lacks
+    fake.answer = ServiceError(
+        Failure.NOT_FOUND, "model 'nothing_here' not found"
+    )  # TorchServe's answer for a model it lacks
     request = serving.PredictRequest(model_spec=spec, inputs={"image_bytes": images_tensor([PNG])})
     error = refused(predictions(channel).Predict, request)
     assert error.code() == grpc.StatusCode.NOT_FOUND and message in error.details()
@@ -272,12 +317,16 @@ def test_unknown_models_versions_and_labels_are_not_found(fake, channel, spec, m
         (answered({"error": "the model failed on this request's input (ValueError)"}, 500), "INTERNAL", "model failed"),
         (UpstreamAnswer(503, b'{"code": 503, "message": "No worker is available"}'), "UNAVAILABLE", "cannot serve"),
         (UpstreamAnswer(413, b'{"code": 413, "message": "too large"}'), "RESOURCE_EXHAUSTED", "size limit"),
-        (ShimError(503, "TorchServe is unreachable; retry later"), "UNAVAILABLE", "unreachable"),
-        (ShimError(504, "model 'digits' did not answer within 0.5 s"), "DEADLINE_EXCEEDED", "did not answer"),
+        (ServiceError(Failure.UNAVAILABLE, "TorchServe is unreachable; retry later"), "UNAVAILABLE", "unreachable"),
+        (
+            ServiceError(Failure.TIMEOUT, "model 'digits' did not answer within 0.5 s"),
+            "DEADLINE_EXCEEDED",
+            "did not answer",
+        ),
     ],
 )
 def test_errors_are_tf_servings_status_codes_with_the_rest_shims_messages(fake, channel, answer, code, message):
-    fake.answer = answer if isinstance(answer, ShimError) else (lambda images, verb, signature: answer)
+    fake.answer = answer if isinstance(answer, ServiceError) else (lambda images, verb, signature: answer)
     error = refused(predictions(channel).Predict, predict_request())
     assert error.code() == getattr(grpc.StatusCode, code) and message in error.details()
 
@@ -551,17 +600,17 @@ def refused_once_stopping(call, overall_s: float = 60) -> grpc.RpcError:
 
 
 @pytest.mark.parametrize(
-    "status, code",
+    "failure, code",
     [
-        (400, "INVALID_ARGUMENT"),
-        (404, "NOT_FOUND"),
-        (413, "RESOURCE_EXHAUSTED"),
-        (500, "INTERNAL"),
-        (503, "UNAVAILABLE"),
-        (504, "DEADLINE_EXCEEDED"),
-        (412, "FAILED_PRECONDITION"),
-        (502, "INTERNAL"),
+        (Failure.BAD_INPUT, "INVALID_ARGUMENT"),
+        (Failure.NOT_FOUND, "NOT_FOUND"),
+        (Failure.TOO_LARGE, "RESOURCE_EXHAUSTED"),
+        (Failure.MODEL_FAILED, "INTERNAL"),
+        (Failure.UNAVAILABLE, "UNAVAILABLE"),
+        (Failure.TIMEOUT, "DEADLINE_EXCEEDED"),
+        (Failure.OUTDATED_ARCHIVE, "FAILED_PRECONDITION"),
+        (Failure.REFUSED, "FAILED_PRECONDITION"),
     ],
 )
-def test_each_http_status_has_one_grpc_code(status, code):
-    assert grpc_code(status) == getattr(grpc.StatusCode, code)
+def test_each_failure_has_one_grpc_code(failure, code):
+    assert GRPC_CODE[failure] == getattr(grpc.StatusCode, code)

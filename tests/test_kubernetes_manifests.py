@@ -29,7 +29,6 @@ KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]  # the oldest we state, and the newes
 TOOLS_PYTHON = PROJECT_ROOT / ".venv-deploy" / "bin" / "python"
 IMAGE_USER = 10001  # Dockerfile.cpu and .gpu: USER 10001
 WRITABLE = {"/tmp", "/srv/logs"}  # what the image writes: temp files, TorchServe's logs and unpacked archives
-TORCHSERVE_STOP_S = 10
 
 
 BATCH_JOB = "batch-job"  # deploy/kubernetes/batch-job: predict-batch as an Indexed Job, not an overlay of the server
@@ -144,8 +143,9 @@ def test_the_grace_period_covers_prestop_drain_accepted_requests_and_torchserves
     pod, container, settings = pod_spec(overlay), server_container(overlay), settings_of(overlay)
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
-    needed = int(command[1]) + settings.drain_s + settings.graceful_timeout_s + TORCHSERVE_STOP_S
-    assert pod["terminationGracePeriodSeconds"] >= needed
+    assert int(command[1]) == defaults.PRESTOP_S
+    waits = settings.drain_s + settings.graceful_timeout_s + defaults.FRONT_STOP_MARGIN_S + defaults.TORCHSERVE_STOP_S
+    assert pod["terminationGracePeriodSeconds"] >= defaults.PRESTOP_S + waits  # serve's waits: scripts/serve.py
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -27,14 +27,14 @@ def serve_args(*flags: str, log_dir: Path) -> object:
 )
 def test_the_shim_reaches_torchserve_where_host_binds_it(tmp_path, host, reachable_at):
     args = serve_args("--host", host, "--inference-port", "9080", log_dir=tmp_path)
-    environment = serve.shim_environment(args, "digits", ["digits"])
+    environment = serve.shim_environment(args, "digits", ["digits"], tmp_path)
     assert environment["FASTAI_SERVING_UPSTREAM"] == f"http://{reachable_at}:9080"
     assert environment["FASTAI_SERVING_MANAGEMENT"] == f"http://{defaults.LOOPBACK}:{defaults.MANAGEMENT_PORT}"
 
 
 def test_the_grpc_front_gets_the_shims_settings_and_its_own_port(tmp_path):
     environment = serve.shim_environment(
-        serve_args("--grpc-port", "9500", "--shim-host", "10.1.2.3", log_dir=tmp_path), "digits", ["digits"]
+        serve_args("--grpc-port", "9500", "--shim-host", "10.1.2.3", log_dir=tmp_path), "digits", ["digits"], tmp_path
     )
     assert environment["FASTAI_SERVING_GRPC_PORT"] == "9500" and environment["FASTAI_SERVING_HOST"] == "10.1.2.3"
     assert environment["FASTAI_SERVING_DEFAULT_MODEL"] == "digits"
@@ -49,10 +49,19 @@ def test_readiness_waits_for_every_archive_in_the_store_unless_told_otherwise(tm
     args = serve_args(log_dir=tmp_path)
     monkeypatch.delenv("FASTAI_SERVING_READY_MODELS", raising=False)
     assert (
-        serve.shim_environment(args, "", ["digits", "buildings"])["FASTAI_SERVING_READY_MODELS"] == "digits,buildings"
+        serve.shim_environment(args, "", ["digits", "buildings"], tmp_path)["FASTAI_SERVING_READY_MODELS"]
+        == "digits,buildings"
     )
     monkeypatch.setenv("FASTAI_SERVING_READY_MODELS", "buildings")
-    assert serve.shim_environment(args, "", ["digits", "buildings"])["FASTAI_SERVING_READY_MODELS"] == "buildings"
+    assert (
+        serve.shim_environment(args, "", ["digits", "buildings"], tmp_path)["FASTAI_SERVING_READY_MODELS"]
+        == "buildings"
+    )
+
+
+def test_every_front_counts_into_one_metrics_folder(tmp_path):
+    environment = serve.shim_environment(serve_args(log_dir=tmp_path), "digits", ["digits"], tmp_path / "metrics")
+    assert environment["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "metrics")
 
 
 def test_torchserves_pid_file_stays_where_torchserve_stop_looks_for_it(tmp_path):

@@ -1,6 +1,6 @@
 """The shim in-process: Flask's test client in front of a fake TorchServe client (no server, no Java).
 
-The fake stands in for `fastai_serving_shim.upstream.TorchServeClient` alone: it answers from a table of
+The fake stands in for `fastai_serving_shim.torchserve.TorchServeClient` alone: it answers from a table of
 models and records every call, so these tests show what the shim asks TorchServe and how
 it maps each answer. tests/test_shim.py drives the same routes against a real TorchServe.
 """
@@ -17,11 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from fastai_serving.bodies import read_body
 from fastai_serving.errors import BadInput
 from fastai_serving_shim.app import create_app
-from fastai_serving_shim.errors import ShimError
-from fastai_serving_shim.relay import relay
+from fastai_serving_shim.errors import Failure, ServiceError
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.status import metadata_body, resolve_version, status_body
-from fastai_serving_shim.upstream import UpstreamAnswer, model_path
+from fastai_serving_shim.torchserve import UpstreamAnswer, model_path
 
 BODY = json.dumps({"instances": [{"b64": "aGk="}]}).encode()
 PREDICTIONS = b'{"predictions": [[0.25, 0.75]]}'
@@ -33,7 +32,7 @@ class FakeTorchServe(ModelTable):
 
     answer: UpstreamAnswer = field(default_factory=lambda: UpstreamAnswer(200, PREDICTIONS))
 
-    def predict(self, model: str, version: str | None, body: bytes, verb: str) -> UpstreamAnswer:
+    def predict(self, model: str, version: str | None, body: bytes, verb: str, *_how) -> UpstreamAnswer:
         self.calls.append(("predict", model, version, body, verb))
         if model not in self.served:
             return UpstreamAnswer(404, b'{"code": 404, "message": "Model not found"}')
@@ -218,13 +217,9 @@ def test_torchserve_answers_are_mapped_to_tf_serving_errors(status, body, expect
 
 def test_the_handlers_own_error_body_passes_through_unchanged():
     handler_error = b'{"error":"instance 3 is not an image this server can decode"}'
-    answer = relay_of(UpstreamAnswer(400, handler_error))
-    assert (answer.status_code, answer.get_data()) == (400, handler_error)
-
-
-def relay_of(answer: UpstreamAnswer):
-    with create_app(Settings(), client=FakeTorchServe()).app_context():
-        return relay(answer, "digits")
+    fake = FakeTorchServe(answer=UpstreamAnswer(400, handler_error, model_version="1.0"))
+    response = shim_of(fake).post("/v1/models/digits:predict", data=BODY)
+    assert (response.status_code, response.get_data()) == (400, handler_error)
 
 
 # --- Status, readiness, metadata -------------------------------------------------------------------------
@@ -259,7 +254,7 @@ def test_status_route_of_one_version():
 def test_urls_name_versions_as_tf_serving_does():
     descriptions = [version("1.0"), version("2.0"), version("10")]
     assert [resolve_version(v, descriptions, "m") for v in ("1", "02", "10")] == ["1.0", "2.0", "10"]
-    with pytest.raises(ShimError, match="no version 3"):
+    with pytest.raises(ServiceError, match="no version 3"):
         resolve_version("3", descriptions, "m")
 
 
@@ -405,7 +400,8 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 def test_metrics_count_requests_by_model_route_verb_and_status():
     client = shim_of(FakeTorchServe(), torchserve_metrics="http://127.0.0.1:9/metrics")
-    name, labels = "fastai_serving_requests_total", {"model": "digits", "route": "/v1/models/{model}:{verb}"}
+    name = "fastai_serving_requests_total"
+    labels = {"front": "rest", "protocol": "tfserving", "model": "digits", "route": "/v1/models/{model}:{verb}"}
     before = client.get("/metrics").get_data(as_text=True)
     for _ in range(3):
         client.post("/v1/models/digits:predict", data=BODY)
@@ -435,6 +431,29 @@ def test_metrics_count_instances_per_request_and_never_label_unknown_models():
         == 5
     )
     assert "nobody_serves_this" not in after
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [(b"{}", 400), (b"x" * 2048, 413)],
+)
+def test_a_made_up_model_name_never_becomes_a_label_whatever_the_answer(body, status):
+    client = shim_of(FakeTorchServe(), torchserve_metrics="http://127.0.0.1:9/metrics", max_body_bytes=1024)
+    assert client.post("/v1/models/made_up_xyz:predict", data=body).status_code == status
+    assert "made_up_xyz" not in client.get("/metrics").get_data(as_text=True)
+
+
+class Unreachable(FakeTorchServe):
+    """TorchServe down: every prediction fails to connect, whatever the model's name."""
+
+    def predict(self, *request) -> UpstreamAnswer:
+        raise ServiceError(Failure.UNAVAILABLE, "TorchServe is unreachable; retry later")
+
+
+def test_a_made_up_model_name_never_becomes_a_label_when_torchserve_is_down():
+    client = shim_of(Unreachable(), torchserve_metrics="http://127.0.0.1:9/metrics")
+    assert client.post("/v1/models/made_up_xyz:predict", data=BODY).status_code == 503
+    assert "made_up_xyz" not in client.get("/metrics").get_data(as_text=True)
 
 
 def test_metrics_say_when_torchserves_own_could_not_be_read():

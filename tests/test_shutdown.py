@@ -13,6 +13,7 @@ import time
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.load import expected_probabilities, run_checked_load
 from harness.servers import Servers, archive_here
@@ -26,12 +27,36 @@ DRAIN_S = 2
 def draining_servers(tmp_path, exported_learners):
     store = tmp_path / "store"
     archive_here("digits", exported_learners["digits"], store)
-    # "slow" holds each lone request 4 s (it waits that long to fill a batch): one is still in flight
+    # "slow" holds each lone request 20 s (it waits that long to fill a batch): one is still in flight
     # after the drain, when the shim stops accepting.
-    archive_here("slow", exported_learners["digits"], store, "--max-batch-delay", "4000")
+    archive_here("slow", exported_learners["digits"], store, "--max-batch-delay", "20000")
     servers = Servers(model_store=store, log_dir=tmp_path / "logs", flags=["--drain-s", str(DRAIN_S)])
     yield servers.start(["digits", "slow"])
     servers.stop()
+
+
+def metrics_of(servers: Servers) -> list:
+    text = requests.get(f"{servers.shim}/metrics", timeout=10).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def in_flight(servers: Servers) -> float:
+    return sum(s.value for s in metrics_of(servers) if s.name == "fastai_serving_requests_in_flight")
+
+
+def answered(servers: Servers, model: str) -> float:
+    return sum(
+        s.value
+        for s in metrics_of(servers)
+        if s.name == "fastai_serving_requests_total" and s.labels.get("model") == model and s.labels["status"] == "200"
+    )
+
+
+def wait_for(condition, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
+        time.sleep(0.1)
 
 
 def test_sigterm_under_load_answers_every_accepted_request_then_exits_cleanly(
@@ -74,11 +99,12 @@ def test_sigterm_under_load_answers_every_accepted_request_then_exits_cleanly(
         slow_answer["at"] = time.monotonic()
 
     slow = threading.Thread(target=slow_request)
+    slow.start()
+    wait_for(lambda: in_flight(servers) >= 2, "the slow request in flight")  # it, and the /metrics request asking
     probe.start()
     load.start()
-    time.sleep(3)  # the load is running
-    slow.start()
-    time.sleep(0.5)  # the slow request is in flight
+    wait_for(lambda: answered(servers, "digits") >= 10, "the load answered")
+    assert "response" not in slow_answer  # still in flight
     servers.process.send_signal(signal.SIGTERM)
     while routable.is_set():
         time.sleep(0.05)

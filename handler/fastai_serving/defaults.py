@@ -31,6 +31,27 @@ STATUS_TIMEOUT_S = 2.0  # the shim's status and management calls, then 503
 RETRY_AFTER_WORKER_DEATH_S = 60.0  # after a worker death, how long the shim waits for its restart
 DRAIN_S = 3.0  # after SIGTERM: readiness fails at once, requests are still served this long, then the shim stops
 GRACEFUL_TIMEOUT_S = 30  # then requests already accepted get this long to be answered before the shim exits
+CONNECT_TIMEOUT_S = 2.0  # the fronts' and tools' connects to TorchServe (loopback)
+ROUTING_CACHE_S = 10.0  # how long the fronts trust TorchServe's model and version table (a miss asks again at once)
+METADATA_CACHE_S = 60.0  # how long the fronts keep a model's description (task, classes): asking takes a worker
+METRICS_SCRAPE_TIMEOUT_S = 2.0  # GET /metrics reads TorchServe's own metrics for at most this long
+GRPC_HEALTH_POLL_S = 2.0  # how often the gRPC front's health service asks whether every model can serve
+SHIM_KEEPALIVE_S = 30  # an idle keep-alive connection to the REST front is closed after this long
+
+# --- Stopping (scripts/serve on SIGTERM; the Kubernetes grace period covers the sum) -------------
+FRONT_STOP_MARGIN_S = 10  # after the graceful timeout, a front still running is killed this much later
+TORCHSERVE_STOP_S = 30  # then TorchServe gets this long to stop its workers before it is killed
+PRESTOP_S = 5  # Kubernetes' preStop sleep before SIGTERM, so endpoints drop the pod first (deploy/kubernetes)
+
+
+def shutdown_budget_s() -> float:
+    """The longest `serve` takes from SIGTERM to exit (preStop included): the pod's grace period covers it."""
+    return PRESTOP_S + DRAIN_S + GRACEFUL_TIMEOUT_S + FRONT_STOP_MARGIN_S + TORCHSERVE_STOP_S
+
+
+# --- Reloading (scripts/reload) -----------------------------------------------------------------
+RELOAD_READY_TIMEOUT_S = 180.0  # how long a new version may take to get a ready worker, else it is unregistered
+RELOAD_DRAIN_S = 10.0  # how long requests already sent to the old version get before it is retired
 
 # --- Batching and workers (make-archive) --------------------------------------------------------
 BATCH_SIZE = 16  # client requests TorchServe gathers into one batch
