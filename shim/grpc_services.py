@@ -19,7 +19,15 @@ from fastai_serving.bodies import Body
 from fastai_serving.errors import BadInput
 from fastai_serving.images_wire import IMAGES_CONTENT_TYPE, images_body
 from fastai_serving.names import check_model_name
-from fastai_serving.vocabulary import CLASS_INDEX_SIGNATURE, CLASSIFY, EXAMPLES, MULTI_LABEL, PREDICT, REGRESS, ROWS
+from fastai_serving.vocabulary import (
+    CLASS_INDEX_SIGNATURE,
+    CLASSIFY,
+    EXAMPLES,
+    MULTI_LABEL,
+    PREDICT,
+    REGRESS,
+    ROWS,
+)
 from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType

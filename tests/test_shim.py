@@ -10,11 +10,15 @@ import io
 import json
 import time
 
+import grpc
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
+from fastai_serving_protos import tensorflow_serving_pb2 as serving
+from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
+from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 from harness.servers import free_port, start_shim
 from openapi_contract import assert_matches_spec
 
@@ -396,3 +400,25 @@ def test_metrics_are_prometheus_text_that_moves_with_traffic_and_carries_torchse
     # TorchServe's own, re-exported (the parser names a counter's samples <name>_total).
     assert {"ts_queue_latency_microseconds_total", "ts_inference_latency_microseconds_total", "QueueTime"} <= names
     assert next(s.value for s in after if s.name == "fastai_serving_torchserve_metrics_up") == 1
+
+
+def test_metrics_count_grpc_calls_beside_rest_requests(torchserve, demo_model):
+    request = serving.PredictRequest(model_spec=serving.ModelSpec(name="digits"))
+    request.inputs["image_bytes"].CopyFrom(
+        TensorProto(
+            dtype=DataType.DT_STRING,
+            string_val=[digit_png(demo_model, 3)],
+            tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+        )
+    )
+    wanted = {"front": "grpc", "model": "digits", "route": "PredictionService/Predict", "status": "OK"}
+    before = requests_counted(prometheus_samples(requests.get(f"{torchserve.shim}/metrics", timeout=10).text), **wanted)
+    with grpc.insecure_channel(torchserve.grpc) as channel:
+        serving_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    after = requests_counted(prometheus_samples(requests.get(f"{torchserve.shim}/metrics", timeout=10).text), **wanted)
+    assert after == before + 1
+
+
+def test_a_made_up_model_name_never_reaches_the_metrics(torchserve):
+    assert requests.post(f"{torchserve.shim}/v1/models/made_up_xyz:predict", data=b"{}", timeout=10).status_code == 400
+    assert "made_up_xyz" not in requests.get(f"{torchserve.shim}/metrics", timeout=10).text
