@@ -24,27 +24,22 @@ from typing import Any
 
 import numpy as np
 
-from fastai_serving.contract import (
-    BOOLEAN,
-    CATEGORICAL,
+from fastai_serving.columns import BOOLEAN, CATEGORICAL, INTEGER, NUMBER, STRING
+from fastai_serving.errors import BadInput
+from fastai_serving.images_wire import IMAGES_CONTENT_TYPE, images_body
+from fastai_serving.instances import decode_base64
+from fastai_serving.vocabulary import (
     COLLAB,
     IMAGE_INPUT,
-    IMAGES_CONTENT_TYPE,
-    INTEGER,
     MULTI_LABEL,
-    NUMBER,
     REGRESSION,
     SEGMENTATION,
     SINGLE_LABEL,
-    STRING,
     TABULAR,
     TEXT,
     TEXT_INPUT,
     VISION,
-    decode_base64,
-    images_body,
 )
-from fastai_serving.errors import BadInput
 from fastai_serving_shim.v2_tensors import (
     BOOL,
     BYTES,

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from importlib import metadata as package_metadata
 from typing import Any
 
-from fastai_serving.contract import PREDICT, check_model_name
 from fastai_serving.errors import BadInput
+from fastai_serving.names import check_model_name
+from fastai_serving.vocabulary import PREDICT
 from fastai_serving_shim.errors import Failure, ServiceError, failure_of_status
 from fastai_serving_shim.service import Service
 from fastai_serving_shim.status import tf_version

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fastai_serving.contract import json_type
-from fastai_serving.errors import BadInput
+from fastai_serving.errors import BadInput, json_type
 
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor data extension's header, both ways
 BINARY_CONTENT_TYPE = "application/octet-stream"

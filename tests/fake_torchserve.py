@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from fastai_serving.contract import read_body
+from fastai_serving.bodies import read_body
 from fastai_serving_shim.errors import Failure, ServiceError
 from fastai_serving_shim.torchserve import UpstreamAnswer
 

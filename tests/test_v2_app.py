@@ -16,7 +16,8 @@ import pytest
 from fake_torchserve import V2FakeTorchServe as FakeTorchServe
 from fake_torchserve import version
 
-from fastai_serving.contract import IMAGES_CONTENT_TYPE, read_body
+from fastai_serving.bodies import read_body
+from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
 from fastai_serving_shim.app import create_app
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.torchserve import UpstreamAnswer

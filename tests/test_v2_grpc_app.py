@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from fake_torchserve import V2FakeTorchServe, version
 
-from fastai_serving.contract import IMAGES_CONTENT_TYPE, read_body
+from fastai_serving.bodies import read_body
+from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
 from fastai_serving_protos import open_inference_pb2 as v2
 from fastai_serving_protos import open_inference_pb2_grpc as v2_grpc
 from fastai_serving_shim.grpc_server import GrpcFront

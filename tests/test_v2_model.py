@@ -9,8 +9,9 @@ import re
 
 import pytest
 
-from fastai_serving.contract import IMAGES_CONTENT_TYPE, read_body
+from fastai_serving.bodies import read_body
 from fastai_serving.errors import BadInput
+from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
 from fastai_serving_shim.v2_model import check_outputs, metadata, model_tensors, output_tensors, upstream_body
 from fastai_serving_shim.v2_tensors import InferRequest, RequestedOutput, Tensor
 
