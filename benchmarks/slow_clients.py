@@ -38,7 +38,7 @@ import requests
 from fastai_serving_protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 from harness.servers import Servers, make_archive
-from harness.workload import make_learner, make_tiles
+from harness.workload import make_learner, make_near_free_learner, make_tiles
 
 MODEL = "bench"
 FRONTS = {"proxy": [], "direct": ["--no-proxy"]}  # scripts/serve's flags for each REST front
@@ -47,41 +47,6 @@ HEALTH_PATHS = ("/ready", "/", "/metrics")
 
 
 # --- The model ------------------------------------------------------------------------------------
-
-
-def make_near_free_learner(folder: Path) -> Path:
-    """A vision Learner whose model is a pooling layer and a linear layer: serving's own cost shows whole."""
-    import warnings
-
-    from fastai.vision.all import (
-        CategoryBlock,
-        CrossEntropyLossFlat,
-        DataBlock,
-        ImageBlock,
-        ItemGetter,
-        Learner,
-        Resize,
-    )
-    from torch import nn
-
-    from harness.workload import CLASSES, MODEL_SIZE
-
-    folder.mkdir(parents=True, exist_ok=True)
-    items = []
-    for index, tile in enumerate(make_tiles(len(CLASSES) * 4, seed=1)):
-        path = folder / f"train_{index}.jpg"
-        path.write_bytes(tile)
-        items.append((path, CLASSES[index % len(CLASSES)]))
-    block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock), get_x=ItemGetter(0), get_y=ItemGetter(1), item_tfms=Resize(MODEL_SIZE)
-    )
-    dls = block.dataloaders(items, bs=4, num_workers=0)
-    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, len(CLASSES)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
-        learn.export((folder / "export.pkl").resolve())
-    return folder / "export.pkl"
 
 
 # --- Ordinary clients -----------------------------------------------------------------------------
