@@ -9,7 +9,6 @@ request's task cannot answer (its signature, its output filter) is refused befor
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grpc
@@ -32,7 +31,7 @@ from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType
 from fastai_serving_protos.tensorflow_error_pb2 import Code
-from fastai_serving_shim.errors import Failure, ServiceError, failure_of_status
+from fastai_serving_shim.errors import Failure, ServiceError
 from fastai_serving_shim.grpc_errors import answers_errors, name_model
 from fastai_serving_shim.grpc_tensors import (
     images_of_examples,
@@ -190,15 +189,7 @@ class PredictionService(serving_grpc.PredictionServiceServicer):
             content_type=IMAGES_CONTENT_TYPE,
             timeout_s=context.time_remaining(),
         )
-        if not answer.model_version:  # the handler names its version on every answer, its errors too
-            raise ServiceError(
-                Failure.OUTDATED_ARCHIVE,
-                f"the archive of model {target.model!r} was made by an older fastai-serving, whose handler "
-                "cannot read the gRPC front's requests: rebuild it with scripts/make-archive",
-            )
-        answers = json.loads(answer.body)
-        if answer.status != 200:  # the handler's own error, as REST answers it
-            raise ServiceError(failure_of_status(answer.status), str(answers.get("error", "")))
+        answers = self.service.handler_answers(target.model, answer, "gRPC front")
         self.service.count_instances(target.model, verb, len(images))
         return answer, answers
 

@@ -10,6 +10,7 @@ from models TorchServe really serves.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -21,7 +22,7 @@ from fastai_serving import defaults
 from fastai_serving.bodies import Body, check_answerable
 from fastai_serving.errors import ServingError
 from fastai_serving_shim import metrics
-from fastai_serving_shim.errors import Failure, ServiceError, service_error
+from fastai_serving_shim.errors import Failure, ServiceError, failure_of_status, service_error
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.status import metadata_body, resolve_version
 from fastai_serving_shim.torchserve import JSON, TorchServeClient, UpstreamAnswer, has_ready_worker, upstream_failure
@@ -208,6 +209,22 @@ class Service:
             with self._lock:
                 self._tasks[(model, version)] = answer.task
         return answer
+
+    def handler_answers(self, model: str, answer: UpstreamAnswer, front: str) -> dict[str, Any]:
+        """The handler's JSON answer to a front that reads it (gRPC, v2); the handler's own error raised as such.
+
+        An archive whose handler names no version is older than these fronts' upstream bodies: refused, saying so.
+        """
+        if not answer.model_version:  # the handler names its version on every answer, its errors too
+            raise ServiceError(
+                Failure.OUTDATED_ARCHIVE,
+                f"the archive of model {model!r} was made by an older fastai-serving, whose handler cannot read "
+                f"the {front}'s requests: rebuild it with scripts/make-archive",
+            )
+        answers = json.loads(answer.body)
+        if answer.status != 200:  # the handler's own error, naming the instance, as REST answers it
+            raise ServiceError(failure_of_status(answer.status), str(answers.get("error", "")))
+        return answers
 
     # --- Metrics --------------------------------------------------------------------------------
 

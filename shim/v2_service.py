@@ -10,7 +10,6 @@ HTTP or gRPC by each front in one place.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import metadata as package_metadata
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 from fastai_serving.errors import BadInput
 from fastai_serving.names import check_model_name
 from fastai_serving.vocabulary import PREDICT
-from fastai_serving_shim.errors import Failure, ServiceError, failure_of_status
 from fastai_serving_shim.service import Service
 from fastai_serving_shim.status import tf_version
 from fastai_serving_shim.v2_model import check_outputs, model_tensors, output_tensors, upstream_body
@@ -94,15 +92,7 @@ class OpenInference:
             model, torchserve_version, body, PREDICT, content_type=content_type,
             timeout_s=min(deadlines) if deadlines else None,
         )  # fmt: skip
-        if not answer.model_version:  # the handler names its version on every answer, its errors too
-            raise ServiceError(
-                Failure.OUTDATED_ARCHIVE,
-                f"the archive of model {model!r} was made by an older fastai-serving, whose handler cannot "
-                "read the v2 front's requests: rebuild it with scripts/make-archive",
-            )
-        answers = json.loads(answer.body)
-        if answer.status != 200:  # the handler's own error, naming the instance
-            raise ServiceError(failure_of_status(answer.status), str(answers.get("error", "")))
+        answers = self.service.handler_answers(model, answer, "v2 front")
         if answer.task and answer.task != tensors.task:  # a new default version of another task since the last look
             tensors = model_tensors(self.service.described(model, answer.model_version))
         outputs = output_tensors(tensors, request, answers)
