@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help install install-dev demo serve test test-fast bench slow-clients soak image-check gpu-check lint format protos clean
+.PHONY: help install install-dev demo serve test test-fast bench slow-clients soak image-check gpu-pack gpu-check lint format protos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,7 +38,10 @@ soak: install  ## minutes of checked load through the shim (SOAK_S=seconds, defa
 image-check: demo  ## build the CPU image, run it, check a chip-n-scale request, remove it (minutes; not in make test)
 	@scripts/image-check $(if $(DOCKERFILE),--dockerfile $(DOCKERFILE))
 
-gpu-check: install  ## on a machine with an NVIDIA GPU: serve on it, compare with the CPU, print the GPU benchmark (not in CI)
+gpu-pack: install  ## put what an offline GPU machine needs for gpu-check's stage one into build/gpu-pack/ (under 64 MiB)
+	@PYTHONPATH=. $(PYTHON) -m harness.gpu_pack
+
+gpu-check:  ## on a machine with an NVIDIA GPU: stage one (the core, from build/gpu-pack/), or with TorchServe installed, serve on it (not in CI)
 	@scripts/gpu-check
 
 lint: install-dev  ## ruff check and ruff format --check over every Python folder

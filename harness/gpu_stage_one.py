@@ -1,0 +1,159 @@
+"""Stage one of the GPU check, run from the folder `make gpu-pack` fills: the engine-independent core in-process.
+
+On an offline GPU machine with its own Python and torch (and no fastai, TorchServe or Java), after
+`make gpu-check` has put the pack's wheels on the path, this prints one table:
+- the near-free Learner's answers on the GPU against the CPU's (probabilities within 1e-3);
+- the decode ceiling on the machine's cores, and the near-free model through the core's batch path;
+- resnet34's forward ceiling in fp32 and bf16, and resnet34 through the core's batch path in bf16;
+- the same archive compiled (torch.compile; CUDA graphs through "reduce-overhead"), through the core.
+Each row says why when it could not run; exits non-zero when the GPU's answers differ from the CPU's.
+`--device cpu` runs the same rows on the CPU (a dry run of the script where no GPU is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+TOLERANCE = 1e-3
+PACK = Path(__file__).resolve().parent
+
+
+def timed(rounds: int, work) -> float:
+    """Seconds per round, the best of `rounds` after one warm-up round."""
+    work()
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def decode_ceiling(tiles: list[bytes], size: int, threads: int) -> float:
+    """Images per second: decode, resize and normalize into one batch tensor with plain PIL and numpy."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    def one(tile: bytes):
+        return np.asarray(Image.open(io.BytesIO(tile)).convert("RGB").resize((size, size), Image.BILINEAR))
+
+    with ThreadPoolExecutor(threads) as pool:
+
+        def batch() -> None:
+            pixels = torch.from_numpy(np.stack(list(pool.map(one, tiles)))).permute(0, 3, 1, 2).float().div_(255)
+            pixels.sub_(0.45).div_(0.225)
+
+        return len(tiles) / timed(3, batch)
+
+
+def through_core(served, tiles: list[bytes], rounds: int = 3) -> tuple[float, list]:
+    """Images per second through the core's own path (decode, the batch builder, the forward), and its answers."""
+    from fastai_serving.predict import decode_images, predict_images
+
+    names = [f"instance {i}" for i in range(len(tiles))]
+    answers: list = []
+
+    def run() -> None:
+        answers[:] = predict_images(served, decode_images(tiles, names), max_batch=64)
+
+    return len(tiles) / timed(rounds, run), [prediction.output for prediction in answers]
+
+
+def forward_ceiling(model, device, batch: int, bf16: bool) -> float:
+    import torch
+
+    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return batch / timed(5, run)
+
+
+def resnet34_learner(near_free_path: Path, out: Path) -> Path:
+    """A resnet34 vision Learner (random weights: this measures speed) with the near-free Learner's pipeline."""
+    from fastai.vision.all import load_learner as fastai_load
+    from fastai.vision.all import resnet34, vision_learner
+
+    learn = fastai_load(near_free_path)
+    resnet = vision_learner(learn.dls, resnet34, pretrained=False, n_out=len(learn.dls.vocab))
+    resnet.export(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu-stage-one", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled row")
+    args = parser.parse_args(argv)
+
+    import os
+
+    import torch
+
+    from fastai_serving.compiled import compile_learner
+    from fastai_serving.learner import load_learner
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu-stage-one: torch sees no CUDA device here; pass --device cpu for a dry run")
+        return 2
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    print(f"gpu-stage-one: torch {torch.__version__} on {name}")
+    tiles = [path.read_bytes() for path in sorted((PACK / "tiles").glob("*.jpg"))]
+    near_free = PACK / "near_free" / "export.pkl"
+    rows: list[tuple[str, str, str]] = []
+
+    on_cpu = load_learner(near_free, "cpu")
+    on_device = load_learner(near_free, device)
+    _, expected = through_core(on_cpu, tiles, rounds=1)
+    per_s, got = through_core(on_device, tiles)
+    largest = max(float((a - b).abs().max()) for a, b in zip(got, expected, strict=True))
+    rows.append(("near-free model: largest difference from the CPU", f"{largest:.1e}", f"<= {TOLERANCE}"))
+    ceiling = decode_ceiling(tiles, 224, os.cpu_count() or 1)
+    rows.append(("decode ceiling, all cores (img/s)", f"{ceiling:.0f}", "1.00"))
+    rows.append(("near-free model through the core (img/s)", f"{per_s:.0f}", f"{per_s / ceiling:.2f}"))
+
+    resnet_path = resnet34_learner(near_free, Path("/tmp") / "gpu-stage-one-resnet34.pkl")
+    resnet = load_learner(resnet_path, device)
+    fp32 = forward_ceiling(resnet.learn.model, device, 64, bf16=False)
+    bf16 = forward_ceiling(resnet.learn.model, device, 64, bf16=True)
+    rows.append(("resnet34 forward ceiling fp32, batch 64 (img/s)", f"{fp32:.0f}", "1.00"))
+    rows.append(("resnet34 forward ceiling bf16, batch 64 (img/s)", f"{bf16:.0f}", f"{bf16 / fp32:.2f}"))
+    served_bf16 = load_learner(resnet_path, device, precision="bf16")
+    per_s, _ = through_core(served_bf16, tiles)
+    rows.append(("resnet34 bf16 through the core (img/s)", f"{per_s:.0f}", f"{per_s / bf16:.2f} of bf16's"))
+    if not args.no_compile:
+        try:
+            report = compile_learner(served_bf16, 64)
+            if report.compiled:
+                per_s, _ = through_core(served_bf16, tiles)
+                rows.append(("resnet34 bf16 compiled, through the core (img/s)", f"{per_s:.0f}",
+                             f"compiled in {report.seconds:.0f} s"))  # fmt: skip
+            else:
+                rows.append(("resnet34 bf16 compiled", "did not compile", report.error[:60]))
+        except Exception as error:  # a row that cannot run says why; the others stand
+            rows.append(("resnet34 bf16 compiled", "failed", f"{type(error).__name__}: {error}"[:60]))
+
+    width = max(len(row[0]) for row in rows)
+    print(f"{'row':<{width}}  {'value':>16}  ratio")
+    for label, value, ratio in rows:
+        print(f"{label:<{width}}  {value:>16}  {ratio}")
+    if largest > TOLERANCE:
+        print(f"gpu-stage-one: FAILED: the answers on {name} differ from the CPU's by {largest:.1e}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
