@@ -62,6 +62,8 @@ def ready() -> Response:
     """The server's readiness: every model it serves has a ready worker, and it is not shutting down."""
     label("/ready", protocol="")
     readiness = service().readiness()
+    if readiness.error:
+        return json_answer(503, {"error": readiness.error})
     body = {"ready": readiness.ready, "models": readiness.models}
     if readiness.draining:
         body["draining"] = True

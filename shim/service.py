@@ -58,6 +58,7 @@ class Readiness:
     ready: bool
     draining: bool
     models: dict[str, bool]
+    error: str = ""  # why readiness could not be asked (TorchServe unreachable), when it could not
 
 
 class Service:
@@ -157,8 +158,8 @@ class Service:
             return Readiness(False, True, {})
         try:
             models = self.models_ready()
-        except ServiceError:
-            return Readiness(False, False, {})
+        except ServiceError as error:
+            return Readiness(False, False, {}, error.message)
         return Readiness(bool(models) and all(models.values()), False, models)
 
     # --- Predictions ----------------------------------------------------------------------------
