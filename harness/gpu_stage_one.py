@@ -5,7 +5,9 @@ On an offline GPU machine with its own Python and torch (and no fastai, TorchSer
 - the near-free Learner's answers on the GPU against the CPU's (probabilities within 1e-3);
 - the decode ceiling on the machine's cores, and the near-free model through the core's batch path;
 - resnet34's forward ceiling in fp32 and bf16, and resnet34 through the core's batch path in bf16;
-- the same archive compiled (torch.compile; CUDA graphs through "reduce-overhead"), through the core.
+- the same archive compiled (torch.compile; CUDA graphs through "reduce-overhead"), through the core;
+- resnet34 compiled ahead of time (make-archive --compile aot's package, built and loaded here) in fp32
+  and bf16, through the core, against eager in the same precision.
 Each row says why when it could not run; exits non-zero when the GPU's answers differ from the CPU's.
 `--device cpu` runs the same rows on the CPU (a dry run of the script where no GPU is).
 """
@@ -91,10 +93,43 @@ def resnet34_learner(near_free_path: Path, out: Path) -> Path:
     return out
 
 
+def aot_rows(resnet_path: Path, device, tiles: list[bytes]) -> list[tuple[str, str, str]]:
+    """resnet34's AOTInductor package (built as make-archive --compile aot builds it, checked against eager
+    there), loaded as a worker loads it, through the core: fp32 and bf16, each against eager in its precision."""
+    import tempfile
+
+    from fastai_serving.aot import build_package, load_package
+    from fastai_serving.learner import load_learner
+
+    rows = []
+    for precision in ("fp32", "bf16"):
+        label = f"resnet34 {precision} AOT package, through the core"
+        try:
+            eager_per_s, _ = through_core(load_learner(resnet_path, device, precision=precision), tiles)
+            with tempfile.TemporaryDirectory(prefix="gpu-stage-one-aot-") as folder:
+                built = build_package(load_learner(resnet_path, device, precision=precision), 64, Path(folder))
+                if not built.compiled:
+                    rows.append((label, "not built", built.error[:60]))
+                    continue
+                served = load_learner(resnet_path, device, precision=precision)
+                loaded = load_package(served, Path(folder), 64)
+                if not loaded.compiled:
+                    rows.append((label, "not loaded", loaded.error[:60]))
+                    continue
+                per_s, _ = through_core(served, tiles)
+            rows.append((f"{label} (img/s)", f"{per_s:.0f}",
+                         f"{per_s / eager_per_s:.2f} of eager {precision}'s; built in {built.seconds:.0f} s, "
+                         f"loaded in {loaded.seconds:.1f} s"))  # fmt: skip
+        except Exception as error:  # a row that cannot run says why; the others stand
+            rows.append((label, "failed", f"{type(error).__name__}: {error}"[:60]))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu-stage-one", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled row")
+    parser.add_argument("--no-aot", action="store_true", help="leave out the ahead-of-time compiled rows")
     args = parser.parse_args(argv)
 
     import os
@@ -144,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(("resnet34 bf16 compiled", "did not compile", report.error[:60]))
         except Exception as error:  # a row that cannot run says why; the others stand
             rows.append(("resnet34 bf16 compiled", "failed", f"{type(error).__name__}: {error}"[:60]))
+
+    if not args.no_aot:
+        rows += aot_rows(resnet_path, device, tiles)
 
     width = max(len(row[0]) for row in rows)
     print(f"{'row':<{width}}  {'value':>16}  ratio")

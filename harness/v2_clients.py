@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from harness.client_process import ClientProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 # scripts/install makes it (the development install only): tritonclient[http,grpc] and the KServe SDK.
@@ -31,35 +31,8 @@ class V2Clients:
             family.close()
 
 
-class V2Client:
+class V2Client(ClientProcess):
     """One family's clients (harness/v2_client.py triton|kserve) as a subprocess, one JSON line each way."""
 
     def __init__(self, family: str, rest_address: str, grpc_address: str, log: Path) -> None:
-        python = V2CLIENT_VENV / "bin" / "python"
-        if not python.exists():
-            raise FileNotFoundError(f"{python} is missing: `make install` creates the v2 clients' environment")
-        self._log = open(log, "wb")  # open as long as the clients run
-        self.process = subprocess.Popen(
-            [str(python), str(PROGRAM), family, rest_address, grpc_address],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        self.version = self._read()["ready"]
-
-    def call(self, call: str, **command: Any) -> dict[str, Any]:
-        self.process.stdin.write(json.dumps({"call": call, **command}) + "\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def _read(self) -> dict[str, Any]:
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the v2 clients exited ({self.process.poll()}): see {self._log.name}")
-        return json.loads(line)
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=30)
-        self._log.close()
+        super().__init__(V2CLIENT_VENV, PROGRAM, [family, rest_address, grpc_address], log, f"the {family} v2 clients")

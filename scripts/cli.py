@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastai-serving: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    return int(module.main(rest, prog=f"fastai-serving {command}") or 0)  # --help and errors name it so
 
 
 if __name__ == "__main__":

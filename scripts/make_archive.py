@@ -49,8 +49,8 @@ COUNT_FLAGS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="make-archive", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "make-archive") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="model name: the URL's /predictions/<name>")
     parser.add_argument("--learner", required=True, type=Path, help="the Learner's export.pkl")
     parser.add_argument("--utils", type=Path, help="folder of Python modules the pickle needs")
@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None, prog: str = "make-archive") -> argparse.Namespace:
+    return build_parser(prog).parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -263,8 +263,8 @@ def _outputs(served: ServedLearner) -> str:
     return "values"
 
 
-def main(argv: list[str] | None = None) -> None:
-    make_archive(parse_args(argv))
+def main(argv: list[str] | None = None, prog: str = "make-archive") -> None:
+    make_archive(parse_args(argv, prog))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from fastai_serving_shim.errors import Failure, ServiceError
 from fastai_serving_shim.torchserve import Management
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="reload", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None, prog: str = "reload") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--name", required=True, help="the model to swap")
     add("--archive", required=True, type=Path, help="the new version's .mar (make-archive --version V)")
@@ -153,9 +153,9 @@ def _retire_archive(model_store: Path, archive_name: str) -> None:
         archive.replace(retired / archive.name)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "reload") -> int:
     try:
-        reload(parse_args(argv))
+        reload(parse_args(argv, prog))
     except ReloadError as error:
         print(f"reload: {error}", file=sys.stderr)
         return 1

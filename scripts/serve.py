@@ -44,9 +44,9 @@ LISTEN_BACKLOG = 2048  # connections the kernel queues for the REST front before
 STATE_FOLDER = "fastai-serving"  # in the temp folder: what each running serve serves, for scripts/reload
 
 
-def build_parser(shim: Settings) -> argparse.ArgumentParser:
+def build_parser(shim: Settings, prog: str = "serve") -> argparse.ArgumentParser:
     """serve's flags; the shim's settings (FASTAI_SERVING_* variables) give the defaults of the shim's flags."""
-    parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--model-store", type=Path, default=MODEL_STORE, help="folder of .mar archives (default: model_store/)")
     add("--config", type=Path, default=TORCHSERVE_CONFIG, help="TorchServe config (default: config.properties)")
@@ -119,8 +119,8 @@ def build_parser(shim: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser(Settings.from_env()).parse_args(argv)
+def parse_args(argv: list[str] | None = None, prog: str = "serve") -> argparse.Namespace:
+    return build_parser(Settings.from_env(), prog).parse_args(argv)
 
 
 def ports(args: argparse.Namespace) -> list[tuple[str, int, str]]:
@@ -480,8 +480,8 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    return serve(parse_args(argv))
+def main(argv: list[str] | None = None, prog: str = "serve") -> int:
+    return serve(parse_args(argv, prog))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ scripts/serve starts it. Besides TF Serving's PredictionService and ModelService
 Inference Protocol's inference.GRPCInferenceService (KServe v2; ServerReady false while draining), it serves
 gRPC's standard health service (Kubernetes gRPC probes: SERVING while every model has a ready
 worker) and server reflection (grpcurl lists and calls the API). On SIGTERM it reports
-NOT_SERVING, refuses new calls, lets the calls in flight finish (`graceful_timeout_s`, as the
+NOT_SERVING, refuses new calls (UNAVAILABLE: retried elsewhere), lets the calls in flight finish (`graceful_timeout_s`, as the
 REST shim does), then exits. While scripts/serve drains, health says NOT_SERVING and calls are still served.
 """
 
@@ -29,6 +29,7 @@ from fastai_serving_protos import open_inference_pb2_grpc, tensorflow_serving_pb
 from fastai_serving_shim import listener
 from fastai_serving_shim.grpc_limits import ReceiveDeadline, server_options
 from fastai_serving_shim.grpc_services import ModelService, PredictionService, Unimplemented
+from fastai_serving_shim.grpc_stopping import StopGate
 from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.v2_grpc import SERVICE as V2_SERVICE
@@ -93,6 +94,7 @@ class GrpcFront:
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
         self._loop_thread.start()
         self.health = async_health.HealthServicer()  # answers on the event loop: never behind predictions
+        self.gate = StopGate()  # at the stop: new calls UNAVAILABLE while those in flight finish
         try:
             self.server, self.port = self._on_loop(self._build())
         except BaseException:
@@ -105,7 +107,7 @@ class GrpcFront:
         limit = settings.max_body_bytes  # the REST body limit, each way: larger messages get RESOURCE_EXHAUSTED
         server = grpc.aio.server(
             migration_thread_pool=self.pool,
-            interceptors=[ReceiveDeadline(settings.grpc_receive_timeout_s, self.pool)],
+            interceptors=[self.gate, ReceiveDeadline(settings.grpc_receive_timeout_s, self.pool)],
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -139,7 +141,8 @@ class GrpcFront:
         return self
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Report NOT_SERVING, take no new handshake, let calls in flight finish within the grace, then stop.
+        """Report NOT_SERVING, take no new handshake, refuse new calls (UNAVAILABLE) while the calls in flight
+        finish within the grace, then stop.
 
         Connections already queued at the listener are accepted first, so none is reset (listener.quiesce).
         """
@@ -148,8 +151,13 @@ class GrpcFront:
         for own in listener.own_listeners(self.port):
             listener.quiesce(own, timeout_s=defaults.FRONT_STOP_MARGIN_S)
             own.close()
-        self._on_loop(self.server.stop(self.settings.graceful_timeout_s if grace_s is None else grace_s))
+        self._on_loop(self._stop(self.settings.graceful_timeout_s if grace_s is None else grace_s))
         self._close_loop()
+
+    async def _stop(self, grace_s: float) -> None:
+        self.gate.close()
+        left_s = await self.gate.drained(grace_s)
+        await self.server.stop(left_s)  # calls still running past the grace are cancelled
 
     def _close_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

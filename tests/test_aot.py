@@ -19,8 +19,15 @@ import requests
 import torch
 import yaml
 
-from fastai_serving.aot import AOT_DIR_IN_ARCHIVE, BUILT_FOR_FILE, this_machine
-from fastai_serving.learner import load_learner
+from fastai_serving.aot import (
+    AOT_DIR_IN_ARCHIVE,
+    BF16_AGREEMENT,
+    BUILT_FOR_FILE,
+    build_package,
+    load_package,
+    this_machine,
+)
+from fastai_serving.learner import BF16, load_learner
 from fastai_serving.predict import decode_images, predict_images
 from harness.servers import Servers, archive_here, make_archive
 
@@ -143,6 +150,45 @@ def test_a_package_built_for_another_cpu_is_served_eager_and_says_so(aot_servers
     images = images_of(small_learners["classifier"])
     eager = eager_outputs(small_learners["classifier"], images)
     assert (predicted(aot_servers, ELSEWHERE, images) - eager).abs().max() < 1e-5
+
+
+def served_in_bf16(export_path: Path):
+    """The Learner served in bfloat16 autocast, as on a machine with fast bfloat16 (AVX512-BF16, AMX, a GPU).
+
+    This CPU has none, so load_learner would serve a bf16 archive in fp32: the precision is set after loading,
+    and autocast runs bf16 in software: slow, and the same numbers."""
+    served = load_learner(export_path)
+    served.precision = BF16
+    return served
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_a_bf16_package_runs_bf16_and_decodes_as_eager_bf16_does(tmp_path, small_learners, kind):
+    built = build_package(served_in_bf16(small_learners[kind]), MAX_BATCH, tmp_path)  # checked against eager bf16
+    assert built.compiled, built.error
+    assert json.loads((tmp_path / BUILT_FOR_FILE).read_text())["precision"] == BF16
+    images = decode_images(images_of(small_learners[kind]), [f"image {i}" for i in range(5)])
+    eager = predict_images(served_in_bf16(small_learners[kind]), images, MAX_BATCH)
+    served = served_in_bf16(small_learners[kind])
+    loaded = load_package(served, tmp_path, MAX_BATCH)
+    assert loaded.compiled and loaded.mode == "aot", loaded.error
+    answered = predict_images(served, images, MAX_BATCH)
+    if kind == "regressor":  # values: within bf16's rounding of eager bf16's
+        difference = max((a.output - e.output).abs().max().item() for a, e in zip(answered, eager, strict=True))
+        assert difference <= 2e-2 * max(1.0, max(e.output.abs().max().item() for e in eager))
+    else:
+        agreeing = [torch.equal(a.decoded, e.decoded) for a, e in zip(answered, eager, strict=True)]
+        assert sum(agreeing) / len(agreeing) >= BF16_AGREEMENT
+
+
+def test_a_bf16_package_on_a_worker_serving_fp32_is_served_eager(tmp_path, small_learners):
+    """A bf16 archive on a CPU without fast bfloat16 serves fp32: its bf16 package is not run there."""
+    assert build_package(served_in_bf16(small_learners["classifier"]), MAX_BATCH, tmp_path).compiled
+    served = load_learner(small_learners["classifier"])  # fp32, as load_learner serves bf16 on this CPU
+    report = load_package(served, tmp_path, MAX_BATCH)
+    assert report.compiled is False and report.mode == "eager"
+    assert "precision 'bf16' (here 'fp32')" in report.error
+    assert not hasattr(served.learn.model, "package")  # the eager model is left in place
 
 
 def test_make_archive_refuses_a_model_that_does_not_export_unless_told_to_fall_back(tmp_path, small_learners):

@@ -578,11 +578,14 @@ def test_stopping_finishes_the_calls_in_flight_and_refuses_new_ones(fake):
         # New calls are refused as soon as the stop begins, while the held call is still in flight.
         during = refused_once_stopping(predictions(opened).Predict)
         assert not in_flight.done()
+        probe = health_pb2_grpc.HealthStub(opened).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert probe.status == health_pb2.HealthCheckResponse.NOT_SERVING  # probes are still answered
         fake.release.set()
         assert in_flight.result(timeout=60).outputs["probabilities"].float_val[1] == 0.75
         stopper.join(timeout=60)
         after = refused(predictions(opened).Predict, predict_request())
-    assert during.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE) and not stopper.is_alive()
+    assert during.code() == grpc.StatusCode.UNAVAILABLE and "stopping" in during.details()  # a client retries it
+    assert not stopper.is_alive()
     assert after.code() == grpc.StatusCode.UNAVAILABLE
 
 

@@ -172,3 +172,24 @@ def test_a_soak_of_any_positive_length_runs_in_rounds_of_at_most_a_minute(second
 def test_a_soak_of_no_time_is_refused(seconds):
     with pytest.raises(ValueError, match="give a positive duration"):
         rounds(seconds)
+
+
+# --- fastai-serving (the one command) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["make-archive", "serve", "reload"])
+def test_each_subcommands_help_names_it_as_the_user_typed_it(capsys, command):
+    from fastai_serving_scripts import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: fastai-serving {command} ")
+
+
+def test_an_unknown_subcommand_is_refused_with_the_list_of_commands(capsys):
+    from fastai_serving_scripts import cli
+
+    assert cli.main(["serv"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown command 'serv'" in error and "make-archive" in error and "reload" in error
