@@ -30,7 +30,7 @@ bench: install  ## benchmark table: ceilings, in-process baselines, TorchServe, 
 	@$(PYTHON) -m benchmarks.bench $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE))
 
 slow-clients: install  ## ordinary clients alone, then beside 500 slow and 1,000 idle connections, REST and gRPC (MODELS="free resnet", FRONTS="direct proxy")
-	@$(PYTHON) benchmarks/slow_clients.py --model $(or $(MODELS),free) --fronts $(or $(FRONTS),proxy)
+	@$(PYTHON) -m benchmarks.slow_clients --model $(or $(MODELS),free) --fronts $(or $(FRONTS),proxy)
 
 soak: install  ## minutes of checked load through the shim (SOAK_S=seconds, default 300)
 	@SOAK_S=$(or $(SOAK_S),300) $(PYTHON) -m benchmarks.soak

@@ -10,6 +10,8 @@ fed the bench's 256×256 JPEG tiles resized to 224² and normalized, so every ro
   P4 TorchServe       /predictions/<model> directly; P5 the shim (REST); P6 the gRPC front: CLIENTS clients each
                       sending INSTANCES tiles per request (default archive, fast path on)
   P7 shim             P5 with an archive made with --no-fast-images (fastai's pipeline in the worker)
+  P8 v2 binary        P5's load through the Open Inference Protocol's REST route with binary tensor data, as
+                      tritonclient.http sends it (no base64, no JSON around the tiles)
 Then the CPU each stage of the served path costs per image: the pieces timed in-process (CPU time, one torch
 thread), and each server process's own CPU time during rows P4-P6 (psutil), so TorchServe's frontend is counted
 directly rather than by difference. Run as part of bench.py (`make bench`, or `--only pipeline`).
@@ -29,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from bench import Row, run_grpc_load, run_load
 from PIL import Image
 
+from benchmarks.loads import Row, run_grpc_load, run_load, run_v2_load
 from harness.servers import Servers, make_archive
 from harness.workload import MODEL_SIZE, make_near_free_learner, make_tiles
 
@@ -200,6 +202,9 @@ def served_rows(store: Path, logs: Path, tiles: list[bytes], clients: int, insta
                 f"{servers.shim}/v1/models/bench:predict", tiles, clients, instances, per_client
             ),
             "P6 gRPC front -> TorchServe": lambda: run_grpc_load(servers.grpc, tiles, clients, instances, per_client),
+            "P8 v2 binary (REST) -> TorchServe": lambda: run_v2_load(
+                servers.shim, tiles, clients, instances, per_client
+            ),
         }
         if not fast:
             loads = {"P7 shim, --no-fast-images": loads["P5 shim (REST) -> TorchServe"]}
@@ -288,7 +293,7 @@ def print_pipeline(rows: list[Row], stages: list[tuple[str, float]], served_cost
         f"\n  in-process torch threads {threads}; cores {psutil.cpu_count()}; "
         f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} (other sessions share this machine)"
     )
-    for name in ("P5 shim (REST) -> TorchServe", "P6 gRPC front -> TorchServe"):
+    for name in ("P5 shim (REST) -> TorchServe", "P6 gRPC front -> TorchServe", "P8 v2 binary (REST) -> TorchServe"):
         if name in wall:
             print(
                 f"  target: {name.split()[0]} ÷ decode ceiling = {wall[name].images_per_s / ceiling:.2f} (wanted >= 0.5)"

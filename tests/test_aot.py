@@ -155,8 +155,8 @@ def test_a_package_built_for_another_cpu_is_served_eager_and_says_so(aot_servers
 def served_in_bf16(export_path: Path):
     """The Learner served in bfloat16 autocast, as on a machine with fast bfloat16 (AVX512-BF16, AMX, a GPU).
 
-    This CPU has none, so load_learner would serve a bf16 archive in fp32: the precision is set after loading,
-    and autocast runs bf16 in software: slow, and the same numbers."""
+    The precision is set after loading, so the test runs bf16 on any CPU: where it lacks fast bfloat16
+    (load_learner would serve fp32 there), autocast runs bf16 in software, slower and to the same numbers."""
     served = load_learner(export_path)
     served.precision = BF16
     return served

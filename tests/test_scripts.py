@@ -193,3 +193,22 @@ def test_an_unknown_subcommand_is_refused_with_the_list_of_commands(capsys):
     assert cli.main(["serv"]) == 2
     error = capsys.readouterr().err
     assert "unknown command 'serv'" in error and "make-archive" in error and "reload" in error
+
+
+# --- the benchmarks, as make runs them ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("benchmark", ["bench", "slow_clients"])
+def test_each_benchmark_starts_as_make_runs_it_from_the_checkout(benchmark):
+    """`python -m benchmarks.<name>` from the checkout's root: every import it needs resolves (no server runs)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    ran = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{benchmark}", "--help"], cwd=root, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("usage:")
+    makefile = (root / "Makefile").read_text()
+    assert f"-m benchmarks.{benchmark}" in makefile and "benchmarks/" not in makefile
