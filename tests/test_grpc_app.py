@@ -662,7 +662,11 @@ def test_calls_past_the_cap_are_refused_with_resource_exhausted(fake):
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as opened:
             slow = opened.stream_unary("/tensorflow.serving.PredictionService/Predict")
             waiting = [slow.future(never_sends(release), timeout=30) for _ in range(2)]
+            # Both hold their slots before any other call is sent (else a call could take a slot first).
             deadline = time.monotonic() + 30
+            while running.gate.in_flight < 2:
+                assert time.monotonic() < deadline and not any(call.done() for call in waiting), "not both held"
+                time.sleep(0.01)
             while True:
                 try:
                     predictions(opened).Predict(predict_request(), timeout=30)
