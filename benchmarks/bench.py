@@ -61,8 +61,6 @@ import psutil
 import requests
 
 from benchmarks.loads import (
-    BF16,
-    FP32,
     Row,
     predict_request,
     request_body,
@@ -72,6 +70,7 @@ from benchmarks.loads import (
     run_v2_load,
 )
 from benchmarks.pipeline import pipeline_rows
+from fastai_serving.learner import BF16, FP32
 from fastai_serving_protos import tensorflow_serving_pb2_grpc
 from harness.servers import ROOT, Servers, free_port, make_archive
 from harness.workload import make_learner, make_tabular_workload, make_text_workload, make_texts, make_tiles

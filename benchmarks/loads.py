@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 import grpc
 import requests
 
+from fastai_serving.learner import FP32
 from fastai_serving_protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
-
-BF16, FP32 = "bf16", "fp32"
 
 
 @dataclass

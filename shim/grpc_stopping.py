@@ -26,7 +26,7 @@ class StopGate(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         self.closed = False
         self.in_flight = 0
-        self._changed: asyncio.Event | None = None  # made on the loop, at the first call
+        self._changed = asyncio.Event()  # set at each call's end (bound to the loop at its first use)
 
     async def intercept_service(self, continuation: Callable, handler_call_details) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
@@ -44,25 +44,19 @@ class StopGate(grpc.aio.ServerInterceptor):
         """Wait until no call is in flight, at most `timeout_s`; the seconds left of it."""
         deadline = time.monotonic() + timeout_s
         while self.in_flight and time.monotonic() < deadline:
-            changed = self._event()
-            changed.clear()
+            self._changed.clear()
             try:
-                await asyncio.wait_for(changed.wait(), deadline - time.monotonic())
+                await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
             except asyncio.TimeoutError:
                 break
         return max(0.0, deadline - time.monotonic())
-
-    def _event(self) -> asyncio.Event:
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        return self._changed
 
     def _begin(self) -> None:
         self.in_flight += 1
 
     def _end(self) -> None:
         self.in_flight -= 1
-        self._event().set()
+        self._changed.set()
 
 
 def _counted(handler: grpc.RpcMethodHandler, gate: StopGate) -> grpc.RpcMethodHandler:
