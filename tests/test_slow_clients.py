@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import psutil
 import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -123,6 +124,20 @@ class Trickle:
                 closed.append(False)
         return closed
 
+    def server_sides(self) -> list[str]:
+        """For a failure's message: which process holds each connection's server end (none: still in the accept queue)."""
+        ends = {
+            (c.raddr.ip, c.raddr.port): c
+            for c in psutil.net_connections(kind="tcp")
+            if c.raddr and c.laddr.port == self.sockets[0].getpeername()[1]
+        }
+        sides = []
+        for sock in self.sockets:
+            end = ends.get(sock.getsockname()[:2])
+            owner = "gone" if end is None else "not accepted" if end.pid is None else psutil.Process(end.pid).name()
+            sides.append(f"{sock.getsockname()[1]}: {owner} {end.status if end else ''}")
+        return sides
+
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
@@ -162,6 +177,7 @@ def test_slow_and_idle_rest_clients_past_the_thread_count_leave_predictions_and_
         alive = requests.get(f"{servers.shim}/", timeout=5)
         slow.stop()  # the slow bodies stall now: their body deadline runs; the headers' deadline already runs
         cut = slow.cut_off()
+        sides = slow.server_sides()
     finally:
         slow.close()
         for sock in idle:
@@ -169,7 +185,7 @@ def test_slow_and_idle_rest_clients_past_the_thread_count_leave_predictions_and_
     assert statuses == [200] * 12
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert alive.json() == {"status": "alive"}
-    assert cut == [True] * (2 * HELD)
+    assert cut == [True] * (2 * HELD), f"{sides}\n{servers.log_tail()}"
 
 
 def test_rest_requests_past_the_cap_are_refused_at_once_with_an_error_saying_so(servers, digit):
@@ -179,7 +195,9 @@ def test_rest_requests_past_the_cap_are_refused_at_once_with_an_error_saying_so(
         while (
             answer := requests.post(f"{servers.shim}/v1/models/digits:predict", data=b"{}", timeout=30)
         ).status_code != 503:
-            assert time.monotonic() < deadline, f"never refused: {answer.status_code} {answer.text}"
+            assert time.monotonic() < deadline, (
+                f"never refused: {answer.status_code} {answer.text}\n{slow.server_sides()}\n{servers.log_tail()}"
+            )
             time.sleep(0.2)
     finally:
         slow.stop()
