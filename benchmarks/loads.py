@@ -1,4 +1,4 @@
-"""The benchmarks' loads: a row of the table, and concurrent clients over REST, gRPC and v2 REST.
+"""The benchmarks' loads: a row of the table, concurrent clients over REST, gRPC and v2 REST, and their meters.
 
 bench.py and pipeline.py time their served rows with these: CLIENTS threads, each sending its own
 request of INSTANCES tiles again and again (the first request a warm-up), the seconds from the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import statistics
 import struct
 import threading
 import time
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
+import psutil
 import requests
 
 from fastai_serving.learner import FP32
@@ -150,3 +152,46 @@ def run_grpc_load(address: str, tiles: list[bytes], clients: int, instances: int
     with ThreadPoolExecutor(clients) as pool:
         answered = sum(pool.map(client, range(clients)))
     return time.perf_counter() - start, latencies, answered
+
+
+class PeakRss:
+    """Samples the summed RSS of some processes and their children until stopped."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids, self.peak, self._stop = pids, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in self.pids:
+                try:
+                    parent = psutil.Process(pid)
+                    total += sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)])
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+def timed(call, repeat: int = 3, best: bool = False) -> float:
+    """Seconds one run of `call` takes, after a warm-up run: the median of `repeat` runs (`best`: the fastest)."""
+    call()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times) if best else statistics.median(times)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import time
 import zipfile
 
 import pytest
@@ -22,6 +21,7 @@ from fastai_serving.learner import load_learner
 from fastai_serving.predict import decode_images, predict_images
 from harness import learners
 from harness.servers import Servers, make_archive
+from harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -137,9 +137,11 @@ def test_a_compiled_archive_serves_eager_answers_and_never_compiles_on_a_request
 def test_a_restarted_worker_compiles_again_before_it_is_ready(compiled_servers):
     first = worker_pid(compiled_servers)
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 300
-    while not (compiled_servers.ready("compiled") and worker_pid(compiled_servers) != first):
-        assert time.monotonic() < deadline, "no compiled worker came back"
-        time.sleep(1)
+    wait_for(
+        lambda: compiled_servers.ready("compiled") and worker_pid(compiled_servers) != first,
+        "a compiled worker back after the kill",
+        timeout_s=300,
+        every_s=1,
+    )
     again = described(compiled_servers)
     assert again["compiled"] is True and again["compiled_batch_sizes"] == list(batch_sizes(MAX_BATCH))

@@ -12,13 +12,13 @@ import base64
 import os
 import signal
 import threading
-import time
 
 import pytest
 import requests
 
 from harness.load import expected_probabilities, run_checked_load
 from harness.servers import start_shim
+from harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,15 +26,6 @@ pytestmark = pytest.mark.e2e
 def worker_pids(servers, model: str) -> list[int]:
     described = requests.get(f"{servers.management}/models/{model}", timeout=5).json()
     return [int(w["pid"]) for version in described for w in version["workers"] if w.get("pid")]
-
-
-def wait_for(condition, what: str, timeout_s: float = 120) -> None:
-    """Until `condition()` holds, looking again every half second; a generous overall timeout, then a failure."""
-    give_up = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > give_up:
-            raise TimeoutError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.5)
 
 
 def wait_until_ready(servers, model: str, timeout_s: float = 120) -> None:

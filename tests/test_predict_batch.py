@@ -12,7 +12,6 @@ import json
 import re
 import signal
 import subprocess
-import time
 import venv
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from harness import PROJECT_ROOT
 from harness.postgres import PostgresCluster
 from harness.servers import free_port
 from harness.tile_server import TileServer
+from harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -95,13 +95,6 @@ def start_predict_batch(log: Path, *args: str) -> subprocess.Popen:
         return subprocess.Popen([PREDICT_BATCH, *map(str, args)], stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_for(condition, timeout_s: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def table_rows(url: str, table: str) -> dict[str, list[float]]:
     with psycopg.connect(url) as connection:
         try:
@@ -127,7 +120,7 @@ def test_chip_n_scale_tiles_go_into_its_postgres_table_each_exactly_once_after_a
         args = ["--tiles", tiles_txt, "--imagery", imagery.template, "--server", torchserve.shim]
         args += ["--out", postgres.url, "--table", "killed", "--fetchers", "2"]
         first = start_predict_batch(tmp_path / "first.log", *args)
-        wait_for(lambda: len(table_rows(postgres.url, "killed")) >= 8, what="8 committed tiles")
+        wait_for(lambda: len(table_rows(postgres.url, "killed")) >= 8, "8 committed tiles", every_s=0.02)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         committed = set(table_rows(postgres.url, "killed"))
@@ -164,7 +157,7 @@ def test_a_folder_goes_into_jsonl_each_image_exactly_once_after_a_sigkill_and_a_
     out = tmp_path / "results.jsonl"
     args = [tmp_path / "images", "--server", torchserve.shim, "--out", out, "--concurrency", "1", "--batch", "4"]
     first = start_predict_batch(tmp_path / "first.log", *args)
-    wait_for(lambda: len(jsonl_rows(out)) >= 8, what="8 committed lines")
+    wait_for(lambda: len(jsonl_rows(out)) >= 8, "8 committed lines", every_s=0.02)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     assert len(jsonl_rows(out)) < len(images)
@@ -180,7 +173,7 @@ def test_ctrl_c_stops_cleanly_with_what_was_answered_committed_and_a_rerun_finis
     out = tmp_path / "results.jsonl"
     args = [tmp_path / "images", "--server", torchserve.shim, "--out", out, "--concurrency", "1", "--batch", "4"]
     first = start_predict_batch(tmp_path / "first.log", *args)
-    wait_for(lambda: len(jsonl_rows(out)) >= 8, what="8 committed lines")
+    wait_for(lambda: len(jsonl_rows(out)) >= 8, "8 committed lines", every_s=0.02)
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=60) == 130
     log = (tmp_path / "first.log").read_text()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 
 import grpc
 import numpy as np
@@ -20,6 +19,7 @@ from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 from harness.servers import free_port, start_shim
+from harness.waiting import wait_for
 from openapi_contract import assert_matches_spec
 
 pytestmark = pytest.mark.e2e
@@ -291,10 +291,11 @@ def test_a_model_without_ready_workers_is_503_on_status_and_predict(torchserve, 
         assert predict.status_code == 503 and "error" in predict.json()
     finally:
         requests.put(f"{scale}?min_worker=1&max_worker=1&synchronous=true", timeout=120).raise_for_status()
-    deadline = time.monotonic() + 120  # the worker's start: an import of torch and fastai, slow on a busy machine
-    while requests.get(f"{torchserve.shim}/v1/models/regressor", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "regressor had no ready worker 120 s after scaling back up"
-        time.sleep(1)
+    wait_for(  # the worker's start: an import of torch and fastai, slow on a busy machine
+        lambda: requests.get(f"{torchserve.shim}/v1/models/regressor", timeout=5).status_code == 200,
+        "a ready regressor worker after scaling back up",
+        every_s=1,
+    )
 
 
 def test_an_upstream_timeout_is_a_504(torchserve, tmp_path, exported_learners):

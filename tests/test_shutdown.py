@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.load import expected_probabilities, run_checked_load
 from harness.servers import Servers, archive_here
+from harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -50,13 +51,6 @@ def answered(servers: Servers, model: str) -> float:
         for s in metrics_of(servers)
         if s.name == "fastai_serving_requests_total" and s.labels.get("model") == model and s.labels["status"] == "200"
     )
-
-
-def wait_for(condition, what: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
-        time.sleep(0.1)
 
 
 def test_sigterm_under_load_answers_every_accepted_request_then_exits_cleanly(
