@@ -111,12 +111,13 @@ class Trickle:
         self._stop.set()
         self._thread.join()
 
-    def cut_off(self, timeout_s: float = 90) -> list[bool]:
-        """For each connection, whether the server closed it within a generous timeout of its own (what it sent is
-        read past): a stalled machine delays the server's deadlines and this wait alike, not one against the other."""
-        closed = []
+    def cut_off(self, timeout_s: float = 120, at_least_s: float = 5) -> list[bool]:
+        """For each connection, whether the server closed it within a generous overall timeout (what it sent is
+        read past); each gets `at_least_s` of its own even past it, so a stall that delays the server's deadlines
+        as long as this wait leaves it time to act on them."""
+        deadline, closed = time.monotonic() + timeout_s, []
         for sock in self.sockets:
-            sock.settimeout(timeout_s)
+            sock.settimeout(max(at_least_s, deadline - time.monotonic()))
             try:
                 while sock.recv(4096):
                     pass
