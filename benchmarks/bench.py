@@ -55,6 +55,7 @@ from benchmarks.kinds import print_kinds_table, rows_tabular_and_text
 from benchmarks.loads import (
     PeakRss,
     Row,
+    predict_loop_row,
     predict_request,
     request_body,
     run_grpc_load,
@@ -176,15 +177,7 @@ def row_get_preds(served, tiles: list[bytes], batch: int) -> Row:
 def row_predict_loop(served, tiles: list[bytes]) -> Row:
     from fastai.vision.all import PILImage
 
-    learn, latencies = served.learn, []
-    with PeakRss([psutil.Process().pid]) as rss, learn.no_bar():
-        start = time.perf_counter()
-        for tile in tiles:
-            began = time.perf_counter()
-            learn.predict(PILImage.create(tile))
-            latencies.append((time.perf_counter() - began) * 1000)
-        seconds = time.perf_counter() - start
-    return Row("3 learn.predict loop", len(tiles), seconds, latencies, rss.peak_mb, "one image at a time")
+    return predict_loop_row("3 learn.predict loop", served.learn, tiles, PILImage.create, "one image at a time")
 
 
 def row_original(export_path: Path, tiles, clients, instances, per_client) -> Row:

@@ -13,12 +13,11 @@ Run by `python -m benchmarks.bench --only kinds` (or the whole `make bench`).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import psutil
 
-from benchmarks.loads import PeakRss, Row, run_bodies, timed
+from benchmarks.loads import PeakRss, Row, predict_loop_row, run_bodies, timed
 from harness.servers import Servers, make_archive
 from harness.workload import make_tabular_workload, make_text_workload, make_texts
 
@@ -57,15 +56,7 @@ def rows_tabular_in_process(export_path: Path, device: str, rows: list[dict], ba
     with torch.inference_mode():
         forward = timed(lambda: [learn.model(*b) for b in tensors], best=True)
     ceiling = Row("T0 forward on processed tensors", len(rows), forward, note=f"bs {batch}")
-    sample, latencies = rows[:200], []
-    with PeakRss([psutil.Process().pid]) as rss, learn.no_bar():
-        start = time.perf_counter()
-        for row in sample:
-            began = time.perf_counter()
-            learn.predict(pd.Series(row))
-            latencies.append((time.perf_counter() - began) * 1000)
-        seconds = time.perf_counter() - start
-    loop = Row("T2 learn.predict loop", len(sample), seconds, latencies, rss.peak_mb, "one row at a time")
+    loop = predict_loop_row("T2 learn.predict loop", learn, rows[:200], pd.Series, "one row at a time")
     one = timed(lambda: predict_rows(served, rows[:1], batch), repeat=9)
     many = timed(lambda: predict_rows(served, rows, batch))
     dl_one = timed(lambda: learn.dls.test_dl(rows_frame(rows[:1], served.columns)), repeat=9)
@@ -87,15 +78,7 @@ def rows_text_in_process(export_path: Path, device: str, texts: list[str], batch
         seconds = timed(lambda: learn.get_preds(dl=learn.dls.test_dl(texts, bs=batch, num_workers=0)))
     get_preds = Row("X1 fastai get_preds", len(texts), seconds, peak_rss_mb=rss.peak_mb,
                     note=f"one test_dl of the {len(texts)} texts, bs {batch}, sorted and padded by fastai")  # fmt: skip
-    sample, latencies = texts[:64], []
-    with PeakRss([psutil.Process().pid]) as rss, learn.no_bar():
-        start = time.perf_counter()
-        for text in sample:
-            began = time.perf_counter()
-            learn.predict(text)
-            latencies.append((time.perf_counter() - began) * 1000)
-        seconds = time.perf_counter() - start
-    return [get_preds, Row("X2 learn.predict loop", len(sample), seconds, latencies, rss.peak_mb, "one text at a time")]
+    return [get_preds, predict_loop_row("X2 learn.predict loop", learn, texts[:64], str, "one text at a time")]
 
 
 def rows_tabular_and_text(tmp: Path, device: str, clients: int, quick: bool, threads: int) -> tuple[list[Row], str]:

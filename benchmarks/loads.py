@@ -195,3 +195,16 @@ def timed(call, repeat: int = 3, best: bool = False) -> float:
         call()
         times.append(time.perf_counter() - start)
     return min(times) if best else statistics.median(times)
+
+
+def predict_loop_row(name: str, learn, items: list, as_input, note: str) -> Row:
+    """The naive baseline: `learn.predict(as_input(item))` one item at a time, each call's latency timed."""
+    latencies = []
+    with PeakRss([psutil.Process().pid]) as rss, learn.no_bar():
+        start = time.perf_counter()
+        for item in items:
+            began = time.perf_counter()
+            learn.predict(as_input(item))
+            latencies.append((time.perf_counter() - began) * 1000)
+        seconds = time.perf_counter() - start
+    return Row(name, len(items), seconds, latencies, rss.peak_mb, note)
