@@ -120,7 +120,7 @@ def test_chip_n_scale_tiles_go_into_its_postgres_table_each_exactly_once_after_a
         args = ["--tiles", tiles_txt, "--imagery", imagery.template, "--server", torchserve.shim]
         args += ["--out", postgres.url, "--table", "killed", "--fetchers", "2"]
         first = start_predict_batch(tmp_path / "first.log", *args)
-        wait_for(lambda: len(table_rows(postgres.url, "killed")) >= 8, "8 committed tiles", every_s=0.02)
+        wait_for(lambda: len(table_rows(postgres.url, "killed")) >= 8, "8 committed tiles", timeout_s=60, every_s=0.02)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         committed = set(table_rows(postgres.url, "killed"))
@@ -157,7 +157,7 @@ def test_a_folder_goes_into_jsonl_each_image_exactly_once_after_a_sigkill_and_a_
     out = tmp_path / "results.jsonl"
     args = [tmp_path / "images", "--server", torchserve.shim, "--out", out, "--concurrency", "1", "--batch", "4"]
     first = start_predict_batch(tmp_path / "first.log", *args)
-    wait_for(lambda: len(jsonl_rows(out)) >= 8, "8 committed lines", every_s=0.02)
+    wait_for(lambda: len(jsonl_rows(out)) >= 8, "8 committed lines", timeout_s=60, every_s=0.02)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     assert len(jsonl_rows(out)) < len(images)
@@ -173,7 +173,7 @@ def test_ctrl_c_stops_cleanly_with_what_was_answered_committed_and_a_rerun_finis
     out = tmp_path / "results.jsonl"
     args = [tmp_path / "images", "--server", torchserve.shim, "--out", out, "--concurrency", "1", "--batch", "4"]
     first = start_predict_batch(tmp_path / "first.log", *args)
-    wait_for(lambda: len(jsonl_rows(out)) >= 8, "8 committed lines", every_s=0.02)
+    wait_for(lambda: len(jsonl_rows(out)) >= 8, "8 committed lines", timeout_s=60, every_s=0.02)
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=60) == 130
     log = (tmp_path / "first.log").read_text()
