@@ -1,0 +1,181 @@
+"""The REST front's proxy (scripts/nginx.conf, as scripts/serve renders it) never loses a request to a
+connection the shim closes: the real nginx, in front of a stand-in for the shim's unix sockets.
+
+The race, made certain: nginx is paused (SIGSTOP) while the clients' requests arrive and then the
+shim closes every connection it holds, so nginx, resumed, reads the requests before it learns of the
+closes: each request meets a kept-alive connection the shim has closed, fails there before any answer,
+and must go again on another connection (for a POST nginx does that only when told: non_idempotent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fastai_serving_scripts import rest_proxy
+from fastai_serving_shim.settings import Settings
+from harness.servers import free_port
+from harness.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+CLIENTS = 4
+ANSWER = b'{"answered": true}'
+
+
+class ShimStandIn:
+    """HTTP/1.1 on a unix socket, as the shim's gunicorn: answers every request 200 and keeps the connection
+    open (whatever the request's Connection header says) until `close_every_connection`."""
+
+    def __init__(self, path: Path) -> None:
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(64)
+        self.connections: list[socket.socket] = []
+        self.requests_read: list[bytes] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        pending = b""
+        try:
+            while data := connection.recv(65536):
+                pending += data
+                while b"\r\n\r\n" in pending:
+                    head, pending = pending.split(b"\r\n\r\n", 1)
+                    lines = head.split(b"\r\n")
+                    length = next((int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length:")), 0)
+                    while len(pending) < length:
+                        pending += connection.recv(65536)
+                    pending = pending[length:]
+                    self.requests_read.append(lines[0])
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER)
+                        + ANSWER
+                    )
+        except OSError:
+            return
+
+    def close_every_connection(self) -> None:
+        for connection in self.connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # nginx closed it already
+            connection.close()
+
+    def stop(self) -> None:
+        self.listener.close()
+        self.close_every_connection()
+
+
+@pytest.fixture
+def proxy(tmp_path) -> Iterator[tuple[int, tuple[ShimStandIn, ShimStandIn], list[psutil.Process]]]:
+    """nginx rendered from the default settings (one worker, so one event loop sees every request) in front of a
+    stand-in on each of the shim's sockets; yields its port, the stand-ins (predictions, GET/HEAD), its workers."""
+    nginx = rest_proxy.find_nginx()
+    assert nginx, "nginx is part of the install (make install)"
+    port = free_port()
+    settings = dataclasses.replace(Settings(), proxy_workers=1)
+    config, app_socket, health_socket = rest_proxy.write_config(settings, f"127.0.0.1:{port}", tmp_path / "run")
+    app, health = ShimStandIn(app_socket), ShimStandIn(health_socket)
+    started = subprocess.Popen(rest_proxy.nginx_command(nginx, config, tmp_path / "run"), stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _answers(port), "nginx to listen")
+        workers = psutil.Process(started.pid).children()
+        yield port, (app, health), workers
+    finally:
+        for worker in psutil.Process(started.pid).children():
+            worker.resume()
+        started.send_signal(signal.SIGQUIT)
+        started.wait(timeout=60)
+        app.stop()
+        health.stop()
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _request(method: str) -> bytes:
+    if method == "POST":
+        body = b'{"instances": [1]}'
+        return (
+            b"POST /v1/models/m:predict HTTP/1.1\r\nHost: front\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (
+                len(body),
+                body,
+            )
+        )
+    return b"GET /ready HTTP/1.1\r\nHost: front\r\n\r\n"
+
+
+def _status_and_body(client: socket.socket) -> tuple[str, bytes]:
+    """One answer read whole: its status line and its body (Content-Length's worth)."""
+    client.settimeout(60)
+    answer = b""
+    while b"\r\n\r\n" not in answer and (data := client.recv(65536)):
+        answer += data
+    head, body = answer.split(b"\r\n\r\n", 1) if b"\r\n\r\n" in answer else (answer, b"")
+    lines = head.split(b"\r\n")
+    length = next((int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (data := client.recv(65536)):
+        body += data
+    return lines[0].decode(), body
+
+
+def _requests_while_the_shim_closes_its_connections(port, stand_ins, workers, method: str) -> list[tuple[str, bytes]]:
+    """CLIENTS kept-alive clients each answered once; then, with nginx paused, each sends `method` again and the
+    shim closes every connection it has; nginx resumed, each client's second answer."""
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(CLIENTS)]
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        first = list(pool.map(lambda client: (client.sendall(_request(method)), _status_and_body(client))[1], clients))
+    assert [status for status, _ in first] == ["HTTP/1.1 200 OK"] * CLIENTS
+    for worker in workers:
+        worker.suspend()
+    for client in clients:
+        client.sendall(_request(method))  # in nginx's receive queues: its next events, before the closes below
+    for stand_in in stand_ins:
+        stand_in.close_every_connection()
+    for worker in workers:
+        worker.resume()
+    try:
+        return [_status_and_body(client) for client in clients]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_prediction_is_answered_when_the_shim_closes_its_idle_connections_as_it_arrives(proxy):
+    port, (app, health), workers = proxy
+    answers = _requests_while_the_shim_closes_its_connections(port, (app, health), workers, "POST")
+    assert answers == [("HTTP/1.1 200 OK", ANSWER)] * CLIENTS
+    assert len(app.requests_read) == 2 * CLIENTS  # each prediction reached the shim once: none lost, none repeated
+
+
+def test_a_status_request_on_a_connection_the_shim_closed_is_sent_again_and_answered(proxy):
+    port, (app, health), workers = proxy
+    answers = _requests_while_the_shim_closes_its_connections(port, (app, health), workers, "GET")
+    assert answers == [("HTTP/1.1 200 OK", ANSWER)] * CLIENTS
+    assert len(health.requests_read) == 2 * CLIENTS
