@@ -14,14 +14,10 @@ import re
 import shutil
 from pathlib import Path
 
-from fastai_serving import defaults
-
 TEMPLATE = Path(__file__).with_name("nginx.conf")
 FIELD = re.compile(r"{{(\w+)}}")
 # Where nginx is looked for beyond PATH: Debian installs it in /usr/sbin, which a user's PATH may lack.
 NGINX_PLACES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
-# Seconds nginx keeps an idle connection to the shim: below gunicorn's keep-alive, so nginx closes it first.
-UPSTREAM_KEEPALIVE_S = max(1, defaults.SHIM_KEEPALIVE_S - 5)
 
 
 def find_nginx() -> str | None:
@@ -52,7 +48,6 @@ def render(settings, listen: str, app_socket: Path, health_socket: Path, run_dir
         "max_requests": settings.max_requests,
         "app_address": f"unix:{app_socket}",
         "health_address": f"unix:{health_socket}",
-        "upstream_keepalive_s": UPSTREAM_KEEPALIVE_S,
         "listen": listen,
         "graceful_timeout_s": _seconds(settings.graceful_timeout_s),
         "connect_timeout_s": _seconds(settings.status_timeout_s),

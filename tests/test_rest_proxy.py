@@ -1,10 +1,11 @@
 """The REST front's proxy (scripts/nginx.conf, as scripts/serve renders it) never loses a request to a
 connection the shim closes: the real nginx, in front of a stand-in for the shim's unix sockets.
 
-The race, made certain: nginx is paused (SIGSTOP) while the clients' requests arrive and then the
-shim closes every connection it holds, so nginx, resumed, reads the requests before it learns of the
-closes: each request meets a kept-alive connection the shim has closed, fails there before any answer,
-and must go again on another connection (for a POST nginx does that only when told: non_idempotent).
+nginx keeps no connection to the shim idle: each request has one of its own, closed after its answer.
+The race that rule removes, made certain: nginx is paused (SIGSTOP) while the clients' requests arrive
+and then the shim closes every connection it holds, so nginx, resumed, reads the requests before it
+learns of the closes. Had it kept connections, each request would meet one that is gone, and a POST
+that fails there is not sent again (nginx cannot know the shim did not read it): the client gets 503.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ShimStandIn:
         self.listener.bind(str(path))
         self.listener.listen(64)
         self.connections: list[socket.socket] = []
-        self.requests_read: list[bytes] = []
+        self.requests_read: list[bytes] = []  # each request's head: its request line and headers
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -65,7 +66,7 @@ class ShimStandIn:
                     while len(pending) < length:
                         pending += connection.recv(65536)
                     pending = pending[length:]
-                    self.requests_read.append(lines[0])
+                    self.requests_read.append(head)
                     connection.sendall(
                         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER)
                         + ANSWER
@@ -167,15 +168,17 @@ def _requests_while_the_shim_closes_its_connections(port, stand_ins, workers, me
             client.close()
 
 
-def test_a_prediction_is_answered_when_the_shim_closes_its_idle_connections_as_it_arrives(proxy):
+def test_a_prediction_is_answered_when_the_shim_closes_its_connections_as_it_arrives(proxy):
     port, (app, health), workers = proxy
     answers = _requests_while_the_shim_closes_its_connections(port, (app, health), workers, "POST")
     assert answers == [("HTTP/1.1 200 OK", ANSWER)] * CLIENTS
     assert len(app.requests_read) == 2 * CLIENTS  # each prediction reached the shim once: none lost, none repeated
+    assert len(app.connections) == 2 * CLIENTS  # each on a connection of its own, closed after its answer
+    assert all(b"\r\nconnection: close" in head.lower() for head in app.requests_read)
 
 
-def test_a_status_request_on_a_connection_the_shim_closed_is_sent_again_and_answered(proxy):
+def test_a_status_request_is_answered_when_the_shim_closes_its_connections_as_it_arrives(proxy):
     port, (app, health), workers = proxy
     answers = _requests_while_the_shim_closes_its_connections(port, (app, health), workers, "GET")
     assert answers == [("HTTP/1.1 200 OK", ANSWER)] * CLIENTS
-    assert len(health.requests_read) == 2 * CLIENTS
+    assert len(health.requests_read) == len(health.connections) == 2 * CLIENTS
