@@ -61,8 +61,7 @@ class ShimStandIn:
                 pending += data
                 while b"\r\n\r\n" in pending:
                     head, pending = pending.split(b"\r\n\r\n", 1)
-                    lines = head.split(b"\r\n")
-                    length = next((int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length:")), 0)
+                    length = _content_length(head)
                     while len(pending) < length:
                         pending += connection.recv(65536)
                     pending = pending[length:]
@@ -97,7 +96,8 @@ def proxy(tmp_path) -> Iterator[tuple[int, tuple[ShimStandIn, ShimStandIn], list
     settings = dataclasses.replace(Settings(), proxy_workers=1)
     config, app_socket, health_socket = rest_proxy.write_config(settings, f"127.0.0.1:{port}", tmp_path / "run")
     app, health = ShimStandIn(app_socket), ShimStandIn(health_socket)
-    started = subprocess.Popen(rest_proxy.nginx_command(nginx, config, tmp_path / "run"), stderr=subprocess.PIPE)
+    log = (tmp_path / "nginx.log").open("w")  # its error lines (the EPIPE of a stale connection), for a failure
+    started = subprocess.Popen(rest_proxy.nginx_command(nginx, config, tmp_path / "run"), stderr=log)
     try:
         wait_for(lambda: _answers(port), "nginx to listen")
         workers = psutil.Process(started.pid).children()
@@ -109,6 +109,7 @@ def proxy(tmp_path) -> Iterator[tuple[int, tuple[ShimStandIn, ShimStandIn], list
         started.wait(timeout=60)
         app.stop()
         health.stop()
+        log.close()
 
 
 def _answers(port: int) -> bool:
@@ -122,14 +123,15 @@ def _answers(port: int) -> bool:
 def _request(method: str) -> bytes:
     if method == "POST":
         body = b'{"instances": [1]}'
-        return (
-            b"POST /v1/models/m:predict HTTP/1.1\r\nHost: front\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (
-                len(body),
-                body,
-            )
-        )
+        head = b"POST /v1/models/m:predict HTTP/1.1\r\nHost: front\r\nContent-Type: application/json\r\n"
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
     return b"GET /ready HTTP/1.1\r\nHost: front\r\n\r\n"
+
+
+def _content_length(head: bytes) -> int:
+    """An HTTP message head's Content-Length (0 without one)."""
+    lines = head.lower().split(b"\r\n")
+    return next((int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:")), 0)
 
 
 def _status_and_body(client: socket.socket) -> tuple[str, bytes]:
@@ -139,11 +141,9 @@ def _status_and_body(client: socket.socket) -> tuple[str, bytes]:
     while b"\r\n\r\n" not in answer and (data := client.recv(65536)):
         answer += data
     head, body = answer.split(b"\r\n\r\n", 1) if b"\r\n\r\n" in answer else (answer, b"")
-    lines = head.split(b"\r\n")
-    length = next((int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:")), 0)
-    while len(body) < length and (data := client.recv(65536)):
+    while len(body) < _content_length(head) and (data := client.recv(65536)):
         body += data
-    return lines[0].decode(), body
+    return head.split(b"\r\n")[0].decode(), body
 
 
 def _requests_while_the_shim_closes_its_connections(port, stand_ins, workers, method: str) -> list[tuple[str, bytes]]:

@@ -184,7 +184,8 @@ def build_package(served: ServedLearner, max_batch: int, folder: Path) -> Compil
 
 def check_against_eager(served: ServedLearner, model: nn.Module, max_batch: int) -> str:
     """ "" if `model` answers sample images as the eager model does (fp32: within 1e-4; bf16: the same decoded
-    answers for 99% of the clear decisions, ties within bf16's rounding left out), else what differed. Sizes: one image, a full batch and a tail."""
+    answers for 99% of the clear decisions, ties within bf16's rounding left out), else what differed.
+    Sizes: one image, a full batch and a tail."""
     from .predict import predict_images
 
     images = sample_images(served, max_batch + max(1, max_batch // 2))
@@ -204,17 +205,25 @@ def check_against_eager(served: ServedLearner, model: nn.Module, max_batch: int)
         if difference > tolerance:
             return f"the package's outputs differ from eager's by {difference:.2e} (at most {tolerance:g} allowed)"
         return ""
-    clear = clear_decisions(served, reference)
-    if not clear.any():
+    agreement = decision_agreement(served, answered, expected)
+    if agreement is None:
         return ""  # every sample is a tie within bf16's rounding: there is no decision to compare
-    same = torch.stack([p.decoded for p in answered]) == torch.stack([p.decoded for p in expected])
-    agreement = same[clear].float().mean().item()
     if agreement < BF16_AGREEMENT:
         return (
             f"the package agrees with eager bf16 on {agreement:.1%} of the decisions eager makes by more than"
             f" {BF16_TIE_MARGIN:g} (at least {BF16_AGREEMENT:.0%} wanted)"
         )
     return ""
+
+
+def decision_agreement(served: ServedLearner, answered: list, expected: list) -> float | None:
+    """The share of `expected`'s clear decisions (clear_decisions) that `answered` makes too; None if it has none.
+    Both: Predictions of the same instances, in order."""
+    clear = clear_decisions(served, torch.stack([p.output for p in expected]).float())
+    if not clear.any():
+        return None
+    same = torch.stack([p.decoded for p in answered]) == torch.stack([p.decoded for p in expected])
+    return same[clear].float().mean().item()
 
 
 def clear_decisions(served: ServedLearner, outputs: torch.Tensor) -> torch.Tensor:
