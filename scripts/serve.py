@@ -181,6 +181,11 @@ def rest_listener(args: argparse.Namespace) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, args.port))
     sock.listen(LISTEN_BACKLOG)
+    # Non-blocking, for every process it is handed to (the flag belongs to the socket, not to this copy of
+    # it): nginx takes an inherited socket as it is, and its workers all wake for each new connection. On a
+    # blocking socket, each worker that lost the race to another would sleep in accept() until the next
+    # connection came, its own half-done requests waiting with it, for minutes when no client came.
+    sock.setblocking(False)
     sock.set_inheritable(True)
     return sock
 

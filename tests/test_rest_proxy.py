@@ -6,11 +6,17 @@ The race that rule removes, made certain: nginx is paused (SIGSTOP) while the cl
 and then the shim closes every connection it holds, so nginx, resumed, reads the requests before it
 learns of the closes. Had it kept connections, each request would meet one that is gone, and a POST
 that fails there is not sent again (nginx cannot know the shim did not read it): the client gets 503.
+
+And nginx as scripts/serve starts it, on serve's own listening socket (inherited), with its two workers:
+a worker that wakes for a connection another worker took must not wait in accept() with requests of
+its own half done, so every request is answered, and none after another client's connection arrives.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 import signal
 import socket
 import subprocess
@@ -23,6 +29,7 @@ import psutil
 import pytest
 
 from fastai_serving_scripts import rest_proxy
+from fastai_serving_scripts.serve import rest_listener
 from fastai_serving_shim.settings import Settings
 from harness.servers import free_port
 from harness.waiting import wait_for
@@ -86,6 +93,32 @@ class ShimStandIn:
         self.close_every_connection()
 
 
+def _nginx(config: Path, run_dir: Path, log, listener: socket.socket | None = None) -> subprocess.Popen:
+    """nginx on `config`; on `listener`, inherited as scripts/serve hands it down, when one is given."""
+    command = rest_proxy.nginx_command(rest_proxy.find_nginx(), config, run_dir)
+    if listener is None:
+        return subprocess.Popen(command, stderr=log)
+    environment = {**os.environ, **rest_proxy.inherited(listener.fileno())}
+    return subprocess.Popen(command, env=environment, pass_fds=(listener.fileno(),), stderr=log)
+
+
+def _stop(started: subprocess.Popen) -> None:
+    """nginx's graceful stop; a worker that does not stop (one asleep in accept(), say) is killed with it."""
+    workers = psutil.Process(started.pid).children()
+    for worker in workers:
+        worker.resume()
+    started.send_signal(signal.SIGQUIT)
+    try:
+        started.wait(timeout=60)
+    finally:
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()
+        if started.poll() is None:
+            started.kill()
+            started.wait()
+
+
 @pytest.fixture
 def proxy(tmp_path) -> Iterator[tuple[int, tuple[ShimStandIn, ShimStandIn], list[psutil.Process]]]:
     """nginx rendered from the default settings (one worker, so one event loop sees every request) in front of a
@@ -97,16 +130,39 @@ def proxy(tmp_path) -> Iterator[tuple[int, tuple[ShimStandIn, ShimStandIn], list
     config, app_socket, health_socket = rest_proxy.write_config(settings, f"127.0.0.1:{port}", tmp_path / "run")
     app, health = ShimStandIn(app_socket), ShimStandIn(health_socket)
     log = (tmp_path / "nginx.log").open("w")  # its error lines (the EPIPE of a stale connection), for a failure
-    started = subprocess.Popen(rest_proxy.nginx_command(nginx, config, tmp_path / "run"), stderr=log)
+    started = _nginx(config, tmp_path / "run", log)
     try:
         wait_for(lambda: _answers(port), "nginx to listen")
         workers = psutil.Process(started.pid).children()
         yield port, (app, health), workers
     finally:
-        for worker in psutil.Process(started.pid).children():
-            worker.resume()
-        started.send_signal(signal.SIGQUIT)
-        started.wait(timeout=60)
+        _stop(started)
+        app.stop()
+        health.stop()
+        log.close()
+
+
+@pytest.fixture
+def front_on_serves_listener(tmp_path) -> Iterator[tuple[int, socket.socket, ShimStandIn, list[psutil.Process]]]:
+    """nginx as scripts/serve starts it: the default settings (two workers) on the listening socket serve
+    binds and hands down; yields its port, that socket, the predictions' stand-in and nginx's workers."""
+    assert rest_proxy.find_nginx(), "nginx is part of the install (make install)"
+    port = free_port()
+    listener = rest_listener(argparse.Namespace(shim_host="127.0.0.1", port=port))
+    listen = rest_proxy.listen_address("127.0.0.1", port)
+    config, app_socket, health_socket = rest_proxy.write_config(Settings(), listen, tmp_path / "run")
+    app, health = ShimStandIn(app_socket), ShimStandIn(health_socket)
+    log = (tmp_path / "nginx.log").open("w")
+    started = _nginx(config, tmp_path / "run", log, listener)
+    try:
+        # The socket listens before nginx starts (serve bound it): wait for nginx's workers instead.
+        wanted = Settings().proxy_workers
+        wait_for(lambda: len(psutil.Process(started.pid).children()) == wanted, f"nginx's {wanted} workers")
+        workers = psutil.Process(started.pid).children()
+        yield port, listener, app, workers
+    finally:
+        _stop(started)
+        listener.close()
         app.stop()
         health.stop()
         log.close()
@@ -182,3 +238,31 @@ def test_a_status_request_is_answered_when_the_shim_closes_its_connections_as_it
     answers = _requests_while_the_shim_closes_its_connections(port, (app, health), workers, "GET")
     assert answers == [("HTTP/1.1 200 OK", ANSWER)] * CLIENTS
     assert len(health.requests_read) == len(health.connections) == 2 * CLIENTS
+
+
+def _non_blocking(pid: int, fd: int) -> bool:
+    """Whether process `pid`'s file descriptor `fd` has O_NONBLOCK (its /proc fdinfo flags, in octal)."""
+    flags = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
+    return bool(int(flags, 8) & os.O_NONBLOCK)
+
+
+def _predict_once(port: int) -> tuple[str, bytes]:
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(_request("POST"))
+        return _status_and_body(client)
+
+
+ROUNDS = 100  # on a blocking socket (before serve made it non-blocking) this loop hung: a prediction never answered
+
+
+def test_on_serves_listener_no_worker_waits_in_accept_and_every_prediction_is_answered(front_on_serves_listener):
+    port, listener, app, workers = front_on_serves_listener
+    assert len(workers) > 1  # the default: the case where a worker wakes for a connection another one takes
+    # Every worker sees serve's socket as non-blocking: one that wakes for a connection another worker
+    # took gets EAGAIN and goes back to its other connections (blocking, it would sleep in accept()).
+    assert all(_non_blocking(worker.pid, listener.fileno()) for worker in workers)
+    for _ in range(ROUNDS):  # CLIENTS at once, each on a connection of its own; then no more until all are answered
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            answers = list(pool.map(lambda _: _predict_once(port), range(CLIENTS)))
+        assert answers == [("HTTP/1.1 200 OK", ANSWER)] * CLIENTS
+    assert len(app.requests_read) == ROUNDS * CLIENTS
