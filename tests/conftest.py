@@ -7,13 +7,14 @@ Tests that start servers or run the command-line tools are marked `e2e` (module-
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import learners
+from harness import failure_logs, learners
 from harness.servers import Servers, archive_here
 
 # Models the session's TorchServe serves: name -> (builder, make-archive flags).
@@ -104,6 +105,41 @@ def torchserve(tmp_path_factory, model_store):
     server.start(list(MODELS))
     yield server
     server.stop()
+
+
+# --- What the session's servers logged while a failed test ran (printed last: CI shows a run's end) ----------
+
+LOG_SIZES = pytest.StashKey[dict]()
+STARTED = pytest.StashKey[str]()
+FAILED_TESTS_LOGS: list[tuple[str, str]] = []  # (the test and when it ran, digest of the servers' logs meanwhile)
+SHOWN_FAILURES = 3
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    servers = item.funcargs.get("torchserve")
+    if isinstance(servers, Servers):
+        item.stash[LOG_SIZES] = failure_logs.sizes(servers.log_dir)
+        item.stash[STARTED] = time.strftime("%H:%M:%S")
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed and LOG_SIZES in item.stash:
+        digest = failure_logs.digest(item.funcargs["torchserve"].log_dir, item.stash[LOG_SIZES])
+        ran = f"{item.nodeid} ran ({item.stash[STARTED]} to {time.strftime('%H:%M:%S')})"
+        FAILED_TESTS_LOGS.append((ran, digest))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    for ran, digest in FAILED_TESTS_LOGS[:SHOWN_FAILURES]:
+        terminalreporter.write_sep("-", f"the servers' logs while {ran}")
+        terminalreporter.write_line(digest)
+    if len(FAILED_TESTS_LOGS) > SHOWN_FAILURES:
+        terminalreporter.write_line(f"(and {len(FAILED_TESTS_LOGS) - SHOWN_FAILURES} more failed tests' logs left out)")
 
 
 @pytest.fixture(scope="session")
