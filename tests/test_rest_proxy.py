@@ -15,6 +15,7 @@ its own half done, so every request is answered, and none after another client's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -112,8 +113,8 @@ def _stop(started: subprocess.Popen) -> None:
         started.wait(timeout=60)
     finally:
         for worker in workers:
-            if worker.is_running():
-                worker.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()  # psutil checks it is still that worker (no pid reuse) before it signals
         if started.poll() is None:
             started.kill()
             started.wait()
