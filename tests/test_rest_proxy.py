@@ -94,13 +94,29 @@ class ShimStandIn:
         self.close_every_connection()
 
 
-def _nginx(config: Path, run_dir: Path, log, listener: socket.socket | None = None) -> subprocess.Popen:
-    """nginx on `config`; on `listener`, inherited as scripts/serve hands it down, when one is given."""
-    command = rest_proxy.nginx_command(rest_proxy.find_nginx(), config, run_dir)
-    if listener is None:
-        return subprocess.Popen(command, stderr=log)
-    environment = {**os.environ, **rest_proxy.inherited(listener.fileno())}
-    return subprocess.Popen(command, env=environment, pass_fds=(listener.fileno(),), stderr=log)
+@contextlib.contextmanager
+def _nginx(
+    tmp_path: Path, settings: Settings, port: int, listener: socket.socket | None = None
+) -> Iterator[tuple[subprocess.Popen, ShimStandIn, ShimStandIn]]:
+    """nginx rendered from `settings` on 127.0.0.1:`port`, in front of a stand-in on each of the shim's sockets;
+    on `listener`, inherited as scripts/serve hands it down, when one is given (else nginx binds the port).
+    Yields nginx's master and the stand-ins (predictions, GET/HEAD); stops them all after."""
+    nginx = rest_proxy.find_nginx()
+    assert nginx, "nginx is part of the install (make install)"
+    listen = rest_proxy.listen_address("127.0.0.1", port)
+    config, app_socket, health_socket = rest_proxy.write_config(settings, listen, tmp_path / "run")
+    app, health = ShimStandIn(app_socket), ShimStandIn(health_socket)
+    command = rest_proxy.nginx_command(nginx, config, tmp_path / "run")
+    inherited = {} if listener is None else {"env": {**os.environ, **rest_proxy.inherited(listener.fileno())}}
+    fds = () if listener is None else (listener.fileno(),)
+    with (tmp_path / "nginx.log").open("w") as log:  # its error lines (the EPIPE of a stale connection), for a failure
+        started = subprocess.Popen(command, pass_fds=fds, stderr=log, **inherited)
+        try:
+            yield started, app, health
+        finally:
+            _stop(started)
+            app.stop()
+            health.stop()
 
 
 def _stop(started: subprocess.Popen) -> None:
@@ -124,49 +140,25 @@ def _stop(started: subprocess.Popen) -> None:
 def proxy(tmp_path) -> Iterator[tuple[int, tuple[ShimStandIn, ShimStandIn], list[psutil.Process]]]:
     """nginx rendered from the default settings (one worker, so one event loop sees every request) in front of a
     stand-in on each of the shim's sockets; yields its port, the stand-ins (predictions, GET/HEAD), its workers."""
-    nginx = rest_proxy.find_nginx()
-    assert nginx, "nginx is part of the install (make install)"
     port = free_port()
-    settings = dataclasses.replace(Settings(), proxy_workers=1)
-    config, app_socket, health_socket = rest_proxy.write_config(settings, f"127.0.0.1:{port}", tmp_path / "run")
-    app, health = ShimStandIn(app_socket), ShimStandIn(health_socket)
-    log = (tmp_path / "nginx.log").open("w")  # its error lines (the EPIPE of a stale connection), for a failure
-    started = _nginx(config, tmp_path / "run", log)
-    try:
+    with _nginx(tmp_path, dataclasses.replace(Settings(), proxy_workers=1), port) as (started, app, health):
         wait_for(lambda: _answers(port), "nginx to listen")
-        workers = psutil.Process(started.pid).children()
-        yield port, (app, health), workers
-    finally:
-        _stop(started)
-        app.stop()
-        health.stop()
-        log.close()
+        yield port, (app, health), psutil.Process(started.pid).children()
 
 
 @pytest.fixture
 def front_on_serves_listener(tmp_path) -> Iterator[tuple[int, socket.socket, ShimStandIn, list[psutil.Process]]]:
     """nginx as scripts/serve starts it: the default settings (two workers) on the listening socket serve
     binds and hands down; yields its port, that socket, the predictions' stand-in and nginx's workers."""
-    assert rest_proxy.find_nginx(), "nginx is part of the install (make install)"
     port = free_port()
-    listener = rest_listener(argparse.Namespace(shim_host="127.0.0.1", port=port))
-    listen = rest_proxy.listen_address("127.0.0.1", port)
-    config, app_socket, health_socket = rest_proxy.write_config(Settings(), listen, tmp_path / "run")
-    app, health = ShimStandIn(app_socket), ShimStandIn(health_socket)
-    log = (tmp_path / "nginx.log").open("w")
-    started = _nginx(config, tmp_path / "run", log, listener)
-    try:
+    with (
+        rest_listener(argparse.Namespace(shim_host="127.0.0.1", port=port)) as listener,
+        _nginx(tmp_path, Settings(), port, listener) as (started, app, _),
+    ):
         # The socket listens before nginx starts (serve bound it): wait for nginx's workers instead.
         wanted = Settings().proxy_workers
         wait_for(lambda: len(psutil.Process(started.pid).children()) == wanted, f"nginx's {wanted} workers")
-        workers = psutil.Process(started.pid).children()
-        yield port, listener, app, workers
-    finally:
-        _stop(started)
-        listener.close()
-        app.stop()
-        health.stop()
-        log.close()
+        yield port, listener, app, psutil.Process(started.pid).children()
 
 
 def _answers(port: int) -> bool:
