@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: help install install-dev demo serve test test-fast bench slow-clients soak image-check gpu-pack gpu-check lint format protos clean
+.PHONY: help install install-dev demo examples serve test test-fast bench bench-scene slow-clients soak overload stages image-check gpu-pack gpu-check lint format protos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -11,11 +11,14 @@ help:  ## list the targets
 install:  ## what serving needs: Java 17 (if missing), the Python environment in .venv/, this project's packages and the batch client (editable)
 	@scripts/install
 
-install-dev:  ## what serving needs and, on top, what only the tests need: pytest and ruff, TF Serving's client (.venv-tfclient/), kubectl and .venv-deploy, PostgreSQL
+install-dev:  ## what serving needs and, on top, what only the tests need: pytest and ruff, TF Serving's client (.venv-tfclient/), kubectl and .venv-deploy, the client's geo extra, PostgreSQL and PostGIS
 	@scripts/install --dev
 
 demo: install  ## build model_store/digits.mar (the demo model, trained offline) if missing
 	@scripts/build-demo
+
+examples: install  ## archive the docs' example models into model_store/: tabular, prices, collab, reviews (the tests' small Learners, trained in seconds)
+	@$(PYTHON) -m harness.examples
 
 serve: demo  ## install, build the demo, and serve every archive in model_store/
 	@scripts/serve
@@ -29,11 +32,20 @@ test-fast: install-dev  ## the in-process tests alone: no server, no Java (under
 bench: install  ## benchmark table: ceilings, in-process baselines, TorchServe, the shim (QUICK=1: short mode; DEVICE=cuda)
 	@$(PYTHON) -m benchmarks.bench $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE))
 
+bench-scene: install-dev  ## predict-batch over a scene beside a folder (rows 7, 7s), then a SIDE x SIDE scene's memory (SIDE=20000)
+	@$(PYTHON) -m benchmarks.scenes --big $(or $(SIDE),20000)
+
 slow-clients: install  ## ordinary clients alone, then beside 500 slow and 1,000 idle connections, REST and gRPC (MODELS="free resnet", FRONTS="direct proxy")
 	@$(PYTHON) -m benchmarks.slow_clients --model $(or $(MODELS),free) --fronts $(or $(FRONTS),proxy)
 
 soak: install  ## minutes of checked load through the shim (SOAK_S=seconds, default 300)
 	@SOAK_S=$(or $(SOAK_S),300) $(PYTHON) -m benchmarks.soak
+
+overload: install  ## one server at 3x its capacity (gRPC and REST storms, 5 s deadlines): goodput, refusals, recovery; predict-batch adaptive vs fixed concurrency (QUICK=1: short)
+	@$(PYTHON) -m benchmarks.overload $(if $(QUICK),--quick)
+
+stages: demo  ## where each request's time went under a known load, from the server's own metrics: docs/observability.md's figure
+	@$(PYTHON) -m benchmarks.stages
 
 image-check: demo  ## build the CPU image, run it, check a chip-n-scale request, remove it (minutes; not in make test)
 	@scripts/image-check $(if $(DOCKERFILE),--dockerfile $(DOCKERFILE))

@@ -14,6 +14,8 @@ Rows (same Learner, same images, one run):
                    rows 6 and 6g take turns, one request per client each, so a busy machine slows both alike
   6v v2 binary     the same through the Open Inference Protocol's REST route, as tritonclient.http sends it
                    (binary tensor data: the tiles' bytes, no base64 or JSON around them); it takes turns with 6, 6g
+  6t, 6tg         rows 6 and 6g with API keys and TLS on (a second server on the same archive, a key on every
+                   request, each client one kept-alive TLS connection); they take turns with 6, 6g and 6v
   6a, 6b           row 6 with --no-channels-last (fastai's plain fp32) and with --precision bf16
   1c, 1d           the ceilings compiled: torch.compile's forward in fp32 and in bf16
   6c, 6d           row 6 and 6b with --compile worker: the worker compiles and warms the model before it is ready
@@ -23,6 +25,8 @@ Every archive's server is started twice, and both starts are timed: with an empt
 cache, and again with the cache the first start left (a restarted worker's case).
   7 predict-batch  scripts/predict-batch through the shim: the same tiles as files in a folder, read, sent
                    CLIENTS requests in flight of INSTANCES tiles each, every answer committed to a JSONL file
+  7s scene         the same, the tiles laid side by side in one GeoTIFF: windows read with rasterio, sent as PNGs,
+                   footprints committed to a GeoPackage (benchmarks/scenes.py; windows per second)
 
 Each row says the precision it ran in: a served row's is what its worker reports (a CPU without
 fast bfloat16 serves a bf16 archive in fp32), and each row is divided by its own precision's ceiling.
@@ -63,7 +67,9 @@ from benchmarks.loads import (
     run_v2_load,
 )
 from benchmarks.pipeline import pipeline_rows
-from fastai_serving.learner import BF16, FP32
+from benchmarks.scenes import row_predict_batch_scene
+from benchmarks.tracing import tracing_rows
+from fastai_serving.engine.learner import BF16, FP32
 from fastai_serving_protos import tensorflow_serving_pb2_grpc
 from harness.servers import ROOT, Servers, free_port, make_archive
 from harness.workload import make_learner, make_tiles
@@ -72,7 +78,7 @@ from harness.workload import make_learner, make_tiles
 
 
 def decoded_images(tiles: list[bytes]) -> list:
-    from fastai_serving.images import decode_image
+    from fastai_serving.engine.images import decode_image
 
     return [decode_image(tile) for tile in tiles]
 
@@ -81,7 +87,7 @@ def timed_forward(served, tiles: list[bytes], batch: int) -> tuple[float, float]
     """(seconds, peak RSS MB) of the model's forward passes over already-decoded, normalised batches."""
     import torch
 
-    from fastai_serving.predict import precision_context
+    from fastai_serving.engine.predict import precision_context
 
     learn = served.learn
     dl = learn.dls.test_dl(decoded_images(tiles), bs=batch, num_workers=0)
@@ -99,7 +105,7 @@ def timed_forward(served, tiles: list[bytes], batch: int) -> tuple[float, float]
 
 def row_ceiling_fp32(export_path: Path, device: str, tiles: list[bytes], batch: int) -> Row:
     """The fastest forward an fp32 archive can have: weights channels-last or not, whichever ran faster here."""
-    from fastai_serving.learner import load_learner
+    from fastai_serving.engine.learner import load_learner
 
     timings = {}
     for channels_last in (True, False):
@@ -115,7 +121,7 @@ def row_ceiling_fp32(export_path: Path, device: str, tiles: list[bytes], batch: 
 
 def row_ceiling_bf16(export_path: Path, device: str, tiles: list[bytes], batch: int) -> Row:
     """The bf16 archive's ceiling: its forward in bfloat16 autocast (fp32 where the device has no fast bfloat16)."""
-    from fastai_serving.learner import load_learner
+    from fastai_serving.engine.learner import load_learner
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*has no fast bfloat16.*")
@@ -135,8 +141,8 @@ def row_ceiling_compiled(export_path: Path, device: str, tiles: list[bytes], bat
     """A compiled archive's ceiling: torch.compile's forward, channels-last, in `precision` (compiled before timing)."""
     import torch
 
-    from fastai_serving.compiled import compile_mode
-    from fastai_serving.learner import load_learner
+    from fastai_serving.compiled.worker import compile_mode
+    from fastai_serving.engine.learner import load_learner
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*has no fast bfloat16.*")
@@ -151,8 +157,8 @@ def row_ceiling_compiled(export_path: Path, device: str, tiles: list[bytes], bat
 
 def row_ceiling_aot(export_path: Path, device: str, tiles: list[bytes], batch: int, folder: Path) -> Row:
     """The AOT archive's ceiling: the forward of the package make-archive --compile aot builds (fp32)."""
-    from fastai_serving.aot import build_package, load_package
-    from fastai_serving.learner import load_learner
+    from fastai_serving.compiled.aot import build_package, load_package
+    from fastai_serving.engine.learner import load_learner
 
     served = load_learner(export_path, device, precision=FP32)
     built = build_package(served, batch, folder)
@@ -232,8 +238,40 @@ def served_description(servers: Servers) -> dict:
     return response.json()["metadata"]["fastai"]
 
 
-def rows_served(servers: Servers, tiles, clients, instances, per_client, key: str) -> list[Row]:
-    """Rows 5, 6 and 6g for the default archive; one shim row for a variant archive."""
+BENCH_KEY = "0123456789abcdef" * 4  # the API key of the secured rows' server (made for this run only)
+
+
+def secured_server(store: Path, folder: Path) -> Servers:
+    """The default archive served again with API keys and TLS on: a self-signed certificate for localhost (openssl)."""
+    folder.mkdir(parents=True)
+    cert, key, keys = folder / "tls.crt", folder / "tls.key", folder / "api-keys"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)  # fmt: skip
+    keys.write_text(f"bench: {BENCH_KEY}\n")
+    environment = {"FASTAI_SERVING_API_KEYS_FILE": str(keys), "FASTAI_SERVING_TLS_CERT_FILE": str(cert),
+                   "FASTAI_SERVING_TLS_KEY_FILE": str(key)}  # fmt: skip
+    servers = Servers(model_store=store, log_dir=folder / "logs", environment=environment, ca=cert, api_key=BENCH_KEY)
+    return servers.start(["bench"], timeout_s=1200)
+
+
+def secured_loads(secured: Servers, tiles, clients, instances) -> dict:
+    """Rows 6t and 6tg: rows 6's and 6g's load with a key on every request, over TLS."""
+    rest = f"https://localhost:{secured.shim_port}/analyze:predict"
+    headers = {"Authorization": f"Bearer {BENCH_KEY}"}
+    metadata = [("authorization", f"Bearer {BENCH_KEY}")]
+    return {
+        "6t shim, TLS + API key": lambda: run_load(rest, tiles, clients, instances, 1, headers, verify=str(secured.ca)),
+        "6tg gRPC, TLS + API key": lambda: run_grpc_load(
+            f"localhost:{secured.grpc_port}", tiles, clients, instances, 1, ca=secured.ca, metadata=metadata
+        ),
+    }
+
+
+def rows_served(
+    servers: Servers, tiles, clients, instances, per_client, key: str, secured: Servers | None = None
+) -> list[Row]:
+    """Rows 5, 6 and 6g (and with `secured`, 6t and 6tg) for the default archive; one shim row for a variant."""
     described = served_description(servers)
     pids, rows, precision, compiled = (
         [servers.process.pid],
@@ -264,6 +302,7 @@ def rows_served(servers: Servers, tiles, clients, instances, per_client, key: st
         name: lambda: run_load(f"{servers.shim}/analyze:predict", tiles, clients, instances, 1),
         "6g gRPC front -> TorchServe": lambda: run_grpc_load(servers.grpc, tiles, clients, instances, 1),
         "6v v2 binary -> TorchServe": lambda: run_v2_load(servers.shim, tiles, clients, instances, 1),
+        **(secured_loads(secured, tiles, clients, instances) if secured is not None else {}),
     }
     totals = {row: [0.0, [], 0, 0.0] for row in loads}  # seconds, latencies, images, peak RSS
     for turn in range(per_client):
@@ -383,6 +422,8 @@ def print_targets(rows: list[Row], overhead: tuple[float, float], answers: dict[
         ("row 6 / row 4 (original method)", speed["6"] / speed["4"], "> 1"),
         ("shim's added p50, one image (ms)", overhead[1] - overhead[0], "<= 2"),
         ("row 6g gRPC / row 6 REST shim (same load)", speed["6g"] / speed["6"], ">= 1 (no base64, no JSON)"),
+        ("row 6t TLS + key / row 6 plain (REST)", speed["6t"] / speed["6"], "(stated: docs/performance.md)"),
+        ("row 6tg TLS + key / row 6g plain (gRPC)", speed["6tg"] / speed["6g"], "(stated)"),
         ("gRPC front's added p50, one image (ms)", overhead[2] - overhead[0], "<= 2"),
         (f"row 6b ({row['6b'].precision}) / row 6a plain fp32", speed["6b"] / speed["6a"], ">= 1.8 where bf16 is fast"),
         ("row 6b / row 6 fp32 channels-last", speed["6b"] / speed["6"], "(default is already faster)"),
@@ -475,9 +516,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instances", type=int, default=8)
     parser.add_argument(
         "--only",
-        choices=["vision", "kinds", "compile", "pipeline"],
+        choices=["vision", "kinds", "compile", "pipeline", "security", "tracing"],
         help="one table: the vision Learner's, the tabular and text one, the compile modes' (eager, worker, aot), "
-        "or the near-free model's pipeline",
+        "the near-free model's pipeline, the shim plain beside TLS and API keys (rows 6, 6g, 6v, 6t, 6tg), "
+        "or the shim with OpenTelemetry off, on for every request and on for one in a hundred",
     )
     parser.add_argument(
         "--kinds-threads",
@@ -490,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     per_client = 2 if args.quick else 6
     batch = 16
 
-    from fastai_serving.learner import load_learner
+    from fastai_serving.engine.learner import load_learner
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
@@ -498,6 +540,13 @@ def main(argv: list[str] | None = None) -> None:
             pipeline_rows(tmp, args.device, args.clients, args.instances, args.quick)
             if args.only == "pipeline":
                 return
+        if args.only in (None, "tracing"):  # benchmarks/tracing.py: the shim's row with tracing off and on
+            tracing_rows(tmp, args.clients, args.instances, args.quick)
+            if args.only == "tracing":
+                return
+        if args.only == "security":
+            print_security_table(rows_security(tmp, args.clients, args.instances, per_client, images))
+            return
         if args.only not in ("vision", "compile"):
             kinds, profile = rows_tabular_and_text(tmp, args.device, args.clients, args.quick, args.kinds_threads)
             if args.only == "kinds":
@@ -534,8 +583,9 @@ def main(argv: list[str] | None = None) -> None:
             first[0].stop()
             servers, again = timed_start(store, tmp / f"logs-{key}")
             starts[key] = (first[1], again)
+            secured = secured_server(store, tmp / "secured") if key == "default" and not only_compile else None
             try:
-                rows += rows_served(servers, tiles, args.clients, args.instances, per_client, key)
+                rows += rows_served(servers, tiles, args.clients, args.instances, per_client, key, secured)
                 answers[key] = served_probabilities(servers, tiles)
                 if key == "default" and not only_compile:
                     overhead = one_image_overhead(servers, tiles[0], 10 if args.quick else 30)
@@ -544,8 +594,15 @@ def main(argv: list[str] | None = None) -> None:
                             servers, tiles, args.clients, args.instances, per_client, tmp / "predict-batch"
                         )
                     )
+                    rows.append(  # the same images as one scene's windows (benchmarks/scenes.py)
+                        row_predict_batch_scene(
+                            servers, tiles, args.clients, args.instances, rows[-1].images, tmp / "predict-batch-scene"
+                        )
+                    )
             finally:
                 servers.stop()
+                if secured is not None:
+                    secured.stop()
         rows.sort(key=lambda row: row.name)
         print_table(rows, machine_description(args.device))
         if only_compile:
@@ -563,6 +620,36 @@ def main(argv: list[str] | None = None) -> None:
         print_compile_targets(rows, starts)
         if args.only is None:
             print_kinds_table(kinds, profile)
+
+
+def rows_security(tmp: Path, clients: int, instances: int, per_client: int, images: int) -> list[Row]:
+    """--only security: the default archive plain and with keys and TLS, rows 6, 6g, 6v, 6t and 6tg in turns."""
+    export_path = make_learner(tmp / "learner")
+    store = tmp / "store-default"
+    made = make_archive("bench", export_path, store)
+    if made.returncode != 0:
+        raise SystemExit(f"bench: make-archive failed:\n{made.stderr}")
+    servers = Servers(model_store=store, log_dir=tmp / "logs-default").start(["bench"], timeout_s=1200)
+    secured = None
+    try:
+        secured = secured_server(store, tmp / "secured")
+        return rows_served(servers, make_tiles(images), clients, instances, per_client, "default", secured)
+    finally:
+        servers.stop()
+        if secured is not None:
+            secured.stop()
+
+
+def print_security_table(rows: list[Row]) -> None:
+    speed = {row.name.split()[0]: row.images_per_s for row in rows}
+    print(f"\n| {'row':<30} | {'images/s':>8} | {'p50 ms':>8} | {'p99 ms':>8} | {'÷ plain':>7} |")
+    print(f"|{'-' * 32}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")
+    plain = {"6t": "6", "6tg": "6g"}
+    for row in rows:
+        short = row.name.split()[0]
+        ratio = f"{row.images_per_s / speed[plain[short]]:7.2f}" if short in plain else " " * 7
+        print(f"| {row.name:<30} | {row.images_per_s:8.1f} | {row.percentile(0.5):8.0f} "
+              f"| {row.percentile(0.99):8.0f} | {ratio} |")  # fmt: skip
 
 
 def timed_start(store: Path, log_dir: Path) -> tuple[Servers, float]:

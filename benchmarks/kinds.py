@@ -43,8 +43,8 @@ def rows_tabular_in_process(export_path: Path, device: str, rows: list[dict], ba
     import pandas as pd
     import torch
 
-    from fastai_serving.learner import load_learner
-    from fastai_serving.tabular import predict_rows, rows_frame
+    from fastai_serving.engine.learner import load_learner
+    from fastai_serving.engine.tabular import predict_rows, rows_frame
 
     served = load_learner(export_path, device)
     learn, frame = served.learn, rows_frame(rows, served.columns)
@@ -71,7 +71,7 @@ def rows_tabular_in_process(export_path: Path, device: str, rows: list[dict], ba
 
 def rows_text_in_process(export_path: Path, device: str, texts: list[str], batch: int) -> list[Row]:
     """X1 (get_preds on one test_dl of the texts) and X2 (learn.predict per text)."""
-    from fastai_serving.learner import load_learner
+    from fastai_serving.engine.learner import load_learner
 
     learn = load_learner(export_path, device).learn
     with PeakRss([psutil.Process().pid]) as rss:

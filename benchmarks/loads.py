@@ -20,7 +20,7 @@ import grpc
 import psutil
 import requests
 
-from fastai_serving.learner import FP32
+from fastai_serving.engine.learner import FP32
 from fastai_serving_protos import tensorflow_serving_pb2, tensorflow_serving_pb2_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 
@@ -52,11 +52,12 @@ def request_body(tiles: list[bytes]) -> bytes:
 
 
 def run_load(
-    url: str, tiles: list[bytes], clients: int, instances: int, requests_per_client: int, headers=None
+    url: str, tiles: list[bytes], clients: int, instances: int, requests_per_client: int, headers=None, verify=None
 ) -> tuple:
-    """CLIENTS threads each POST their requests; returns (seconds, latencies in ms, images answered)."""
+    """CLIENTS threads each POST their requests; returns (seconds, latencies in ms, images answered).
+    `verify`: the CA file of an https:// server."""
     bodies = [request_body([tiles[(i * instances + k) % len(tiles)] for k in range(instances)]) for i in range(clients)]
-    return run_bodies(url, bodies, requests_per_client, headers)
+    return run_bodies(url, bodies, requests_per_client, headers, verify=verify)
 
 
 def v2_request(tiles: list[bytes]) -> tuple[bytes, dict[str, str]]:
@@ -88,7 +89,9 @@ def run_v2_load(shim: str, tiles: list[bytes], clients: int, instances: int, req
     return run_bodies(url, [body for body, _ in requests_of], requests_per_client, requests_of[0][1], v2_answered)
 
 
-def run_bodies(url: str, bodies: list[bytes], requests_per_client: int, headers=None, answered_in=None) -> tuple:
+def run_bodies(
+    url: str, bodies: list[bytes], requests_per_client: int, headers=None, answered_in=None, verify=None
+) -> tuple:
     """One client thread per body, each POSTing it again and again; (seconds, latencies in ms, instances answered).
 
     `answered_in`: how many instances an answer holds (default: its "predictions").
@@ -98,11 +101,11 @@ def run_bodies(url: str, bodies: list[bytes], requests_per_client: int, headers=
     lock = threading.Lock()
 
     def client(index: int) -> int:
-        session = requests.Session()
+        session = requests.Session()  # one connection per client, kept alive (a TLS handshake once)
         answered = 0
         for _ in range(requests_per_client):
             began = time.perf_counter()
-            response = session.post(url, data=bodies[index], headers=headers or {}, timeout=600)
+            response = session.post(url, data=bodies[index], headers=headers or {}, timeout=600, verify=verify or True)
             elapsed = (time.perf_counter() - began) * 1000
             response.raise_for_status()
             answered += answered_in(response)
@@ -125,8 +128,11 @@ def predict_request(tiles: list[bytes]) -> tensorflow_serving_pb2.PredictRequest
     return tensorflow_serving_pb2.PredictRequest(model_spec={"name": "bench"}, inputs={"image_bytes": images})
 
 
-def run_grpc_load(address: str, tiles: list[bytes], clients: int, instances: int, requests_per_client: int) -> tuple:
-    """run_load's load through the gRPC front: each client thread its own channel, the same tiles per request."""
+def run_grpc_load(
+    address: str, tiles: list[bytes], clients: int, instances: int, requests_per_client: int, ca=None, metadata=None
+) -> tuple:
+    """run_load's load through the gRPC front: each client thread its own channel, the same tiles per request;
+    with `ca` (the server's CA file) over TLS, with `metadata` (an API key) on every call."""
     calls = [
         predict_request([tiles[(i * instances + k) % len(tiles)] for k in range(instances)]) for i in range(clients)
     ]
@@ -134,12 +140,17 @@ def run_grpc_load(address: str, tiles: list[bytes], clients: int, instances: int
     lock = threading.Lock()
 
     def client(index: int) -> int:
-        with grpc.insecure_channel(address) as channel:
+        opened = (
+            grpc.secure_channel(address, grpc.ssl_channel_credentials(open(ca, "rb").read()))
+            if ca
+            else grpc.insecure_channel(address)
+        )
+        with opened as channel:
             stub = tensorflow_serving_pb2_grpc.PredictionServiceStub(channel)
             answered = 0
             for _ in range(requests_per_client):
                 began = time.perf_counter()
-                response = stub.Predict(calls[index], timeout=600)
+                response = stub.Predict(calls[index], timeout=600, metadata=metadata)
                 elapsed = (time.perf_counter() - began) * 1000
                 answered += response.outputs["probabilities"].tensor_shape.dim[0].size
                 with lock:

@@ -28,7 +28,7 @@ def worker_rss_mb(servers: Servers, model: str) -> float:
 
 
 def main() -> int:
-    from fastai_serving.learner import load_learner
+    from fastai_serving.engine.learner import load_learner
     from fastai_serving_scripts.demo import train_digits
 
     try:

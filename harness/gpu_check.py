@@ -46,7 +46,7 @@ def served_probabilities(servers: Servers, model: str, images: list[bytes]) -> l
 
 
 def cpu_probabilities(learner: Path, images: list[bytes]) -> list[list[float]]:
-    from fastai_serving.learner import load_learner
+    from fastai_serving.engine.learner import load_learner
     from harness.load import expected_probabilities
 
     return expected_probabilities(load_learner(learner, "cpu"), images)

@@ -48,7 +48,7 @@ def imported_distributions() -> dict[str, str]:
     code = (
         "import sys, json, importlib.metadata as md\n"
         "import fastai.vision.all, fastai.tabular.all, fastai.collab\n"
-        "import fastai_serving.learner, fastai_serving.batching, fastai_serving.compiled\n"
+        "import fastai_serving.engine.learner, fastai_serving.engine.batching, fastai_serving.compiled.worker\n"
         "tops = {m.split('.')[0] for m in sys.modules}\n"
         "owners = md.packages_distributions()\n"
         "print(json.dumps(sorted({d for t in tops for d in owners.get(t, [])})))\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from fastai_serving.learner import load_learner
+from fastai_serving.engine.learner import load_learner
 
 PROBABILITY_TOLERANCE = 1e-4
 

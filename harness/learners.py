@@ -102,6 +102,16 @@ def make_regressor(folder: Path) -> Path:
     return _fit_and_export(vision_learner(dls, resnet18, pretrained=False, n_out=1), folder / "export.pkl")
 
 
+def make_regressor_in_the_tens(folder: Path) -> Path:
+    """Regression of values in the tens: the image's mean brightness as a value from 0 to 90 (y_range)."""
+    from fastai.vision.all import ImageBlock, RegressionBlock, resnet18, vision_learner
+
+    items = [(path, 90 * _brightness(path)) for path in synthetic_images(folder / "images")]
+    dls = _dataloaders(items, (ImageBlock, RegressionBlock))
+    learn = vision_learner(dls, resnet18, pretrained=False, n_out=1, y_range=(0, 90))
+    return _fit_and_export(learn, folder / "export.pkl")
+
+
 def make_segmenter(folder: Path) -> Path:
     """Segmentation (unet_learner): background vs bright pixels."""
     from fastai.vision.all import ImageBlock, MaskBlock, resnet18, unet_learner
@@ -115,6 +125,41 @@ def make_segmenter(folder: Path) -> Path:
         items.append((path, masks / path.name))
     dls = _dataloaders(items, (ImageBlock, MaskBlock(codes=["background", "bright"])))
     return _fit_and_export(unet_learner(dls, resnet18, pretrained=False), folder / "export.pkl")
+
+
+PATTERN_SIZE = 64  # the pattern segmenter's input: the window size predict-batch's scene tests send
+
+
+def make_pattern_segmenter(folder: Path, size: int = PATTERN_SIZE, epochs: int = 8) -> Path:
+    """Segmentation a test can check for accuracy: finds harness/rasters.py's bright shapes on dark noise.
+
+    A three-layer fully convolutional net (no pooling, so each pixel's class comes from its own
+    neighbourhood), trained on chips of the pattern: seconds on a CPU, and near pixel-exact.
+    """
+    from fastai.vision.all import CrossEntropyLossFlat, ImageBlock, Learner, MaskBlock, Resize, nn
+
+    from harness.rasters import draw, random_shapes
+
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    items = []
+    for index in range(48):
+        pixels, truth = draw(size, size, random_shapes(size, size, 3, rng, size // 2), seed=index)
+        image, mask = folder / "images" / f"{index:03d}.png", folder / "masks" / f"{index:03d}.png"
+        Image.fromarray(pixels.transpose(1, 2, 0)).save(image)
+        Image.fromarray(truth.astype(np.uint8)).save(mask)
+        items.append((image, mask))
+    dls = _dataloaders(items, (ImageBlock, MaskBlock(codes=["background", "shape"])), item_tfms=[Resize(size)])
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 2, 1)
+    )
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(axis=1))
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learn.fit_one_cycle(epochs, 1e-2)
+    learn.export((folder / "export.pkl").resolve())
+    return folder / "export.pkl"
 
 
 def make_learner_needing_utils(folder: Path) -> Path:

@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 
 import requests
 
+REFUSED = 429
+RETRY_AFTER_MAX_S = 1.0  # a refused client of the load waits at most this long before its next request
+
 
 @dataclass
 class LoadResult:
     requests: int = 0
     images: int = 0
     errors: dict[int, int] = field(default_factory=dict)  # HTTP status (0: no answer) -> count
+    refused: int = 0  # 429s: refused before the queue, waited out as Retry-After says (a client's part, not an error)
     mismatches: list[str] = field(default_factory=list)
     answered_by: list[str] = field(default_factory=list)  # per 200 answer, in order: "expected" or "also_expected"
     failures: list[str] = field(default_factory=list)  # what went wrong where no answer came
@@ -36,7 +40,7 @@ class LoadResult:
     def summary(self) -> str:
         return (
             f"{self.requests} requests, {self.images} images in {self.seconds:.1f} s; "
-            f"errors {self.errors or 0}; mismatched predictions {len(self.mismatches)}; p99 {self.p99_ms():.0f} ms"
+            f"errors {self.errors or 0}; refused and retried later {self.refused}; mismatched predictions {len(self.mismatches)}; p99 {self.p99_ms():.0f} ms"
         )
 
 
@@ -51,6 +55,7 @@ def rounds(duration_s: float, longest_s: float = 60.0) -> list[float]:
 def merge(total: LoadResult, more: LoadResult) -> LoadResult:
     """Two runs' results as one."""
     total.requests += more.requests
+    total.refused += more.refused
     total.images += more.images
     for status, count in more.errors.items():
         total.errors[status] = total.errors.get(status, 0) + count
@@ -64,7 +69,7 @@ def merge(total: LoadResult, more: LoadResult) -> LoadResult:
 
 def expected_probabilities(served, images: list[bytes]) -> list[list[float]]:
     """What the Learner answers in-process for each image."""
-    from fastai_serving.predict import decode_images, predict_images
+    from fastai_serving.engine.predict import decode_images, predict_images
 
     decoded = decode_images(images, [f"image {i}" for i in range(len(images))])
     return [p.output.tolist() for p in predict_images(served, decoded)]
@@ -117,6 +122,12 @@ def run_checked_load(
                 problems, source = _compare(body, chosen, expected, tolerance), "expected"
                 if problems and also_expected is not None and not _compare(body, chosen, also_expected, tolerance):
                     problems, source = [], "also_expected"
+            if status == REFUSED:  # the server's queue was full: wait as it says, as a client should
+                with lock:
+                    result.refused += 1
+                (until or threading.Event()).wait(min(float(response.headers.get("Retry-After", 1)), RETRY_AFTER_MAX_S))
+                sent += 1
+                continue
             with lock:
                 result.requests += 1
                 result.latencies_ms.append(elapsed)

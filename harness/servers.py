@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
-from fastai_serving_shim.errors import ServiceError
+from fastai_serving.contract.errors import ServingError
+from fastai_serving_scripts.guard import on_parent_death
 from fastai_serving_shim.torchserve import Management
+from harness.unprivileged import Unprivileged
 
-BATCH_LINE = re.compile(r"fastai-serving batch: requests=(\d+) instances=(\d+) failed=(\d+)")
+BATCH_LINE = re.compile(r"fastai-serving batch: requests=(\d+) instances=(\d+) failed=(\d+)(?: expired=(\d+))?")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM_COMMAND = [
     str(Path(sys.executable).parent / "gunicorn"),
     "-c",
-    "python:fastai_serving_shim.gunicorn_conf",
-    "fastai_serving_shim.wsgi:app",
+    "python:fastai_serving_shim.rest.gunicorn_conf",
+    "fastai_serving_shim.rest.wsgi:app",
 ]
 
 
@@ -49,10 +54,38 @@ def archive_here(name: str, learner: Path, store: Path, *flags: str) -> Path:
     return tool.make_archive(tool.parse_args(archive_arguments(name, learner, store, *flags)))
 
 
+def ends_with_the_tests() -> None:
+    """In a server's process: SIGTERM when the test run that started it ends, however it ends (a killed run would
+    otherwise leave its servers, and their workers' memory, behind)."""
+    on_parent_death(signal.SIGTERM)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free now, drawn below the kernel's ephemeral range: a port the kernel hands out (bind to 0)
+    may be taken again as the local end of an outgoing connection before the server binds it (CI: TorchServe's
+    management port, "Failed to bind"); the kernel never picks one below that range for a client."""
+    low, _high = _ephemeral_range()
+    for _ in range(1000):
+        port = _PORTS.randrange(PORTS_FROM, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port between {PORTS_FROM} and {low}")
+
+
+PORTS_FROM = 10000  # the lowest port a test server is given
+_PORTS = random.Random()  # its own generator: a test seeding random does not make two runs pick the same ports
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 @dataclass
@@ -74,6 +107,10 @@ class Servers:
     management_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     grpc_ports: tuple[int, int] = field(default_factory=lambda: (free_port(), free_port()))
+    unprivileged: bool = False  # as the image runs: uid 10001, no capabilities (harness.unprivileged)
+    environment: dict[str, str] = field(default_factory=dict)  # FASTAI_SERVING_* settings for serve (keys, TLS, load)
+    ca: Path | None = None  # with TLS: the CA file that signed the fronts' certificate
+    api_key: str = ""  # with keys: one the fronts accept (for the readiness check)
     process: subprocess.Popen | None = None
 
     @property
@@ -86,7 +123,7 @@ class Servers:
 
     @property
     def shim(self) -> str:
-        return f"http://127.0.0.1:{self.shim_port}"
+        return f"{'https' if self.ca else 'http'}://127.0.0.1:{self.shim_port}"
 
     @property
     def grpc(self) -> str:
@@ -119,9 +156,20 @@ class Servers:
         command += self.flags
         if not self.with_grpc:
             command.append("--no-grpc")
+        environment = {**os.environ, **self.environment}
+        if self.unprivileged:
+            run = Unprivileged(self.log_dir / "unprivileged")
+            command = run.command(command, self.log_dir, self.model_store)
+            environment = {**run.environment(), **self.environment}
         with open(self.log_dir / "serve.out", "wb") as output:
-            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        self.wait_ready(models, timeout_s)
+            self.process = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, env=environment, preexec_fn=ends_with_the_tests
+            )
+        try:
+            self.wait_ready(models, timeout_s)
+        except BaseException:
+            self.stop()  # a server that never got ready is left to no fixture's teardown: stop it here
+            raise
         return self
 
     def management_client(self) -> Management:
@@ -131,14 +179,18 @@ class Servers:
     def ready(self, model: str) -> bool:
         try:
             return self.management_client().ready(model)
-        except ServiceError:
+        except ServingError:
             return False
 
     def shim_ready(self, model: str) -> bool:
         if not self.with_shim:
             return True
         try:
-            if requests.get(f"{self.shim}/v1/models/{model}", timeout=2).status_code != 200:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            answer = requests.get(
+                f"{self.shim}/v1/models/{model}", timeout=2, headers=headers, verify=str(self.ca) if self.ca else True
+            )
+            if answer.status_code != 200:
                 return False
             if self.with_grpc:
                 socket.create_connection(("127.0.0.1", self.grpc_port), timeout=2).close()  # the gRPC front listens
@@ -163,16 +215,31 @@ class Servers:
     def batch_lines(self) -> list[dict[str, int]]:
         """The handler's 'fastai-serving batch:' log lines, parsed: how TorchServe's batches were made up."""
         return [
-            {"requests": int(r), "instances": int(i), "failed": int(f)}
-            for r, i, f in BATCH_LINE.findall(self.model_log())
+            {"requests": int(r), "instances": int(i), "failed": int(f), **({"expired": int(e)} if e and int(e) else {})}
+            for r, i, f, e in BATCH_LINE.findall(self.model_log())
         ]
 
-    def batches_since(self, before: int, wanted: dict[str, int]) -> list[dict[str, int]]:
+    def batches_since(self, before: int, wanted: dict[str, int], timeout_s: float = 10) -> list[dict[str, int]]:
         """The batch lines logged after the first `before`, once `wanted` is among them (the log may trail the answers)."""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout_s
         while wanted not in self.batch_lines()[before:] and time.monotonic() < deadline:
             time.sleep(0.2)
         return self.batch_lines()[before:]
+
+    def in_one_batch(self, send: Callable[[], Any], wanted: dict[str, int], rounds: int = 3) -> tuple[Any, list]:
+        """`send()` (requests sent at once) again until one round's requests were answered in one batch as `wanted`,
+        at most `rounds` times: that round's answers and the batch lines since it began.
+
+        A REST front has several processes, and each asks TorchServe for a model's description on its first call
+        for it (and once a minute after); TorchServe queues that call to the model's worker, where it can end the batch
+        being gathered. So a round may be split through no fault of batching; the next finds the description cached."""
+        for _ in range(rounds):
+            before = len(self.batch_lines())
+            answers = send()
+            batches = self.batches_since(before, wanted)
+            if wanted in batches:
+                break
+        return answers, batches
 
     def log_tail(self, lines: int = 60) -> str:
         text = ""

@@ -1,7 +1,8 @@
 """A loopback XYZ imagery server for tests and benchmarks: real tile bytes at /{z}/{x}/{y}.png, with scripted faults.
 
 Faults, by tile key (`x-y-z`): `flaky` answers 500 to a tile's first N requests, `slow` waits before
-answering, and a tile not in `tiles` is a 404. `requests` counts every GET per key.
+answering, and a tile not in `tiles` is a 404. `hold_after` answers that many requests, then holds every
+other until `release()`: a client stopped part-way, however fast it runs. `requests` counts every GET per key.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ class TileServer:
         flaky: dict[str, int] | None = None,
         slow: dict[str, float] | None = None,
         delay_s: float = 0.0,
+        hold_after: int | None = None,
     ) -> None:
         self.tiles, self.flaky, self.slow, self.delay_s = tiles, flaky or {}, slow or {}, delay_s
+        self.hold_after = hold_after
         self.requests: Counter[str] = Counter()
+        self._answered = 0
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -49,6 +54,10 @@ class TileServer:
         with self._lock:
             self.requests[key] += 1
             count = self.requests[key]
+            self._answered += 1
+            held = self.hold_after is not None and self._answered > self.hold_after
+        if held:
+            self._released.wait()
         time.sleep(self.slow.get(key, self.delay_s))
         if count <= self.flaky.get(key, 0):
             return 500, b"imagery backend hiccup"
@@ -82,6 +91,11 @@ class TileServer:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Answer the held requests and every one after them."""
+        self._released.set()
+
     def __exit__(self, *_: object) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()

@@ -1,8 +1,12 @@
-"""What a model archive (.mar) says about itself: its manifest, read in one place for serve and reload."""
+"""What a model archive (.mar) says about itself: its manifest, read in one place for serve, reload and build-demo.
+
+`python -m fastai_serving_scripts.archives MODEL STORE` exits 0 when an archive in STORE serves MODEL (any version).
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -40,3 +44,13 @@ def archive_model_names(model_store: Path) -> list[str]:
         if name not in names:
             names.append(name)
     return names
+
+
+def main(argv: list[str]) -> int:
+    """0 when an archive of the store `argv[1]` serves the model `argv[0]` (in any version: a reload renames it)."""
+    model, store = argv
+    return 0 if model in archive_model_names(Path(store)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -18,7 +18,6 @@ import sys
 import time
 
 from fastai_serving import defaults
-from fastai_serving_shim.listener import LISTEN_FD
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_DIED = signal.SIGUSR2  # the signal the kernel sends the guard when serve dies
@@ -63,7 +62,7 @@ def main(argv: list[str]) -> int:
         stop_group(defaults.TORCHSERVE_STOP_S)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # serve's SIGTERM to the group is for COMMAND
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    child = subprocess.Popen(command, pass_fds=_inherited_fds(), preexec_fn=_default_stop_signals)
+    child = subprocess.Popen(command, preexec_fn=_default_stop_signals)
     while True:
         try:
             return child.wait()
@@ -75,12 +74,6 @@ def _default_stop_signals() -> None:
     """In COMMAND, before it runs: SIGTERM and SIGINT do what they always do (an ignored signal would stay ignored)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _inherited_fds() -> tuple[int, ...]:
-    """The descriptors serve handed down beyond stdio (the REST front's listening socket), passed on to COMMAND."""
-    listen_fd = os.environ.get(LISTEN_FD)
-    return (int(listen_fd),) if listen_fd else ()
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ import yaml
 
 import fastai_serving
 from fastai_serving import defaults
-from fastai_serving.aot import AOT_DIR_IN_ARCHIVE, build_package
-from fastai_serving.compiled import batch_sizes, compile_learner
-from fastai_serving.errors import ModelError
-from fastai_serving.learner import PRECISIONS, ServedLearner, load_learner
-from fastai_serving.names import MODEL_NAME
-from fastai_serving.settings import HANDLER_KEY
+from fastai_serving.compiled.aot import AOT_DIR_IN_ARCHIVE, build_package
+from fastai_serving.compiled.worker import batch_sizes, compile_learner
+from fastai_serving.contract.errors import ModelError
+from fastai_serving.contract.names import MODEL_NAME
+from fastai_serving.engine.learner import PRECISIONS, ServedLearner, load_learner
+from fastai_serving.engine.settings import HANDLER_KEY
 from fastai_serving_scripts import HANDLER_FILE, MODEL_STORE
 
 PACKAGE_DIR = Path(fastai_serving.__file__).resolve().parent  # the core, copied into the archive
@@ -108,6 +108,22 @@ def build_parser(prog: str = "make-archive") -> argparse.ArgumentParser:
         help="tabular and collab: apply FillMissing/Categorify/Normalize to a batch's rows vectorized, "
         "without a test_dl, equal to learn.predict (default: on; docs/pipeline.md)",
     )
+    parser.add_argument(
+        "--max-queue-s",
+        type=float,
+        default=defaults.MAX_QUEUE_S,
+        help="seconds a request without a deadline of its own may wait in TorchServe's queue; past it, it is "
+        "answered 504 when its batch starts, without inference (serve's FASTAI_SERVING_MAX_QUEUE_S overrides it; "
+        "default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tensor-images",
+        choices=defaults.TENSOR_IMAGES_CHOICES,
+        default=defaults.TENSOR_IMAGES,
+        help="vision, with the fast path: decode and resize each batch as tensors on the worker's device "
+        "(torchvision, torch) instead of with PIL. auto: where the worker has a GPU (nvJPEG); on: on a CPU too, "
+        "faster, answers within the bound docs/pipeline.md measures; off: PIL always (default: %(default)s)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     return parser
 
@@ -129,6 +145,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"make-archive: {flag} must be at least 1")
     if args.max_workers < args.min_workers:
         raise SystemExit("make-archive: --max-workers must be at least --min-workers")
+    if not args.max_queue_s > 0:
+        raise SystemExit("make-archive: --max-queue-s must be more than 0")
     archive = args.store / f"{args.name}.mar"
     if archive.exists() and not args.force:
         raise SystemExit(f"make-archive: {archive} exists; pass --force to overwrite it")
@@ -157,6 +175,8 @@ def model_config(args: argparse.Namespace, kind: str) -> dict:
             "aot_dir": AOT_DIR_IN_ARCHIVE if args.compile == "aot" else "",
             "fast_images": args.fast_images,
             "fast_rows": args.fast_rows,
+            "max_queue_s": args.max_queue_s,
+            "tensor_images": args.tensor_images,
         },
     }
 

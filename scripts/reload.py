@@ -6,7 +6,8 @@
    (the old version kept serving throughout);
 3. make the new version the default: new requests go to it;
 4. let requests already sent to the old version finish, then retire it (unregister, and move
-   its archive out of the model store so a restart serves the new one).
+   its archive into the store's hidden `.retired/`, which TorchServe never loads, so a restart
+   serves the new one).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fastai_serving import defaults
+from fastai_serving.contract.errors import NotFound, ServingError
 from fastai_serving_scripts.archives import NotAnArchive, archive_identity
 from fastai_serving_scripts.serve import state_file
-from fastai_serving_shim.errors import Failure, ServiceError
 from fastai_serving_shim.torchserve import Management
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "reload") -> argparse.Namespace:
+    return build_parser(prog).parse_args(argv)
+
+
+def build_parser(prog: str = "reload") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--name", required=True, help="the model to swap")
@@ -44,7 +49,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "reload") -> argparse.
     add("--drain", type=float, default=defaults.RELOAD_DRAIN_S,
         help="seconds requests already sent to the old version get to finish (default: %(default)s)")  # fmt: skip
     add("--keep-old", action="store_true", help="keep the old version registered (not the default any more)")
-    return parser.parse_args(argv)
+    return parser
 
 
 class ReloadError(RuntimeError):
@@ -86,10 +91,10 @@ def reload(args: argparse.Namespace, say=print) -> None:
         raise ReloadError(str(error)) from None
     if name != args.name:
         raise ReloadError(f"{args.archive} holds model {name!r}, not {args.name!r}")
-    management = Management(args.management, timeout_s=30)
+    management = Management(args.management, timeout_s=defaults.MANAGEMENT_TIMEOUT_S)
     try:
         swap(args, management, name, new_version, say)
-    except ServiceError as error:
+    except ServingError as error:
         raise ReloadError(f"TorchServe's management API at {args.management}: {error.message}") from None
 
 
@@ -97,15 +102,14 @@ def swap(args: argparse.Namespace, management: Management, name: str, new_versio
     """Register the new version beside the old, wait for its worker, make it the default, retire the old."""
     model_store = model_store_for(args.model_store, args.management)
     try:
-        registered = {v["modelVersion"]: v for v in management.versions(name)}
-    except ServiceError as error:
-        if error.failure is Failure.NOT_FOUND:
-            raise ReloadError(f"model {name!r} is not registered; nothing to reload (serve it first)") from None
-        raise
-    old_version = management.default_version(name)
+        registered = {v.version for v in management.versions(name)}
+    except NotFound:
+        raise ReloadError(f"model {name!r} is not registered; nothing to reload (serve it first)") from None
+    old = management.default_version(name)
+    old_version = old.version
     if new_version in registered:
         raise ReloadError(f"{name} version {new_version} is already registered: make the archive with a new --version")
-    old_archive = registered[old_version].get("modelUrl", "")
+    old_archive = old.archive
 
     target = model_store / f"{name}-v{new_version}.mar"
     if args.archive.resolve() != target.resolve():
@@ -113,14 +117,14 @@ def swap(args: argparse.Namespace, management: Management, name: str, new_versio
     say(f"reload: registering {name} {new_version} beside {old_version}")
     try:
         management.register(target.name, synchronous="false")
-    except ServiceError as error:
+    except ServingError as error:
         target.unlink(missing_ok=True)
         raise ReloadError(f"TorchServe refused {target.name}: {error.message}; {old_version} keeps serving") from None
 
     deadline = time.monotonic() + args.ready_timeout
     while not management.ready(name, new_version):
         if time.monotonic() > deadline:
-            management.unregister(name, new_version, timeout_s=60)
+            management.unregister(name, new_version)
             target.unlink(missing_ok=True)
             raise ReloadError(
                 f"{name} {new_version} had no ready worker after {args.ready_timeout:.0f} s (its worker fails to load: "
@@ -130,7 +134,7 @@ def swap(args: argparse.Namespace, management: Management, name: str, new_versio
 
     try:
         management.set_default(name, new_version)
-    except ServiceError as error:
+    except ServingError as error:
         raise ReloadError(f"could not make {new_version} the default: {error.message}") from None
     say(f"reload: {name} {new_version} is ready and now the default")
     if args.keep_old:
@@ -138,17 +142,20 @@ def swap(args: argparse.Namespace, management: Management, name: str, new_versio
     time.sleep(args.drain)
     try:
         management.unregister(name, old_version)
-    except ServiceError as error:
+    except ServingError as error:
         raise ReloadError(f"{new_version} serves, but retiring {old_version} failed: {error.message}") from None
     _retire_archive(model_store, old_archive)
     say(f"reload: retired {name} {old_version}")
 
 
+RETIRED = ".retired"  # in the model store: TorchServe loads every archive and folder there but hidden ones
+
+
 def _retire_archive(model_store: Path, archive_name: str) -> None:
-    """Move the old archive out of the store, so that a restart serves only the new version."""
+    """Move the old archive where TorchServe never loads it, so that a restart serves only the new version."""
     archive = model_store / archive_name
     if archive_name and archive.is_file():
-        retired = model_store / "retired"
+        retired = model_store / RETIRED
         retired.mkdir(exist_ok=True)
         archive.replace(retired / archive.name)
 

@@ -14,6 +14,11 @@ import re
 import shutil
 from pathlib import Path
 
+from fastai_serving import defaults
+from fastai_serving_shim.addresses import host_port
+from fastai_serving_shim.rest.access import PEER_HEADER
+from fastai_serving_shim.rest.errors import REFUSED_METHOD_HEADER
+
 TEMPLATE = Path(__file__).with_name("nginx.conf")
 FIELD = re.compile(r"{{(\w+)}}")
 # Where nginx is looked for beyond PATH: Debian installs it in /usr/sbin, which a user's PATH may lack.
@@ -26,10 +31,8 @@ def find_nginx() -> str | None:
 
 
 def listen_address(host: str, port: int) -> str:
-    """host:port as nginx's `listen` takes it (an IPv6 address in brackets; the wildcards as nginx writes them)."""
-    if host in ("", "0.0.0.0"):
-        return str(port) if host == "" else f"0.0.0.0:{port}"
-    return f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
+    """host:port as nginx's `listen` takes it (an IPv6 address in brackets; no host: every address)."""
+    return str(port) if host == "" else host_port(host, port)
 
 
 def render(settings, listen: str, app_socket: Path, health_socket: Path, run_dir: Path) -> str:
@@ -49,12 +52,43 @@ def render(settings, listen: str, app_socket: Path, health_socket: Path, run_dir
         "app_address": f"unix:{app_socket}",
         "health_address": f"unix:{health_socket}",
         "listen": listen,
+        "refused_method_header": REFUSED_METHOD_HEADER,
+        "peer_header": PEER_HEADER,
+        "listen_tls": " ssl http2" if settings.tls else "",
+        "tls": tls_block(settings),
         "graceful_timeout_s": _seconds(settings.graceful_timeout_s),
         "connect_timeout_s": _seconds(settings.status_timeout_s),
         # The shim answers 504 itself when a prediction's deadline passes: nginx waits a little longer.
         "read_timeout_s": _seconds(settings.predict_timeout_s + 30),
     }
     return FIELD.sub(lambda match: str(values[match.group(1)]), TEMPLATE.read_text())
+
+
+def tls_block(settings) -> str:
+    """The server block's TLS directives: modern protocols and ciphers, HTTP/2 beside HTTP/1.1, and with a client CA,
+    a certificate required at the handshake itself (OpenSSL's VerifyMode Require). nginx reads the files again on
+    SIGHUP, which scripts/serve sends when they change: new connections get the new certificate, open ones finish."""
+    if not settings.tls:
+        return ""
+    lines = [
+        f"ssl_certificate {settings.tls_cert_file};",
+        f"ssl_certificate_key {settings.tls_key_file};",
+        f"ssl_protocols {defaults.TLS_PROTOCOLS};",
+        f"ssl_ciphers {defaults.TLS12_CIPHERS};",
+        "ssl_prefer_server_ciphers off;",
+        "ssl_session_cache shared:tls:10m;",
+        "ssl_session_timeout 1h;",
+        "ssl_session_tickets off;  # a ticket key that never rotates would undo forward secrecy",
+        "error_page 497 = @plain_http;",
+    ]
+    if settings.tls_client_ca_file:
+        lines += [
+            f"ssl_client_certificate {settings.tls_client_ca_file};",
+            "ssl_verify_client on;",
+            "ssl_conf_command VerifyMode Require;  # no certificate: the handshake fails, not a request after it",
+            "error_page 495 496 = @bad_client_certificate;",
+        ]
+    return "".join(f"        {line}\n" for line in lines)
 
 
 def write_config(settings, listen: str, run_dir: Path) -> tuple[Path, Path, Path]:

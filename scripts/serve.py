@@ -7,8 +7,9 @@ before anything starts, naming what holds it. SIGTERM (what `docker stop` and Ku
 drains: readiness fails at once while requests are still served for --drain-s seconds, then the
 fronts stop new handshakes, answer what they accepted, and stop, then TorchServe stops: a client
 gets an answer or a refused connection, never a reset. Ctrl-C stops the same way without the
-drain. Every child runs under a guard (fastai_serving_scripts.guard) and ends with serve however
-serve ends, SIGKILL included.
+drain. Every child ends with serve however serve ends, SIGKILL included: the kernel sends each front
+SIGTERM when serve dies (Linux's parent-death signal), and TorchServe runs under a guard
+(fastai_serving_scripts.guard) that ends its whole process group, Java frontend and workers with it.
 """
 
 from __future__ import annotations
@@ -29,16 +30,20 @@ from pathlib import Path
 import psutil
 
 from fastai_serving import defaults
-from fastai_serving_scripts import LOG_CONFIG, LOG_DIR, MODEL_STORE, TORCHSERVE_CONFIG, rest_proxy
+from fastai_serving.contract.errors import ServingError
+from fastai_serving_scripts import LOG_CONFIG, LOG_DIR, MODEL_STORE, TORCHSERVE_CONFIG, guard, rest_proxy, security
 from fastai_serving_scripts.archives import archive_model_names
 from fastai_serving_shim import listener
-from fastai_serving_shim.errors import ServiceError
+from fastai_serving_shim.addresses import host_port, http_url
 from fastai_serving_shim.settings import Settings, env_name
-from fastai_serving_shim.torchserve import Management, host_url
+from fastai_serving_shim.torchserve import Management
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-SHIM_APP = ["-c", "python:fastai_serving_shim.gunicorn_conf", "fastai_serving_shim.wsgi:app"]
-GRPC_APP = ["-m", "fastai_serving_shim.grpc_server"]
+ACCESS_FILES = ("api_keys_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file")  # the shim's settings
+GUNICORNS = ("shim", "shim's GET pool")  # the fronts run by gunicorn, by their names in `processes`
+READ_AGAIN = signal.SIGHUP  # the fronts read their key and certificate files again (docs/security.md)
+SHIM_APP = ["-c", "python:fastai_serving_shim.rest.gunicorn_conf", "fastai_serving_shim.rest.wsgi:app"]
+GRPC_APP = ["-m", "fastai_serving_shim.grpc.server"]
 GUARD = ["-m", "fastai_serving_scripts.guard"]
 LISTEN_BACKLOG = 2048  # connections the kernel queues for the REST front before its workers accept them
 STATE_FOLDER = "fastai-serving"  # in the temp folder: what each running serve serves, for scripts/reload
@@ -190,26 +195,44 @@ def rest_listener(args: argparse.Namespace) -> socket.socket:
     return sock
 
 
-def guarded(command: list[str], environment: dict[str, str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
-    """`command` in a process group of its own, under a guard that ends the group if serve dies (fastai_serving_scripts.guard)."""
+def guarded(command: list[str], environment: dict[str, str]) -> subprocess.Popen:
+    """`command` in a process group of its own, under a guard that ends the whole group if serve dies
+    (fastai_serving_scripts.guard): for TorchServe, whose launcher would leave its Java frontend and workers behind."""
     return subprocess.Popen(
-        [sys.executable, *GUARD, str(os.getpid()), *command],
-        env=environment,
-        start_new_session=True,
-        pass_fds=pass_fds,
+        [sys.executable, *GUARD, str(os.getpid()), *command], env=environment, start_new_session=True
     )
 
 
-def torchserve_environment(args: argparse.Namespace) -> dict[str, str]:
+def ending_with_serve(
+    command: list[str], environment: dict[str, str], pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen:
+    """`command` in a process group of its own, sent SIGTERM by the kernel if serve dies (SIGKILL and the OOM killer
+    too): a front, which stops its own workers on SIGTERM, so it needs no guard process of its own."""
+    serve = os.getpid()
+
+    def end_with_serve() -> None:  # in the child, before it runs COMMAND
+        if not guard.on_parent_death(signal.SIGTERM) or os.getppid() != serve:
+            os._exit(1)  # serve is already gone (or cannot be watched): nothing to serve for
+
+    return subprocess.Popen(
+        command, env=environment, start_new_session=True, pass_fds=pass_fds, preexec_fn=end_with_serve
+    )
+
+
+def torchserve_environment(args: argparse.Namespace, metrics_dir: Path | None = None) -> dict[str, str]:
     run_dir = args.log_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
+    # The workers write their metrics into the fronts' folder, which GET /metrics sums (fastai_serving.stage_metrics).
+    metrics = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)} if metrics_dir is not None else {}
     return {
         **os.environ,
+        **metrics,
         "TS_INFERENCE_ADDRESS": f"http://{args.host}:{args.inference_port}",
         "TS_MANAGEMENT_ADDRESS": f"http://{defaults.LOOPBACK}:{args.management_port}",
         "TS_METRICS_ADDRESS": f"http://{defaults.LOOPBACK}:{args.metrics_port}",
         "TS_GRPC_INFERENCE_PORT": str(args.grpc_ports[0]),
         "TS_GRPC_MANAGEMENT_PORT": str(args.grpc_ports[1]),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", defaults.OMP_WAIT_POLICY),  # the workers' torch threads
         "LOG_LOCATION": str(args.log_dir),
         "METRICS_LOCATION": str(args.log_dir),
         # TorchServe's launcher keeps its pid file in the temp folder (TMPDIR first), where
@@ -220,7 +243,7 @@ def torchserve_environment(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def torchserve_process(args: argparse.Namespace) -> subprocess.Popen:
+def torchserve_process(args: argparse.Namespace, metrics_dir: Path | None = None) -> subprocess.Popen:
     torchserve = Path(sys.executable).parent / "torchserve"
     command = [
         str(torchserve) if torchserve.exists() else "torchserve",
@@ -231,7 +254,12 @@ def torchserve_process(args: argparse.Namespace) -> subprocess.Popen:
     ]  # fmt: skip
     if args.run_dir:
         args.run_dir.mkdir(parents=True, exist_ok=True)
-    return guarded(command, torchserve_environment(args))
+    return guarded(command, torchserve_environment(args, metrics_dir))
+
+
+def fronts_table(args: argparse.Namespace) -> Path:
+    """Where the fronts count their predictions in flight and each model's pace (shim/admission.py)."""
+    return args.log_dir / "run" / "fronts"
 
 
 def drain_file(args: argparse.Namespace) -> Path:
@@ -244,17 +272,24 @@ def shim_environment(
 ) -> dict[str, str]:
     """Both fronts' settings; one metrics folder, so /metrics counts every front's requests."""
     settings = {
-        "upstream": host_url(args.host, args.inference_port),
+        "upstream": http_url(args.host, args.inference_port),
         "management": f"http://{defaults.LOOPBACK}:{args.management_port}",
         "torchserve_metrics": f"http://{defaults.LOOPBACK}:{args.metrics_port}/metrics",
         "default_model": default_model,
         "port": str(args.port),
         "host": args.shim_host,
         "drain_file": str(drain_file(args)),
+        # Every front process counts its predictions in flight in one file, so each admits against them all.
+        "admission_file": str(fronts_table(args)),
         "grpc_port": str(args.grpc_port),
     }
-    # Readiness waits for every archive in the store, unless the user named the models it waits for.
-    settings["ready_models"] = os.environ.get(env_name("ready_models")) or ",".join(models)
+    # Readiness waits for every archive in the store (and every model registered), unless the user named the models.
+    settings["store_models"] = ",".join(models)
+    # The key and certificate files as absolute paths (nginx runs in its run folder), links kept: a Secret's swap is seen.
+    access = Settings.from_env()
+    for name in ACCESS_FILES:
+        if getattr(access, name):
+            settings[name] = os.path.abspath(getattr(access, name))
     return {
         **os.environ,
         **{env_name(name): value for name, value in settings.items()},
@@ -266,7 +301,9 @@ def shim_process(environment: dict[str, str], rest: socket.socket) -> subprocess
     """The REST front (gunicorn) on the listening socket serve bound for it."""
     gunicorn = Path(sys.executable).parent / "gunicorn"
     command = [str(gunicorn) if gunicorn.exists() else "gunicorn", *SHIM_APP]
-    return guarded(command, {**environment, listener.LISTEN_FD: str(rest.fileno())}, pass_fds=(rest.fileno(),))
+    return ending_with_serve(
+        command, {**environment, listener.LISTEN_FD: str(rest.fileno())}, pass_fds=(rest.fileno(),)
+    )
 
 
 def proxied_rest_front(environment: dict[str, str], rest: socket.socket, run_dir: Path) -> dict[str, subprocess.Popen]:
@@ -281,12 +318,12 @@ def proxied_rest_front(environment: dict[str, str], rest: socket.socket, run_dir
     health_pool = ["--workers", "1", "--threads", str(settings.health_threads)]
     nginx = rest_proxy.nginx_command(rest_proxy.find_nginx(), config, run_dir)
     return {
-        "shim": guarded([*gunicorn_command, "--bind", f"unix:{app_socket}", *SHIM_APP], environment),
-        "shim's GET pool": guarded(
+        "shim": ending_with_serve([*gunicorn_command, "--bind", f"unix:{app_socket}", *SHIM_APP], environment),
+        "shim's GET pool": ending_with_serve(
             [*gunicorn_command, "--bind", f"unix:{health_socket}", *health_pool, *SHIM_APP], environment
         ),
-        # The guard hands LISTEN_FD's socket down; the NGINX variable tells nginx it is its listener.
-        "REST proxy": guarded(
+        # The NGINX variable tells nginx the inherited socket is its listener.
+        "REST proxy": ending_with_serve(
             nginx,
             {**environment, listener.LISTEN_FD: str(rest.fileno()), **rest_proxy.inherited(rest.fileno())},
             pass_fds=(rest.fileno(),),
@@ -296,12 +333,13 @@ def proxied_rest_front(environment: dict[str, str], rest: socket.socket, run_dir
 
 def grpc_process(environment: dict[str, str]) -> subprocess.Popen:
     """The gRPC front, with the fronts' settings (it binds to the REST front's address, on --grpc-port)."""
-    return guarded([sys.executable, *GRPC_APP], environment)
+    return ending_with_serve([sys.executable, *GRPC_APP], environment)
 
 
 def state_file(management_port: int) -> Path:
-    """Where a serve on this management port says what it serves (read by scripts/reload)."""
-    return Path(tempfile.gettempdir()) / STATE_FOLDER / f"serve-{management_port}.json"
+    """Where a serve on this management port says what it serves (read by scripts/reload): a folder per user,
+    since the temp folder is shared and one user's folder is not another's to write in."""
+    return Path(tempfile.gettempdir()) / f"{STATE_FOLDER}-{os.getuid()}" / f"serve-{management_port}.json"
 
 
 def write_state(args: argparse.Namespace) -> Path:
@@ -315,7 +353,7 @@ def ready_models(management: Management) -> dict[str, bool]:
     """Each registered model and whether it has a READY worker ({} while TorchServe does not answer)."""
     try:
         return management.models_ready()
-    except ServiceError:
+    except ServingError:
         return {}
 
 
@@ -349,13 +387,23 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    access = Settings.from_env()  # the fronts' keys and TLS: from FASTAI_SERVING_* variables only
+    if not args.no_shim:
+        refused = security.refusal(access, proxied)
+        if refused:
+            print(f"serve: {refused}", file=sys.stderr)
+            return 2
+        for line in security.announcement(access, args.shim_host, grpc=not args.no_grpc):
+            print(line, flush=True)
+    certificates = security.CertificateWatch(access) if proxied and access.tls else None
     drain_file(args).unlink(missing_ok=True)
+    fronts_table(args).unlink(missing_ok=True)  # an earlier serve's counts
     metrics_dir = Path(tempfile.mkdtemp(prefix="fastai-serving-metrics-"))
     # nginx's config, temp files and the shim's unix sockets: a short path (a socket's is at most ~100 bytes).
     proxy_dir = Path(tempfile.mkdtemp(prefix="fastai-serving-rest-")) if proxied else None
     management = Management(f"http://{defaults.LOOPBACK}:{args.management_port}")
     rest = None if args.no_shim else rest_listener(args)
-    processes = {"TorchServe": torchserve_process(args)}
+    processes = {"TorchServe": torchserve_process(args, metrics_dir)}
     if rest is not None:
         environment = shim_environment(args, default_model, models, metrics_dir)
         if proxy_dir is not None:
@@ -375,11 +423,23 @@ def serve(args: argparse.Namespace) -> int:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
+    read_again: list[bool] = []
+    signal.signal(READ_AGAIN, lambda *_: read_again.append(True))
     announced: set[str] = set()
     exited, next_look = None, 0.0
     try:
         while stopping is None and exited is None:
             exited = next((name for name, process in processes.items() if process.poll() is not None), None)
+            if read_again:
+                read_again.clear()
+                print("serve: SIGHUP: the fronts read their key and certificate files again", flush=True)
+                _signal_fronts(processes, READ_AGAIN)
+            elif certificates is not None:
+                reload_proxy, said = certificates.changed()
+                if said:
+                    print(said, flush=True)
+                if reload_proxy:
+                    _signal_fronts({"REST proxy": processes["REST proxy"]}, READ_AGAIN)
             if time.monotonic() >= next_look:
                 models_ready = ready_models(management)
                 for name in sorted(n for n, ready in models_ready.items() if ready and n not in announced):
@@ -425,36 +485,64 @@ def shut_down(
         while time.monotonic() < deadline and all(process.poll() is None for process in processes.values()):
             time.sleep(0.1)
     if rest is not None:
-        left = listener.quiesce(rest, timeout_s=defaults.FRONT_STOP_MARGIN_S)
-        if left:
-            print(f"serve: {left} connections were still queued at the REST front when it stopped", flush=True)
+        quiesced = listener.quiesce(rest, timeout_s=defaults.FRONT_STOP_MARGIN_S)
+        print(f"serve: the REST front stops: {quiesced.how}", flush=True)
+        if quiesced.left:
+            print(f"serve: {quiesced.left} connections were still queued at the REST front when it stopped", flush=True)
     fronts_stopped_by = time.monotonic() + graceful_s + defaults.FRONT_STOP_MARGIN_S  # one budget for all fronts
     proxy = processes.get("REST proxy")
     if proxy is not None:
         # nginx first (SIGQUIT to its master: finish every request it accepted) while the shim behind it answers.
-        for master in _children(proxy):
-            master.send_signal(signal.SIGQUIT)
+        proxy.send_signal(signal.SIGQUIT)
+        _close(rest)
         _wait_for_group(proxy, timeout_s=fronts_stopped_by - time.monotonic())
         fronts.remove(proxy)
     for process in fronts:
         _signal_group(process, signal.SIGTERM)
+    _close(rest)
     for process in fronts:
         _wait_for_group(process, timeout_s=max(1.0, fronts_stopped_by - time.monotonic()))
-    if rest is not None:
-        rest.close()
     _signal_group(processes["TorchServe"], signal.SIGTERM)
     _wait_for_group(processes["TorchServe"], timeout_s=defaults.TORCHSERVE_STOP_S)
     draining.unlink(missing_ok=True)
 
 
 def _announce(args: argparse.Namespace, name: str, default_model: str) -> None:
-    where = f"{host_url(args.host, args.inference_port)}/predictions/{name}"
+    """One line per model once it can serve: TorchServe's URL, and the address and port each front binds."""
+    where = f"{http_url(args.host, args.inference_port)}/predictions/{name}"
     if not args.no_shim:
-        shim = f"http://{defaults.LOOPBACK}:{args.port}"
-        where += f", {shim}/v1/models/{name}:predict" + (f", {shim}/analyze:predict" if name == default_model else "")
+        routes = f"/v1/models/{name}:predict" + (", /analyze:predict" if name == default_model else "")
+        tls = " (TLS)" if Settings.from_env().tls else ""
+        where += f"; REST{tls} on {bound_address(args.shim_host, args.port)}: {routes}"
         if not args.no_grpc:
-            where += f", gRPC {defaults.LOOPBACK}:{args.grpc_port}"
+            where += f"; gRPC{tls} on {bound_address(args.shim_host, args.grpc_port)}"
     print(f"serve: {name} ready at {where}", flush=True)
+
+
+def _signal_fronts(processes: dict[str, subprocess.Popen], signum: int) -> None:
+    """`signum` to each front (gunicorn's workers, not their master, which would restart them on SIGHUP); never to
+    TorchServe's guard, which SIGHUP would end."""
+    for name, process in processes.items():
+        if name != "TorchServe":
+            try:
+                front = psutil.Process(process.pid)
+                for target in front.children() if name in GUNICORNS else [front]:
+                    target.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass  # it ended: serve's loop sees it and stops the rest
+
+
+def bound_address(host: str, port: int) -> str:
+    """host:port as a front binds it (an IPv6 address in brackets), saying so where that is every address."""
+    everywhere = host.strip("[]") in ("", "0.0.0.0", "::")
+    return host_port(host or "0.0.0.0", port) + (" (every address)" if everywhere else "")
+
+
+def _close(rest: socket.socket | None) -> None:
+    """serve's copy of the REST listener, as soon as its front was told to stop: the listener goes with the
+    front's own copies, so no connection waits in its queue for a front that will never accept it."""
+    if rest is not None:
+        rest.close()
 
 
 def _wait_for_group(process: subprocess.Popen, timeout_s: float) -> None:
@@ -470,14 +558,6 @@ def _wait_for_group(process: subprocess.Popen, timeout_s: float) -> None:
     _signal_group(process, signal.SIGKILL)
 
 
-def _children(process: subprocess.Popen) -> list[psutil.Process]:
-    """The processes a guard runs (its COMMAND)."""
-    try:
-        return psutil.Process(process.pid).children()
-    except psutil.Error:
-        return []
-
-
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
     try:
         os.killpg(process.pid, signum)
@@ -486,7 +566,12 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "serve") -> int:
-    return serve(parse_args(argv, prog))
+    try:
+        args = parse_args(argv, prog)
+    except ValueError as error:  # a FASTAI_SERVING_* setting that cannot be used, named
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 2
+    return serve(args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """The fronts' Prometheus metrics, with TorchServe's re-exported beside them: one scrape of one port sees both.
 
+TorchServe's own text comes through its one client (torchserve.TorchServe.metrics).
+
+TorchServe's workers write theirs (fastai_serving.stage_metrics: queue wait, batch sizes, stages) into the
+same multiprocess folder, which serve names to them too, so they are summed here with the fronts'.
+
 Every front counts its requests here, through the service (`Service.count`), with labels for
 the front (rest, grpc) and the protocol (tfserving, v2). Under scripts/serve every front's
 processes write to one prometheus_client multiprocess folder (PROMETHEUS_MULTIPROC_DIR, set by
@@ -10,8 +15,9 @@ sums them; in-process (tests) the default registry holds them.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-import requests
+import psutil
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -22,8 +28,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-
-from fastai_serving import defaults
 
 REQUESTS = Counter(
     "fastai_serving_requests",
@@ -39,6 +43,13 @@ LATENCY = Histogram(
 IN_FLIGHT = Gauge(
     "fastai_serving_requests_in_flight", "Requests the fronts are answering now", multiprocess_mode="livesum"
 )  # fmt: skip
+UPSTREAM_IN_FLIGHT = Gauge(
+    "fastai_serving_upstream_requests_in_flight",
+    "Predictions sent to TorchServe and not answered yet: queued there, or in a batch a worker runs "
+    "(fastai_serving_worker_requests_running)",
+    ["model"],
+    multiprocess_mode="livesum",
+)
 INSTANCES = Histogram(
     "fastai_serving_instances_per_request",
     "Instances (images, rows) in one prediction request",
@@ -50,32 +61,50 @@ UPSTREAM_ERRORS = Counter(
     "Prediction calls to TorchServe that failed: unreachable, timeout, worker_died, unavailable (5xx)",
     ["model", "kind"],
 )
+OVERLOAD_REFUSED = Counter(
+    "fastai_serving_refused",
+    "Predictions refused before the queue (429, RESOURCE_EXHAUSTED): their deadline could not be met (deadline), "
+    "or the model's queue was at its target (queue)",
+    ["model", "reason"],
+)
 UPSTREAM_RETRIES = Counter(
     "fastai_serving_upstream_retries", "Predictions sent again once a restarted worker was ready", ["model"]
 )  # fmt: skip
+REFUSED_CALLS = Counter(
+    "fastai_serving_refused_calls",
+    "Calls the fronts refused before reading them: missing_key, wrong_key (mistyped or revoked), not_loopback",
+    ["front", "reason"],
+)
+CALLS_BY_KEY = Counter(
+    "fastai_serving_calls_by_key", "Calls the fronts let in, by the name of their API key (the key file's)", ["front", "key"]
+)  # fmt: skip
 
 
-def exposition(torchserve_metrics_url: str) -> tuple[bytes, str]:
-    """The Prometheus text of the shim's metrics, then TorchServe's own (queue time, inference latency, ...)."""
+def exposition(torchserve_text: bytes | None) -> tuple[bytes, str]:
+    """The Prometheus text of the fronts' metrics, then TorchServe's own (queue time, inference latency, ...);
+    `torchserve_text` None: they could not be read for this scrape (said by a gauge)."""
     shim_text = generate_latest(_shim_registry())
     up = CollectorRegistry()
     torchserve_up = Gauge(
         "fastai_serving_torchserve_metrics_up", "Whether TorchServe's metrics could be read for this scrape", registry=up
     )  # fmt: skip
-    try:
-        response = requests.get(torchserve_metrics_url, timeout=defaults.METRICS_SCRAPE_TIMEOUT_S)
-        response.raise_for_status()
-        torchserve_text = response.content
-        torchserve_up.set(1)
-    except requests.RequestException:
-        torchserve_text = b""
-        torchserve_up.set(0)
-    return shim_text + generate_latest(up) + torchserve_text, CONTENT_TYPE_LATEST
+    torchserve_up.set(0 if torchserve_text is None else 1)
+    return shim_text + generate_latest(up) + (torchserve_text or b""), CONTENT_TYPE_LATEST
 
 
 def _shim_registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return REGISTRY
+    forget_dead_processes(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return registry
+
+
+def forget_dead_processes(folder: Path) -> None:
+    """The live gauges (requests in flight, running) of processes that have ended leave the sums: a TorchServe
+    worker that died mid-batch, whose end no one else sees (gunicorn tells of its own workers' ends)."""
+    for path in folder.glob("gauge_live*_*.db"):
+        pid = path.stem.rpartition("_")[2]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            multiprocess.mark_process_dead(int(pid), str(folder))

@@ -21,7 +21,8 @@ class Settings:
     upstream: str = f"{_TORCHSERVE}:{defaults.INFERENCE_PORT}"  # TorchServe's inference API
     management: str = f"{_TORCHSERVE}:{defaults.MANAGEMENT_PORT}"  # TorchServe's management API
     default_model: str = ""  # behind /analyze; "" = the only model TorchServe serves
-    ready_models: str = ""  # comma-separated models GET /ready waits for; "" = every model TorchServe serves
+    ready_models: str = ""  # comma-separated models GET /ready waits for; "" = the store's and every one registered
+    store_models: str = ""  # the model store's archives, comma-separated (set by scripts/serve): waited for from start
     host: str = defaults.SHIM_HOST  # the shim's address
     port: int = defaults.SHIM_PORT  # the shim's port
     max_body_bytes: int = defaults.MAX_BODY_BYTES  # larger request bodies get 413 (gRPC: messages, each way)
@@ -53,6 +54,20 @@ class Settings:
     grpc_max_connection_idle_s: float = defaults.GRPC_MAX_CONNECTION_IDLE_S  # a connection with no call: GOAWAY after
     grpc_max_connection_age_s: float = defaults.GRPC_MAX_CONNECTION_AGE_S  # every connection: GOAWAY after (rebalance)
     grpc_max_connection_age_grace_s: float = defaults.GRPC_MAX_CONNECTION_AGE_GRACE_S  # then calls get this long
+    # Load (docs/reliability.md): what is refused before the queue, and how long a request may wait in it.
+    queue_target_s: float = defaults.QUEUE_TARGET_S  # a model's expected wait kept below this; 0: two batches' time
+    queue_interval_s: float = defaults.QUEUE_INTERVAL_S  # how long a wait must stand over the target to be refused
+    max_queue_s: float = 0.0  # every model's longest wait for a request without a deadline; 0: each archive's own
+    admission_file: str = ""  # the fronts' shared count of instances in flight (set by scripts/serve); "": this process
+    # Who may call (docs/security.md): off by default, so TF Serving's clients work unchanged.
+    api_keys_file: str = ""  # API keys, "name: key" a line, re-read when it changes; "" = no key asked
+    keyed_health: bool = False  # health (/, /ready, /v2/health/*, gRPC health) takes a key too; off: open for probes
+    metrics_access: str = defaults.METRICS_ACCESS  # GET /metrics: open, keyed (an API key), or loopback (this machine)
+    tls_cert_file: str = ""  # the fronts' certificate chain (PEM): TLS on both ports, re-read when it changes
+    tls_key_file: str = ""  # its private key (PEM)
+    tls_client_ca_file: str = ""  # with TLS: every client must show a certificate signed by this CA (mTLS)
+    # Observability (docs/observability.md).
+    access_log: bool = defaults.ACCESS_LOG  # one JSON line per request on stdout (shim/access_log.py)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -60,8 +75,34 @@ class Settings:
         environ = os.environ if environ is None else environ
         return settings_from(cls, {field.name: environ.get(env_name(field.name)) for field in fields(cls)}, env_name)
 
+    def __post_init__(self) -> None:
+        if self.metrics_access not in defaults.METRICS_ACCESS_CHOICES:
+            choices = ", ".join(defaults.METRICS_ACCESS_CHOICES)
+            raise ValueError(f"{env_name('metrics_access')}={self.metrics_access!r}: use one of {choices}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError(f"TLS needs both {env_name('tls_cert_file')} and {env_name('tls_key_file')}")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError(f"{env_name('tls_client_ca_file')} needs TLS: set the certificate and key too")
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the fronts ask for API keys."""
+        return bool(self.api_keys_file)
+
+    @property
+    def tls(self) -> bool:
+        """Whether both fronts speak TLS."""
+        return bool(self.tls_cert_file)
+
     def ready_model_names(self) -> list[str]:
-        return [name.strip() for name in self.ready_models.split(",") if name.strip()]
+        return _names(self.ready_models)
+
+    def store_model_names(self) -> list[str]:
+        return _names(self.store_models)
+
+
+def _names(comma_separated: str) -> list[str]:
+    return [name.strip() for name in comma_separated.split(",") if name.strip()]
 
 
 def env_name(field_name: str) -> str:

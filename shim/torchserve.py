@@ -1,41 +1,103 @@
-"""TorchServe's inference and management APIs: the one module that knows them.
+"""TorchServe's inference, management and metrics APIs: the one module that knows them.
 
-The service (under every front), `serve`, `reload` and the test harness all talk to TorchServe
-through these classes, over urllib3 connection pools (thread-safe, unlike a shared
-`requests.Session`). What TorchServe's answers mean (its statuses, "Worker died", a worker
-that is READY) is decided here and nowhere else.
+The service (under every front), `serve`, `reload` and the test harness talk to TorchServe through
+these classes, over urllib3 connection pools (thread-safe, unlike a shared `requests.Session`), and
+get typed values back: a model version with its number and whether it is ready, the handler's answer,
+the handler's description. What TorchServe's answers mean (its statuses, "Worker died", a worker that
+is READY, its JSON) is decided here and nowhere else; its failures come out as `ServingError`s.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError
 
-from fastai_serving import defaults
-from fastai_serving.vocabulary import TASK_HEADER, VERB_HEADER, VERSION_HEADER
-from fastai_serving_shim.errors import Failure, ServiceError
+from fastai_serving import defaults, tracing
+from fastai_serving.contract.errors import Failure, NotFound, ServingError
+from fastai_serving.contract.upstream import (
+    BATCH_INSTANCES_HEADER,
+    BATCH_SECONDS_HEADER,
+    DEADLINE_HEADER,
+    FAILURE_HEADER,
+    FORWARD_INSTANCES_HEADER,
+    QUEUE_SECONDS_HEADER,
+    REQUEST_ID_HEADER,
+    SENT_AT_HEADER,
+    TASK_HEADER,
+    VERB_HEADER,
+    VERSION_HEADER,
+    failure_of,
+)
 
 JSON = "application/json"
 READY = "READY"  # a worker that can take requests (TorchServe's /ping says Healthy before any is)
 
 
 @dataclass(frozen=True)
-class UpstreamAnswer:
-    status: int
-    body: bytes
-    model_version: str = ""  # the TorchServe version that answered, as the handler names it ("": an older handler)
-    task: str = ""  # the answering model's task, as the handler names it
-    retried: bool = False  # sent again after its worker died and a worker was ready again
+class ModelVersion:
+    """One registered version of a model, as the rest of the code reads it."""
 
-    def handler_answered(self) -> bool:
-        """Whether our handler wrote this answer (a 200, or its own {"error"}), rather than TorchServe."""
-        return bool(self.model_version) or self.status == 200
+    version: str  # TorchServe's version: "1.0"
+    ready: bool  # it has a READY worker
+    archive: str = ""  # its archive's file name in the model store
+    workers: int = 0  # its READY workers
+
+    @property
+    def number(self) -> str:
+        """TF Serving's integer version: "1" for TorchServe's "1.0" (a version that is not N or N.0 stays as it is)."""
+        match = re.fullmatch(r"([0-9]+)(?:\.0+)?", self.version)
+        return match.group(1) if match else self.version
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The handler's answer to one inference request: its JSON, the version that answered and its task."""
+
+    body: bytes
+    version: str  # the TorchServe version that answered ("": a handler older than this front)
+    task: str = ""
+    retried: bool = False  # sent again after its worker died and a worker was ready again
+    batch_seconds: float = 0.0  # how long the handler took for the batch that answered (0: not said)
+    batch_instances: int = 0  # how many instances that batch predicted
+    forward_instances: int = 0  # how many instances the handler puts in one forward pass
+    queue_seconds: float | None = None  # how long it waited from its sending to its batch's start (None: not said)
+
+
+class HandlerError(ServingError):
+    """The handler's own answer to a failed request (naming the instance), and the version that answered it
+    ("": a handler older than this front, which names none)."""
+
+    def __init__(self, message: str, failure: Failure, version: str) -> None:
+        super().__init__(message, failure)
+        self.version = version
+
+
+class Upstream(Protocol):
+    """What the service needs of TorchServe (TorchServe below; the tests' stand-in implements the same)."""
+
+    def models(self) -> list[str]: ...
+    def versions(self, model: str) -> list[ModelVersion]: ...
+    def default_version(self, model: str) -> ModelVersion: ...
+    def describe(self, model: str, version: str) -> dict[str, Any]: ...
+    def infer(
+        self,
+        model: str,
+        version: str | None,
+        body: bytes,
+        content_type: str,
+        verb: str,
+        timeout_s: float,
+        deadline: float | None = None,
+        request_id: str = "",
+    ) -> Answer: ...
+    def metrics(self) -> bytes | None: ...
 
 
 def model_path(model: str, version: str | None = None) -> str:
@@ -43,27 +105,19 @@ def model_path(model: str, version: str | None = None) -> str:
     return "/" + quote(model, safe="") + (f"/{quote(version, safe='')}" if version else "")
 
 
-def has_ready_worker(version_description: dict[str, Any]) -> bool:
-    return any(worker.get("status") == READY for worker in version_description.get("workers", []))
-
-
-def worker_died(answer: UpstreamAnswer) -> bool:
-    """TorchServe answers the requests of a batch whose worker died with 503/507 'Worker died.'"""
-    return answer.status in (503, 507) and b"Worker died" in answer.body
-
-
-def host_url(host: str, port: int) -> str:
-    """http://host:port, an IPv6 address in brackets and the wildcard addresses as this machine's loopback."""
-    if host in ("0.0.0.0", ""):
-        host = defaults.LOOPBACK
-    elif host in ("::", "[::]"):
-        host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host and not host.startswith("[") else f"http://{host}:{port}"
-
-
 def connection_pool(size: int) -> urllib3.PoolManager:
     """A pool of keep-alive connections; `size` per host, and never more (callers wait for a free one)."""
     return urllib3.PoolManager(num_pools=4, maxsize=size, block=True, retries=False)
+
+
+def _model_version(description: dict[str, Any]) -> ModelVersion:
+    ready = sum(worker.get("status") == READY for worker in description.get("workers", []))
+    return ModelVersion(
+        version=str(description.get("modelVersion", "")),
+        ready=ready > 0,
+        archive=str(description.get("modelUrl", "")),
+        workers=ready,
+    )
 
 
 class Management:
@@ -87,18 +141,17 @@ class Management:
                 timeout=urllib3.Timeout(connect=min(defaults.CONNECT_TIMEOUT_S, timeout), read=timeout),
             )
         except NewConnectionError:  # before TimeoutError: urllib3 makes it a kind of connect timeout
-            raise ServiceError(Failure.UNAVAILABLE, "TorchServe is unreachable; retry later") from None
+            raise ServingError("TorchServe is unreachable; retry later", Failure.UNAVAILABLE) from None
         except TimeoutError:
-            raise ServiceError(Failure.UNAVAILABLE, "TorchServe's management API did not answer in time") from None
+            raise ServingError("TorchServe's management API did not answer in time", Failure.UNAVAILABLE) from None
         except HTTPError:
-            raise ServiceError(Failure.UNAVAILABLE, "TorchServe is unreachable; retry later") from None
+            raise ServingError("TorchServe is unreachable; retry later", Failure.UNAVAILABLE) from None
         if response.status == 404:
-            raise ServiceError(Failure.NOT_FOUND, f"model {model!r} not found" if model else _message(response.data))
+            raise NotFound(f"model {model!r} not found" if model else _message(response.data))
         if response.status not in (200, 202):
-            raise ServiceError(
-                Failure.UNAVAILABLE,
+            raise ServingError(
                 f"TorchServe's management API answered {response.status}: {_message(response.data)}",
-                upstream_status=response.status,
+                Failure.UNAVAILABLE,
             )
         return json.loads(response.data) if response.data else {}
 
@@ -107,14 +160,15 @@ class Management:
     def models(self) -> list[str]:
         return [entry["modelName"] for entry in self.call("GET", "/models").get("models", [])]
 
-    def versions(self, model: str, version: str | None = "all") -> list[dict[str, Any]]:
-        """TorchServe's description of every version of `model` ("all"), one version, or (None) the default one."""
-        return self.call("GET", f"/models{model_path(model, version)}", model=model)
+    def versions(self, model: str) -> list[ModelVersion]:
+        """Every registered version of `model`."""
+        return [_model_version(d) for d in self.call("GET", f"/models{model_path(model, 'all')}", model=model)]
 
-    def default_version(self, model: str) -> str:
-        return str(self.versions(model, None)[0]["modelVersion"])
+    def default_version(self, model: str) -> ModelVersion:
+        """The version `model`'s requests go to when they name none."""
+        return _model_version(self.call("GET", f"/models{model_path(model)}", model=model)[0])
 
-    def described(self, model: str, version: str | None, timeout_s: float | None = None) -> dict[str, Any]:
+    def describe(self, model: str, version: str | None, timeout_s: float | None = None) -> dict[str, Any]:
         """The handler's own description of a model version (task, classes, inputs); asking goes through a worker."""
         entries = self.call(
             "GET", f"/models{model_path(model, version)}", timeout_s=timeout_s, model=model, customized="true"
@@ -122,14 +176,12 @@ class Management:
         metadata = entries[0].get("customizedMetadata", {}) if entries else {}
         return json.loads(metadata) if isinstance(metadata, str) else metadata
 
-    def ready(self, model: str, version: str | None = "all") -> bool:
+    def ready(self, model: str, version: str | None = None) -> bool:
         """Whether `model` (or one version of it) has a READY worker; False when it is not registered."""
         try:
-            return any(has_ready_worker(description) for description in self.versions(model, version))
-        except ServiceError as error:
-            if error.failure is Failure.NOT_FOUND:
-                return False
-            raise
+            return any(v.ready for v in self.versions(model) if version is None or v.version == version)
+        except NotFound:
+            return False
 
     def models_ready(self, models: list[str] | None = None) -> dict[str, bool]:
         """Each of `models` (default: every registered model) and whether it has a READY worker."""
@@ -137,17 +189,17 @@ class Management:
 
     # --- changing what is served (scripts/reload, tests) --------------------------------------
 
-    def register(self, archive: str, timeout_s: float = 60, **params: Any) -> None:
+    def register(self, archive: str, timeout_s: float = defaults.REGISTER_TIMEOUT_S, **params: Any) -> None:
         """Register an archive of the model store (by file name); its model config brings its workers."""
         self.call("POST", "/models", timeout_s=timeout_s, url=archive, **params)
 
     def set_default(self, model: str, version: str) -> None:
         self.call("PUT", f"/models{model_path(model, version)}/set-default", model=model)
 
-    def unregister(self, model: str, version: str, timeout_s: float = 120) -> None:
+    def unregister(self, model: str, version: str, timeout_s: float = defaults.UNREGISTER_TIMEOUT_S) -> None:
         self.call("DELETE", f"/models{model_path(model, version)}", timeout_s=timeout_s, model=model)
 
-    def scale(self, model: str, workers: int, timeout_s: float = 120) -> None:
+    def scale(self, model: str, workers: int, timeout_s: float = defaults.UNREGISTER_TIMEOUT_S) -> None:
         """Scale `model` to exactly `workers` workers and wait until TorchServe has."""
         self.call(
             "PUT",
@@ -160,56 +212,99 @@ class Management:
         )
 
 
-class Inference:
-    """TorchServe's inference API: one POST per client request, over pooled keep-alive connections."""
+class TorchServe:
+    """TorchServe as the service needs it: inference (one retry after a worker death), the model table, metrics."""
 
-    def __init__(self, url: str, pool: urllib3.PoolManager) -> None:
-        self.url = url.rstrip("/")
-        self.pool = pool
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.pool = connection_pool(max(16, settings.threads * 2, settings.grpc_threads))
+        self.inference_url = settings.upstream.rstrip("/")
+        self.management = Management(settings.management, settings.status_timeout_s, self.pool)
 
-    def post(
-        self, model: str, version: str | None, body: bytes, verb: str, content_type: str, timeout_s: float
-    ) -> UpstreamAnswer:
+    def models(self) -> list[str]:
+        return self.management.models()
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        return self.management.versions(model)
+
+    def default_version(self, model: str) -> ModelVersion:
+        return self.management.default_version(model)
+
+    def describe(self, model: str, version: str) -> dict[str, Any]:
+        return self.management.describe(model, version or None, timeout_s=self.settings.predict_timeout_s)
+
+    def infer(
+        self,
+        model: str,
+        version: str | None,
+        body: bytes,
+        content_type: str,
+        verb: str,
+        timeout_s: float,
+        deadline: float | None = None,
+        request_id: str = "",
+    ) -> Answer:
+        """One inference request; after a worker death, one retry once a worker is ready again, within `timeout_s`.
+
+        `deadline` (seconds since the epoch): the client's, for the handler, which skips a request past it.
+        `request_id`: the request's id, for the handler's log lines about it.
+        The handler's answer, or a `ServingError`: the handler's own (naming the instance) or TorchServe's.
+        """
+        give_up = time.monotonic() + timeout_s
+        hop = {VERB_HEADER: verb, **({DEADLINE_HEADER: f"{deadline:.3f}"} if deadline is not None else {})}
+        if request_id:
+            hop[REQUEST_ID_HEADER] = request_id
+        tracing.inject(hop)  # the current span (the service's call) as the handler's spans' parent
+        response = self._post(model, version, body, content_type, hop, timeout_s)
+        retried = False
+        if _worker_died(response) and self._wait_for_ready_worker(model, version, give_up):
+            response = self._post(model, version, body, content_type, hop, max(0.01, give_up - time.monotonic()))
+            retried = True
+        headers = response.headers
+        answered_by = headers.get(VERSION_HEADER, "")
+        if response.status != 200:
+            raise _failure(response, model, answered_by)
+        return Answer(
+            response.data,
+            answered_by,
+            headers.get(TASK_HEADER, ""),
+            retried,
+            _number(headers.get(BATCH_SECONDS_HEADER), float),
+            _number(headers.get(BATCH_INSTANCES_HEADER), int),
+            _number(headers.get(FORWARD_INSTANCES_HEADER), int),
+            _number(headers.get(QUEUE_SECONDS_HEADER), float) if QUEUE_SECONDS_HEADER in headers else None,
+        )
+
+    def metrics(self) -> bytes | None:
+        """TorchServe's own metrics in Prometheus' text format (queue time, inference latency, ...); None when
+        they cannot be read now."""
         try:
             response = self.pool.request(
+                "GET", self.settings.torchserve_metrics, timeout=defaults.METRICS_SCRAPE_TIMEOUT_S
+            )
+        except HTTPError:
+            return None
+        return response.data if response.status == 200 else None
+
+    def _post(
+        self, model: str, version: str | None, body: bytes, content_type: str, hop: dict[str, str], timeout_s: float
+    ) -> urllib3.BaseHTTPResponse:
+        """One POST, with the hop's headers and the moment it was sent (the queue's wait counts from it)."""
+        headers = {"Content-Type": content_type, **hop, SENT_AT_HEADER: f"{time.time():.3f}"}
+        try:
+            return self.pool.request(
                 "POST",
-                f"{self.url}/predictions{model_path(model, version)}",
+                f"{self.inference_url}/predictions{model_path(model, version)}",
                 body=body,
-                headers={"Content-Type": content_type, VERB_HEADER: verb},
+                headers=headers,
                 timeout=urllib3.Timeout(connect=min(defaults.CONNECT_TIMEOUT_S, timeout_s), read=timeout_s),
             )
         except NewConnectionError:  # before TimeoutError: urllib3 makes it a kind of connect timeout
-            raise ServiceError(Failure.UNAVAILABLE, "TorchServe is unreachable; retry later") from None
+            raise ServingError("TorchServe is unreachable; retry later", Failure.UNAVAILABLE) from None
         except TimeoutError:
-            raise ServiceError(Failure.TIMEOUT, f"model {model!r} did not answer within {timeout_s:g} s") from None
+            raise ServingError(f"model {model!r} did not answer within {timeout_s:g} s", Failure.TIMEOUT) from None
         except (ProtocolError, HTTPError):
-            raise ServiceError(Failure.UNAVAILABLE, "TorchServe is unreachable; retry later") from None
-        headers = response.headers
-        return UpstreamAnswer(
-            response.status, response.data, headers.get(VERSION_HEADER, ""), headers.get(TASK_HEADER, "")
-        )
-
-
-class TorchServeClient:
-    """What the service needs of TorchServe: predictions (one retry after a worker death) and the model table."""
-
-    def __init__(self, upstream: str, management: str, settings: Any) -> None:
-        self.settings = settings
-        self.pool = connection_pool(max(16, settings.threads * 2, settings.grpc_threads))
-        self.inference = Inference(upstream, self.pool)
-        self.management = Management(management, settings.status_timeout_s, self.pool)
-
-    def predict(
-        self, model: str, version: str | None, body: bytes, verb: str, content_type: str, timeout_s: float
-    ) -> UpstreamAnswer:
-        """One upstream request; after a worker death, one retry once a worker is ready again, within `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        answer = self.inference.post(model, version, body, verb, content_type, timeout_s)
-        if worker_died(answer) and self._wait_for_ready_worker(model, version, deadline):
-            remaining = max(0.01, deadline - time.monotonic())
-            again = self.inference.post(model, version, body, verb, content_type, remaining)
-            return UpstreamAnswer(again.status, again.body, again.model_version, again.task, retried=True)
-        return answer
+            raise ServingError("TorchServe is unreachable; retry later", Failure.UNAVAILABLE) from None
 
     def _wait_for_ready_worker(self, model: str, version: str | None, deadline: float) -> bool:
         give_up = min(deadline, time.monotonic() + self.settings.retry_s)
@@ -217,50 +312,48 @@ class TorchServeClient:
             try:
                 if self.management.ready(model, version or None):
                     return True
-            except ServiceError:
+            except ServingError:
                 pass
             time.sleep(0.5)
         return False
 
-    def models(self) -> list[str]:
-        return self.management.models()
 
-    def versions(self, model: str, version: str | None = "all") -> list[dict[str, Any]]:
-        return self.management.versions(model, version)
-
-    def described(self, model: str, version: str | None) -> dict[str, Any]:
-        return self.management.described(model, version, timeout_s=self.settings.predict_timeout_s)
+def _worker_died(response: urllib3.BaseHTTPResponse) -> bool:
+    """TorchServe answers the requests of a batch whose worker died with 503/507 'Worker died.'"""
+    return response.status in (503, 507) and b"Worker died" in response.data
 
 
-def upstream_failure(answer: UpstreamAnswer, model: str) -> ServiceError | None:
-    """None for an answer the fronts pass on (a 200, or the handler's own {"error"}); else TorchServe's error.
+def _failure(response: urllib3.BaseHTTPResponse, model: str, answered_by: str) -> ServingError:
+    """A failed answer as a `ServingError`: the handler's own (naming the instance), or TorchServe's.
 
-    The handler answers 400 (bad input) and 500 (the model failed on that input) itself. Of
-    TorchServe's own statuses, a 4xx is the client's and keeps its message; a 5xx other than
-    a timeout means the model cannot serve now (retry).
+    Of TorchServe's own statuses, a 4xx is the client's and keeps its message; a 5xx other than a
+    timeout means the model cannot serve now (retry).
     """
-    if answer.status == 200:
-        return None
-    document = _json(answer.body)
-    if isinstance(document, dict) and "error" in document:
-        return None
+    document = _json(response.data)
+    if answered_by or (isinstance(document, dict) and "error" in document):  # the handler wrote it
+        message = str(document.get("error", "")) if isinstance(document, dict) else _message(response.data)
+        return HandlerError(message, failure_of(response.headers.get(FAILURE_HEADER), response.status), answered_by)
     message = str(document.get("message", "")) if isinstance(document, dict) else ""
-    if answer.status == 404:
+    status = response.status
+    if status == 404:
         found = "Model not found" in message or not message
-        return ServiceError(Failure.NOT_FOUND, f"model {model!r} not found" if found else f"model {model!r}: {message}")
-    if answer.status == 413:
-        return ServiceError(Failure.TOO_LARGE, "request body over TorchServe's size limit")
-    if answer.status in (408, 504):
-        return ServiceError(Failure.TIMEOUT, f"model {model!r} did not answer in time")
-    if 400 <= answer.status < 500:
-        return ServiceError(
-            Failure.REFUSED,
-            f"TorchServe refused the request to model {model!r}: {message or answer.status}",
-            upstream_status=answer.status,
-        )
+        return NotFound(f"model {model!r} not found" if found else f"model {model!r}: {message}")
+    if status == 413:
+        return ServingError("request body over TorchServe's size limit", Failure.TOO_LARGE)
+    if status in (408, 504):
+        return ServingError(f"model {model!r} did not answer in time", Failure.TIMEOUT)
+    if 400 <= status < 500:
+        return ServingError(f"TorchServe refused the request to model {model!r}: {message or status}", Failure.REFUSED)
     if "Worker died" in message:
-        return ServiceError(Failure.UNAVAILABLE, f"the worker serving {model!r} died and was not back in time; retry")
-    return ServiceError(Failure.UNAVAILABLE, f"model {model!r} cannot serve right now ({answer.status}); retry later")
+        return ServingError(f"the worker serving {model!r} died and was not back in time; retry", Failure.UNAVAILABLE)
+    return ServingError(f"model {model!r} cannot serve right now ({status}); retry later", Failure.UNAVAILABLE)
+
+
+def _number(text: str | None, kind: type) -> Any:
+    try:
+        return kind(text) if text else kind(0)
+    except ValueError:
+        return kind(0)
 
 
 def _json(body: bytes) -> Any:

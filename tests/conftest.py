@@ -145,7 +145,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def loaded_learners(exported_learners) -> Mapping[str, Any]:
     """The same Learners loaded in-process (on first use), for comparing with what the server answers."""
-    from fastai_serving.learner import load_learner
+    from fastai_serving.engine.learner import load_learner
 
     return Lazily(
         list(MODELS),

@@ -1,18 +1,20 @@
-"""A fake of `fastai_serving_shim.torchserve.TorchServeClient`'s model table, for the in-process tests of one front.
+"""A typed stand-in for TorchServe (`fastai_serving_shim.torchserve.Upstream`), for the in-process tests of the
+service and of each front.
 
-It answers what TorchServe's management API would (models, their versions, what each
-describes) from a table, and records every call. Each front's tests add the `predict`
-their front needs (tests/test_shim_app.py, tests/test_grpc_app.py).
+It answers what TorchServe would (models, their versions, what each describes, an answer per instance)
+from a table, and records every call. Each test file chooses its answers (`answer`, or `failure` to raise).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
-from fastai_serving.bodies import read_body
-from fastai_serving_shim.errors import Failure, ServiceError
-from fastai_serving_shim.torchserve import UpstreamAnswer
+from fastai_serving.contract.bodies import read_body
+from fastai_serving.contract.errors import NotFound, ServingError
+from fastai_serving.contract.images_wire import is_images_body, read_images_body
+from fastai_serving_shim.torchserve import Answer, ModelVersion
 
 DESCRIBED = {
     "classification": {"task": "classification", "classes": ["cat", "dog"], "input": "image", "precision": "fp32"},
@@ -20,41 +22,6 @@ DESCRIBED = {
     "regression": {"task": "regression", "classes": [], "input": "image", "precision": "fp32"},
     "segmentation": {"task": "segmentation", "classes": ["background", "road"], "input": "image"},
 }
-
-
-def version(number: str, ready: bool = True) -> dict:
-    """One version as TorchServe's management API describes it, with one worker."""
-    return {"modelVersion": number, "workers": [{"status": "READY" if ready else "UNLOADING"}]}
-
-
-@dataclass
-class ModelTable:
-    """TorchServe's models from a table: model -> its versions' descriptions, every model of `task`. Records each call."""
-
-    served: dict[str, list[dict]] = field(default_factory=lambda: {"digits": [version("1.0")]})
-    task: str = "classification"
-    calls: list[tuple] = field(default_factory=list)
-
-    def models(self) -> list[str]:
-        self.calls.append(("models",))
-        return list(self.served)
-
-    def versions(self, model: str, version: str | None = "all") -> list[dict]:
-        self.calls.append(("versions", model, version))
-        if model not in self.served:
-            raise ServiceError(Failure.NOT_FOUND, f"model {model!r} not found")
-        return self.served[model] if version == "all" else self.served[model][:1]
-
-    def described(self, model: str, version: str) -> dict:
-        self.calls.append(("described", model, version))
-        return DESCRIBED[self.task]
-
-    def count(self, kind: str) -> int:
-        return sum(call[0] == kind for call in self.calls)
-
-
-# --- The v2 fronts' tests (tests/test_v2_app.py, tests/test_v2_grpc_app.py) ------------------------
-
 COLUMNS = [
     {"name": "colour", "kind": "categorical", "type": "string", "categories": ["blue", "red"], "nullable": True},
     {"name": "weight", "kind": "continuous", "type": "number", "nullable": True},
@@ -63,27 +30,123 @@ V2_DESCRIBED = {
     "vision": {"task": "classification", "kind": "vision", "classes": ["cat", "dog"], "input": "image"},
     "tabular": {"task": "regression", "kind": "tabular", "classes": [], "targets": ["price"], "inputs": COLUMNS},
 }
+PREDICTIONS = b'{"predictions": [[0.25, 0.75]]}'
+
+
+def version(number: str, ready: bool = True) -> ModelVersion:
+    """One registered version, as TorchServe's management API describes it."""
+    return ModelVersion(number, ready)
+
+
+def instances_of(body: bytes, verb: str) -> int:
+    """How many instances a body the service sent upstream holds (the images body, or JSON)."""
+    if is_images_body(body):
+        return len(read_images_body(body)[1])
+    return len(read_body(body, verb).instances)
 
 
 @dataclass
-class V2FakeTorchServe(ModelTable):
-    """The model table of a v2 front's tests; each prediction answered with one [0.25, 0.75] (tabular: [1.5], or
-    `answer`) per instance sent; `sent` records (model, version, body, content type, timeout) of each."""
+class FakeTorchServe:
+    """TorchServe from a table: model -> its versions (the first is the default), every model described as
+    `described`; each inference answered with `answer` (None: one [0.25, 0.75] per instance sent), or `failure`
+    raised. Records each call: ("models",), ("versions", model), ("default", model), ("describe", model, version),
+    ("infer", model, version, body, content type, verb, timeout)."""
 
-    kind: str = "vision"
-    answer: UpstreamAnswer | None = None
-    sent: list[tuple] = field(default_factory=list)
+    served: dict[str, list[ModelVersion]] = field(default_factory=lambda: {"digits": [version("1.0")]})
+    described: dict[str, Any] = field(default_factory=lambda: DESCRIBED["classification"])
+    answer: Answer | None = None
+    failure: ServingError | None = None
+    calls: list[tuple] = field(default_factory=list)
+    deadlines: list[float | None] = field(default_factory=list)  # each inference's client deadline, as sent
+    request_ids: list[str] = field(default_factory=list)  # each inference's request id, as sent
 
-    def described(self, model: str, version: str) -> dict:
-        self.calls.append(("described", model, version))
-        if model not in self.served:
-            raise ServiceError(Failure.NOT_FOUND, f"model {model!r} not found")
-        return V2_DESCRIBED[self.kind]
+    def models(self) -> list[str]:
+        self.calls.append(("models",))
+        return list(self.served)
 
-    def predict(self, model, version, body, verb, content_type="application/json", timeout_s=None) -> UpstreamAnswer:
-        self.sent.append((model, version, body, content_type, timeout_s))
+    def versions(self, model: str) -> list[ModelVersion]:
+        self.calls.append(("versions", model))
+        return list(self._versions(model))
+
+    def default_version(self, model: str) -> ModelVersion:
+        self.calls.append(("default", model))
+        return self._versions(model)[0]
+
+    def describe(self, model: str, version: str) -> dict[str, Any]:
+        self.calls.append(("describe", model, version))
+        self._versions(model)
+        return dict(self.described)
+
+    def infer(
+        self,
+        model: str,
+        version: str | None,
+        body: bytes,
+        content_type: str,
+        verb: str,
+        timeout_s: float,
+        deadline: float | None = None,
+        request_id: str = "",
+    ) -> Answer:
+        self.calls.append(("infer", model, version, body, content_type, verb, timeout_s))
+        self.deadlines.append(deadline)
+        self.request_ids.append(request_id)
+        versions = self._versions(model)
+        if self.failure is not None:
+            raise self.failure
         if self.answer is not None:
             return self.answer
-        count = len(read_body(body).instances)
+        answered_by = version or versions[0].version
+        values = [[0.25, 0.75]] * instances_of(body, verb)
+        return Answer(json.dumps({"predictions": values}).encode(), answered_by, str(self.described.get("task", "")))
+
+    def metrics(self) -> bytes | None:
+        return None
+
+    def count(self, kind: str) -> int:
+        return sum(call[0] == kind for call in self.calls)
+
+    def inferred(self) -> list[tuple]:
+        """Each inference call as (model, version, body, verb)."""
+        return [(call[1], call[2], call[3], call[5]) for call in self.calls if call[0] == "infer"]
+
+    def _versions(self, model: str) -> list[ModelVersion]:
+        if model not in self.served:
+            raise NotFound(f"model {model!r} not found")
+        return self.served[model]
+
+
+@dataclass
+class V2FakeTorchServe(FakeTorchServe):
+    """A v2 front's TorchServe: a model of `kind` (V2_DESCRIBED), each prediction answered with one [0.25, 0.75]
+    (tabular: [1.5]) per instance sent, or `answer`; `sent` records (model, version, body, content type, timeout)."""
+
+    kind: str = "vision"
+    sent: list[tuple] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.described = V2_DESCRIBED[self.kind]
+
+    def infer(
+        self,
+        model: str,
+        version: str | None,
+        body: bytes,
+        content_type: str,
+        verb: str,
+        timeout_s: float,
+        deadline: float | None = None,
+        request_id: str = "",
+    ) -> Answer:
+        versions = self._versions(model)
+        self.request_ids.append(request_id)
+        self.calls.append(("infer", model, version, body, content_type, verb, timeout_s))
+        self.sent.append((model, version, body, content_type, timeout_s))
+        if self.failure is not None:
+            raise self.failure
+        if self.answer is not None:
+            return self.answer
+        count = instances_of(body, verb)
         values = [[0.25, 0.75]] * count if self.kind == "vision" else [[1.5]] * count
-        return UpstreamAnswer(200, json.dumps({"predictions": values}).encode(), "1.0", V2_DESCRIBED[self.kind]["task"])
+        answered_by = version or versions[0].version
+        return Answer(json.dumps({"predictions": values}).encode(), answered_by, str(self.described["task"]))

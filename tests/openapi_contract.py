@@ -1,4 +1,4 @@
-"""Checks that a live response matches shim/openapi.yaml: its status is documented and its body fits the schema."""
+"""Checks that a live response matches shim/rest/openapi.yaml: its status is documented and its body fits the schema."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-SPEC_FILE = Path(__file__).resolve().parent.parent / "shim" / "openapi.yaml"
+SPEC_FILE = Path(__file__).resolve().parent.parent / "shim" / "rest" / "openapi.yaml"
 SPEC_URI = "urn:fastai-serving:openapi"
 
 
@@ -46,3 +46,9 @@ def assert_matches_spec(response: requests.Response, path: str, method: str) -> 
     validator = jsonschema.Draft7Validator(schema, registry=registry())
     errors = sorted(validator.iter_errors(response.json()), key=str)
     assert not errors, f"{method} {path} {status} body does not match the OpenAPI document: {errors[0].message}"
+
+
+def schema_errors(schema: str, value: object) -> list[str]:
+    """How `value` breaks the document's component schema `schema` (a request body's or a part's); [] if it fits."""
+    validator = jsonschema.Draft7Validator({"$ref": f"{SPEC_URI}#/components/schemas/{schema}"}, registry=registry())
+    return [error.message for error in validator.iter_errors(value)]

@@ -19,18 +19,20 @@ import requests
 import torch
 import yaml
 
-from fastai_serving.aot import (
+from fastai_serving.compiled.aot import (
     AOT_DIR_IN_ARCHIVE,
     BF16_AGREEMENT,
     BF16_REGRESSION_TOLERANCE,
     BUILT_FOR_FILE,
+    FP32_TOLERANCE,
     build_package,
     decision_agreement,
     load_package,
     this_machine,
 )
-from fastai_serving.learner import BF16, load_learner
-from fastai_serving.predict import decode_images, predict_images
+from fastai_serving.engine.learner import BF16, load_learner
+from fastai_serving.engine.predict import decode_images, predict_images
+from harness.learners import make_regressor_in_the_tens
 from harness.servers import Servers, archive_here, make_archive
 
 # Four AOT builds, a minute each on a quiet machine and several on a loaded one, share the first test.
@@ -182,6 +184,20 @@ def test_a_bf16_package_runs_bf16_and_decodes_as_eager_bf16_does(tmp_path, small
         agreement = decision_agreement(served, answered, eager)
         assert agreement is not None  # the classifier decides some of the five images clearly
         assert agreement >= BF16_AGREEMENT
+
+
+def test_a_regression_of_values_in_the_tens_is_packaged_and_answers_as_eager_relative_to_its_size(tmp_path):
+    export_path = make_regressor_in_the_tens(tmp_path / "learner")
+    served = load_learner(export_path)
+    built = build_package(served, MAX_BATCH, tmp_path / "aot")  # checked against eager: float rounding passes
+    assert built.compiled, built.error
+    images = decode_images(images_of(export_path), [f"image {i}" for i in range(5)])
+    eager = torch.stack([p.output for p in predict_images(served, images, MAX_BATCH)])
+    assert eager.min() >= 10  # values in the tens, where float rounding exceeds 1e-4 on some CPUs
+    loaded = load_package(served, tmp_path / "aot", MAX_BATCH)
+    assert loaded.compiled and loaded.mode == "aot", loaded.error
+    answered = torch.stack([p.output for p in predict_images(served, images, MAX_BATCH)])
+    assert ((answered - eager).abs() / eager.abs()).max() <= FP32_TOLERANCE
 
 
 def test_a_bf16_package_on_a_worker_serving_fp32_is_served_eager(tmp_path, small_learners):

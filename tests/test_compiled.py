@@ -16,9 +16,9 @@ import requests
 import torch
 import yaml
 
-from fastai_serving.compiled import batch_sizes, compile_learner, compiled_graphs, split_fastai_cast
-from fastai_serving.learner import load_learner
-from fastai_serving.predict import decode_images, predict_images
+from fastai_serving.compiled.worker import batch_sizes, compile_learner, compiled_graphs, split_fastai_cast
+from fastai_serving.engine.learner import load_learner
+from fastai_serving.engine.predict import decode_images, predict_images
 from harness import learners
 from harness.servers import Servers, make_archive
 from harness.waiting import wait_for

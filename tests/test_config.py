@@ -9,8 +9,8 @@ import pytest
 
 from fastai_serving import defaults
 from fastai_serving.config import settings_from
-from fastai_serving.learner import load_learner
-from fastai_serving.settings import HandlerSettings
+from fastai_serving.engine.learner import load_learner
+from fastai_serving.engine.settings import HandlerSettings
 
 
 @dataclass(frozen=True)

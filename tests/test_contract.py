@@ -1,4 +1,4 @@
-"""The body contract (fastai_serving.bodies, instances, columns, names): every request shape, and the message for each wrong one.
+"""The body contract (fastai_serving.contract.bodies, instances, columns, names): every request shape, and the message for each wrong one.
 
 The REST shim, the handler and the gRPC front all read bodies with this module, so these
 tests are the one statement of what each front accepts and how it words a refusal.
@@ -13,13 +13,13 @@ import sys
 
 import pytest
 
-from fastai_serving.bodies import check_answerable, check_form, read_body
-from fastai_serving.columns import CATEGORICAL, CONTINUOUS, INTEGER, NUMBER, STRING, Column
-from fastai_serving.errors import BadInput
-from fastai_serving.images_wire import images_body
-from fastai_serving.instances import image_bytes, read_row, read_text
-from fastai_serving.names import check_model_name, check_url_version
-from fastai_serving.vocabulary import (
+from fastai_serving.contract.bodies import check_answerable, check_form, read_body
+from fastai_serving.contract.columns import CATEGORICAL, CONTINUOUS, INTEGER, NUMBER, STRING, Column
+from fastai_serving.contract.errors import BadInput, Failure, NotFound
+from fastai_serving.contract.images_wire import images_body
+from fastai_serving.contract.instances import image_bytes, read_row, read_text
+from fastai_serving.contract.names import check_model_name, check_url_version
+from fastai_serving.contract.vocabulary import (
     CLASSIFY,
     COLLAB,
     COLUMNS,
@@ -52,7 +52,7 @@ def images_of(body) -> list[bytes]:
 
 def test_the_contract_imports_without_torch_pil_or_numpy():
     modules = "vocabulary, bodies, instances, columns, images_wire, names"
-    code = f"import sys; from fastai_serving import {modules}; assert not {{'torch', 'PIL', 'fastai', 'numpy'}} & set(sys.modules)"
+    code = f"import sys; from fastai_serving.contract import {modules}; assert not {{'torch', 'PIL', 'fastai', 'numpy'}} & set(sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -132,7 +132,7 @@ def test_classify_and_regress_read_examples(verb):
 def test_malformed_bodies_are_refused_with_the_reason(body, message):
     with pytest.raises(BadInput, match=re.escape(message)) as refused:
         read_body(body)
-    assert refused.value.status == 400
+    assert refused.value.failure is Failure.BAD_INPUT
 
 
 @pytest.mark.parametrize(
@@ -223,9 +223,9 @@ def test_model_names_torchserve_registers_are_accepted(name):
 
 @pytest.mark.parametrize("name", ["..", ".", ".hidden", "a b", "a%2Fb", "-x", ""])
 def test_other_model_names_are_not_found(name):
-    with pytest.raises(BadInput, match="not found: model names are letters") as refused:
+    with pytest.raises(NotFound, match="not found: model names are letters") as refused:
         check_model_name(name)
-    assert refused.value.status == 404
+    assert refused.value.failure is Failure.NOT_FOUND
 
 
 @pytest.mark.parametrize("version", ["latest", "1.0", "-1", ""])

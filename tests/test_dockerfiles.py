@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fastai_serving_scripts import healthcheck as healthcheck_module
 from harness import PROJECT_ROOT
 
 DOCKERFILES = ["Dockerfile.cpu", "Dockerfile.gpu"]
@@ -73,4 +74,10 @@ def test_healthcheck_asks_the_servers_readiness_which_needs_no_default_model(doc
     healthcheck = next(
         line for line in (PROJECT_ROOT / dockerfile).read_text().splitlines() if line.strip().startswith("CMD")
     )
-    assert "/ready'" in healthcheck and "/analyze" not in healthcheck
+    assert '"-m", "fastai_serving_scripts.healthcheck"' in healthcheck
+    assert healthcheck_module.ready_url({"FASTAI_SERVING_PORT": "8501"}) == "http://127.0.0.1:8501/ready"
+
+
+def test_the_healthcheck_asks_over_tls_where_the_fronts_speak_it():
+    environment = {"FASTAI_SERVING_PORT": "8501", "FASTAI_SERVING_TLS_CERT_FILE": "/etc/fastai-serving/tls/tls.crt"}
+    assert healthcheck_module.ready_url(environment) == "https://127.0.0.1:8501/ready"

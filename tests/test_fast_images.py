@@ -1,4 +1,4 @@
-"""The vision fast path (fastai_serving.fast_images): batches built without fastai's pipeline answer as `learn.predict`.
+"""The vision fast path (fastai_serving.engine.fast_images): batches built without fastai's pipeline answer as `learn.predict`.
 
 Every vision task kind, every resize method and padding mode fastai offers (on images wider,
 taller and smaller than the target, and a target that is not square), a Learner with `Normalize`,
@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fastai_serving import fast_images
-from fastai_serving.learner import load_learner
-from fastai_serving.predict import predict_images
+from fastai_serving.engine import fast_images
+from fastai_serving.engine.learner import load_learner
+from fastai_serving.engine.predict import predict_images
 from harness import learners
 
 PROBABILITIES = 1e-5

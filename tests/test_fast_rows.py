@@ -1,4 +1,4 @@
-"""The tabular and collab fast path (fastai_serving.fast_rows): rows through the Learner's procs, vectorized.
+"""The tabular and collab fast path (fastai_serving.engine.fast_rows): rows through the Learner's procs, vectorized.
 
 Its tensors equal the ones fastai's test_dl builds, and its answers equal `learn.predict` on the
 hostile rows the end-to-end tests send (nulls, unseen categories, integer categories sent as
@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fastai_serving import fast_rows
-from fastai_serving.learner import load_learner
-from fastai_serving.tabular import predict_rows, rows_frame
+from fastai_serving.engine import fast_rows
+from fastai_serving.engine.learner import load_learner
+from fastai_serving.engine.tabular import predict_rows, rows_frame
 from harness.learners import TABULAR_CATEGORICAL, TABULAR_CONTINUOUS, tabular_frame
 
 TOLERANCE = 1e-5

@@ -22,7 +22,7 @@ from openapi_contract import operation_count
 
 pytestmark = pytest.mark.e2e
 
-SPEC = Path(__file__).resolve().parent.parent / "shim" / "openapi.yaml"
+SPEC = Path(__file__).resolve().parent.parent / "shim" / "rest" / "openapi.yaml"
 CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"
 
 

@@ -197,28 +197,6 @@ def test_status_of_a_ready_model_is_available(tf_client):
     }
 
 
-def test_a_model_without_ready_workers_is_loading_and_unavailable_and_health_says_so(tf_client, torchserve, samples):
-    scale = f"{torchserve.management}/models/regressor"
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(torchserve.grpc))
-    requests.put(f"{scale}?min_worker=0&max_worker=0&synchronous=true", timeout=60).raise_for_status()
-    try:
-        status = tf_client.call("status", model="regressor")
-        assert status["model_version_status"][0]["state"] == "LOADING"
-        assert status["model_version_status"][0]["status"] == {
-            "error_code": "UNAVAILABLE",
-            "error_message": "no worker is ready yet",
-        }
-        predict = tf_client.call("predict", images=samples["regressor"][:1], model="regressor")
-        assert predict["code"] == "UNAVAILABLE"
-        # The health service looks every 2 s: watch until it says so, rather than sleeping past its look.
-        watched = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
-        assert health_pb2.HealthCheckResponse.NOT_SERVING in (answer.status for answer in watched)
-        watched.cancel()
-    finally:
-        requests.put(f"{scale}?min_worker=1&max_worker=1&synchronous=true", timeout=120).raise_for_status()
-    assert tf_client.call("predict", images=samples["regressor"][:1], model="regressor")["ok"]
-
-
 # --- Errors ----------------------------------------------------------------------------------------------
 
 
@@ -266,16 +244,18 @@ def test_a_message_just_under_the_limit_is_answered(tf_client):
 def test_concurrent_grpc_and_rest_calls_share_one_torchserve_batch(torchserve, samples):
     images = samples["classifier"]
     stub = our_stub(torchserve)
-    before = len(torchserve.batch_lines())
-    grpc_answer, rest_answer = concurrently(
-        [
-            lambda: stub.Predict(our_predict_request("classifier", images[:2]), timeout=60),
-            lambda: rest_predict(torchserve, "classifier", images[2:]),
-        ]
-    )
     wanted = {"requests": 2, "instances": 3, "failed": 0}
-    assert wanted in torchserve.batches_since(before, wanted)
+    (grpc_answer, rest_answer), batches = torchserve.in_one_batch(
+        lambda: concurrently(
+            [
+                lambda: stub.Predict(our_predict_request("classifier", images[:2]), timeout=60),
+                lambda: rest_predict(torchserve, "classifier", images[2:]),
+            ]
+        ),
+        wanted,
+    )
     assert len(grpc_answer.outputs["probabilities"].float_val) == 2 * 3 and len(rest_answer["predictions"]) == 1
+    assert wanted in batches
 
 
 def test_a_bad_image_in_one_grpc_call_never_fails_another_call_in_its_batch(torchserve, samples, loaded_learners):
@@ -372,7 +352,7 @@ def test_reflection_lists_the_services(torchserve):
 
 
 def start_front(tmp_path, **settings: str) -> tuple[subprocess.Popen, str]:
-    """`python -m fastai_serving_shim.grpc_server` alone, with FASTAI_SERVING_* settings, as scripts/serve starts it."""
+    """`python -m fastai_serving_shim.grpc.server` alone, with FASTAI_SERVING_* settings, as scripts/serve starts it."""
     port = free_port()
     environment = {
         **os.environ,
@@ -382,7 +362,7 @@ def start_front(tmp_path, **settings: str) -> tuple[subprocess.Popen, str]:
     }
     with open(tmp_path / "grpc.out", "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fastai_serving_shim.grpc_server"],
+            [sys.executable, "-m", "fastai_serving_shim.grpc.server"],
             env=environment,
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -1,8 +1,9 @@
-"""The gRPC front in-process: a real gRPC server on a loopback port, our own stubs, a fake TorchServe client.
+"""The gRPC front in-process: a real gRPC server on a loopback port, our own stubs, the real service over a typed
+stand-in for TorchServe.
 
-The fake stands in for `fastai_serving_shim.torchserve.TorchServeClient` alone (as in tests/test_shim_app.py): it
-answers from a table and records every call, so these tests show what the gRPC front sends
-upstream and how each answer and error becomes a TF Serving message or status code.
+The stand-in (tests/fake_torchserve.py, as in tests/test_shim_app.py) answers from a table and records every call,
+so these tests show what the gRPC front sends upstream and how each answer and failure becomes a TF Serving
+message or status code.
 tests/test_grpc.py drives the same server with TF Serving's own client against a real TorchServe.
 """
 
@@ -17,15 +18,18 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from fake_torchserve import DESCRIBED, ModelTable, version
+from fake_torchserve import DESCRIBED, version
+from fake_torchserve import FakeTorchServe as TableOfModels
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY, generate_latest
+from servicer_deadlines import time_remaining_around
 
-from fastai_serving.bodies import read_body
-from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
-from fastai_serving.vocabulary import MULTI_LABEL
+from fastai_serving.contract.bodies import read_body
+from fastai_serving.contract.errors import Failure, ServingError
+from fastai_serving.contract.images_wire import IMAGES_CONTENT_TYPE
+from fastai_serving.contract.vocabulary import MULTI_LABEL
 from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import (
@@ -36,31 +40,33 @@ from fastai_serving_protos.tensorflow_core_pb2 import (
     TensorProto,
     TensorShapeProto,
 )
-from fastai_serving_shim.errors import Failure, ServiceError
-from fastai_serving_shim.grpc_errors import GRPC_CODE
-from fastai_serving_shim.grpc_server import GrpcFront
+from fastai_serving_shim.calls import Description
+from fastai_serving_shim.grpc.errors import GRPC_CODE
+from fastai_serving_shim.grpc.server import GrpcFront
+from fastai_serving_shim.grpc.tf_serving import PredictionService
+from fastai_serving_shim.protocols.tf_serving import metadata_body
 from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
-from fastai_serving_shim.status import metadata_body
-from fastai_serving_shim.torchserve import UpstreamAnswer
+from fastai_serving_shim.torchserve import Answer, HandlerError
 
 PNG = b"\x89PNG\r\n\x1a\n-pretend-image"
 
 
-def answered(body: dict, status: int = 200, model_version: str = "1.0", task: str = "classification"):
-    return UpstreamAnswer(status, json.dumps(body).encode(), model_version, task)
+def answered(body: dict, model_version: str = "1.0", task: str = "classification") -> Answer:
+    return Answer(json.dumps(body).encode(), model_version, task)
 
 
 @dataclass
-class FakeTorchServe(ModelTable):
-    """The model table; `answer` makes each prediction's answer from the images sent. Records calls."""
+class FakeTorchServe(TableOfModels):
+    """The table of models; `answer` makes each prediction's answer from the images sent. Records calls."""
 
-    answer: object = None  # a function of (images, verb, signature_name) -> UpstreamAnswer, or a ServiceError to raise
+    answer: object = None  # a function of (images, verb, signature_name) -> Answer, or a ServingError to raise
     hold_first: bool = False  # the first prediction waits, once `entered` is set, until `release` is
     entered: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
-    def predict(self, model, version, body, verb, content_type="application/json", timeout_s=None) -> UpstreamAnswer:
+    def infer(self, model, version, body, content_type, verb, timeout_s, deadline=None, request_id="") -> Answer:
+        self._versions(model)
         request = read_body(body, verb)
         self.calls.append(
             ("predict", model, version, request.instances, verb, request.signature_name, content_type, timeout_s)
@@ -68,13 +74,13 @@ class FakeTorchServe(ModelTable):
         if self.hold_first and not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(timeout=120), "the test never released the held prediction"
-        if isinstance(self.answer, ServiceError):
+        if isinstance(self.answer, ServingError):
             raise self.answer
         if self.answer is not None:
             return self.answer(request.instances, verb, request.signature_name)
         return self.default_answer(request.instances, verb, request.signature_name)
 
-    def default_answer(self, images: list[bytes], verb: str, signature_name: str) -> UpstreamAnswer:
+    def default_answer(self, images: list[bytes], verb: str, signature_name: str) -> Answer:
         if verb == "classify":
             return answered({"results": [[["cat", 0.25], ["dog", 0.75]] for _ in images]})
         if verb == "regress":
@@ -91,7 +97,7 @@ def fake() -> FakeTorchServe:
 
 def serve(fake: FakeTorchServe, **settings) -> GrpcFront:
     chosen = Settings(**{"host": "127.0.0.1", "grpc_port": 0, **settings})
-    return GrpcFront(chosen, Service(chosen, client=fake)).start()
+    return GrpcFront(chosen, Service(chosen, fake)).start()
 
 
 @pytest.fixture
@@ -196,6 +202,7 @@ def test_the_classes_signature_answers_class_indices_as_int64(fake, channel):
 
 
 def test_segmentation_answers_the_class_index_mask_as_int64(fake, channel):
+    fake.described = DESCRIBED["segmentation"]
     fake.answer = lambda images, verb, signature: answered(
         {"predictions": [[[0, 1], [1, 0]] for _ in images]}, task="segmentation"
     )
@@ -205,20 +212,21 @@ def test_segmentation_answers_the_class_index_mask_as_int64(fake, channel):
 
 
 def test_regression_answers_its_values_as_outputs(fake, channel):
+    fake.described = DESCRIBED["regression"]
     fake.answer = lambda images, verb, signature: answered({"predictions": [[1.5], [2.5]]}, task="regression")
     outputs = predictions(channel).Predict(predict_request(images=[PNG, PNG]), timeout=10).outputs["outputs"]
     assert outputs.dtype == DataType.DT_FLOAT and list(outputs.float_val) == [1.5, 2.5]
 
 
-def test_class_indices_of_a_multi_label_model_are_refused_for_no_tensor_holds_them(fake, channel):
-    fake.answer = lambda images, verb, signature: answered(
-        {"predictions": [[0, 1], [1]]}, task="multilabel_classification"
-    )
+def test_class_indices_of_a_multi_label_model_are_refused_before_inference_for_no_tensor_holds_them(fake, channel):
+    fake.described = DESCRIBED[MULTI_LABEL]
     error = refused(predictions(channel).Predict, predict_request(images=[PNG, PNG], signature_name="classes"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "use serving_default" in error.details()
+    assert fake.count("predict") == 0
 
 
 def test_answers_of_different_shapes_are_refused_saying_why(fake, channel):
+    fake.described = DESCRIBED["segmentation"]
     fake.answer = lambda images, verb, signature: answered({"predictions": [[[0]], [[0, 1]]]}, task="segmentation")
     error = refused(predictions(channel).Predict, predict_request(images=[PNG, PNG]))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "one size per request" in error.details()
@@ -233,21 +241,11 @@ def test_an_output_filter_names_the_signatures_output(channel):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "one output is 'probabilities'" in error.details()
 
 
-def test_once_the_task_is_known_a_wrong_output_filter_is_refused_before_inference(fake, channel):
-    predictions(channel).Predict(predict_request(), timeout=10)  # the answer names the model's task
-    asked = fake.count("predict")
+def test_a_wrong_output_filter_is_refused_before_inference(fake, channel):
     request = predict_request()
     request.output_filter[:] = ["scores"]
     error = refused(predictions(channel).Predict, request)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and fake.count("predict") == asked
-
-
-def test_once_the_task_is_known_class_indices_of_a_multi_label_model_are_refused_before_inference(fake, channel):
-    fake.answer = lambda images, verb, signature: answered({"predictions": [[0.2, 0.9]]}, task=MULTI_LABEL)
-    predictions(channel).Predict(predict_request(), timeout=10)
-    asked = fake.count("predict")
-    error = refused(predictions(channel).Predict, predict_request(signature_name="classes"))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and fake.count("predict") == asked
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and fake.count("predict") == 0
 
 
 def test_each_call_is_counted_in_the_fronts_request_metrics(channel):
@@ -258,7 +256,6 @@ def test_each_call_is_counted_in_the_fronts_request_metrics(channel):
 
 
 def test_a_made_up_model_never_becomes_a_metrics_label(fake, channel):
-    fake.answer = ServiceError(Failure.NOT_FOUND, "model 'made_up_xyz' not found")  # TorchServe's answer
     refused(predictions(channel).Predict, predict_request(model="made_up_xyz"))
     assert "made_up_xyz" not in generate_latest(REGISTRY).decode()
 
@@ -268,7 +265,7 @@ def requests_counted(**labels: str) -> float:
 
 
 def test_the_grpc_front_imports_no_flask():
-    check = "import sys, fastai_serving_shim.grpc_server; assert 'flask' not in sys.modules, 'flask imported'"
+    check = "import sys, fastai_serving_shim.grpc.server; assert 'flask' not in sys.modules, 'flask imported'"
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).returncode == 0
 
 
@@ -293,50 +290,49 @@ def test_with_several_models_and_no_default_a_nameless_spec_is_not_found_saying_
     ],
 )
 def test_unknown_models_versions_and_labels_are_not_found(fake, channel, spec, message):
-    fake.answer = ServiceError(
-        Failure.NOT_FOUND, "model 'nothing_here' not found"
-    )  # TorchServe's answer for a model it lacks
     request = serving.PredictRequest(model_spec=spec, inputs={"image_bytes": images_tensor([PNG])})
     error = refused(predictions(channel).Predict, request)
     assert error.code() == grpc.StatusCode.NOT_FOUND and message in error.details()
 
 
 @pytest.mark.parametrize(
-    "answer, code, message",
+    "failure, code",
     [
         (
-            answered({"error": "instance 1 is not an image this server can decode"}, 400),
+            HandlerError("instance 1 is not an image this server can decode", Failure.BAD_INPUT, "1.0"),
             "INVALID_ARGUMENT",
-            "instance 1",
         ),
+        (HandlerError("unknown signature_name 'x': this model serves", Failure.BAD_INPUT, "1.0"), "INVALID_ARGUMENT"),
         (
-            answered({"error": "unknown signature_name 'x': this model serves"}, 400),
-            "INVALID_ARGUMENT",
-            "unknown signature",
+            HandlerError("the model failed on this request's input (ValueError)", Failure.MODEL_FAILED, "1.0"),
+            "INTERNAL",
         ),
-        (answered({"error": "the model failed on this request's input (ValueError)"}, 500), "INTERNAL", "model failed"),
-        (UpstreamAnswer(503, b'{"code": 503, "message": "No worker is available"}'), "UNAVAILABLE", "cannot serve"),
-        (UpstreamAnswer(413, b'{"code": 413, "message": "too large"}'), "RESOURCE_EXHAUSTED", "size limit"),
-        (ServiceError(Failure.UNAVAILABLE, "TorchServe is unreachable; retry later"), "UNAVAILABLE", "unreachable"),
-        (
-            ServiceError(Failure.TIMEOUT, "model 'digits' did not answer within 0.5 s"),
-            "DEADLINE_EXCEEDED",
-            "did not answer",
-        ),
+        (ServingError("model 'digits' cannot serve right now (503); retry later", Failure.UNAVAILABLE), "UNAVAILABLE"),
+        (ServingError("request body over TorchServe's size limit", Failure.TOO_LARGE), "RESOURCE_EXHAUSTED"),
+        (ServingError("TorchServe is unreachable; retry later", Failure.UNAVAILABLE), "UNAVAILABLE"),
+        (ServingError("model 'digits' did not answer within 0.5 s", Failure.TIMEOUT), "DEADLINE_EXCEEDED"),
     ],
 )
-def test_errors_are_tf_servings_status_codes_with_the_rest_shims_messages(fake, channel, answer, code, message):
-    fake.answer = answer if isinstance(answer, ServiceError) else (lambda images, verb, signature: answer)
+def test_errors_are_tf_servings_status_codes_with_the_rest_shims_messages(fake, channel, failure, code):
+    fake.answer = failure
     error = refused(predictions(channel).Predict, predict_request())
-    assert error.code() == getattr(grpc.StatusCode, code) and message in error.details()
+    assert error.code() == getattr(grpc.StatusCode, code) and error.details() == failure.message
 
 
-def test_the_clients_deadline_bounds_the_upstream_request(fake, channel):
-    deadline_s = Settings().predict_timeout_s / 4  # generous for a loaded machine, and far from the predict timeout
-    predictions(channel).Predict(predict_request(), timeout=deadline_s)
+def test_the_clients_deadline_bounds_the_upstream_request(fake, monkeypatch):
+    readings = time_remaining_around(monkeypatch, PredictionService, "Predict")
+    running = serve(fake)
+    deadline_s = Settings().predict_timeout_s / 4  # far from the predict timeout, which would bound it instead
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as opened:
+            predictions(opened).Predict(predict_request(), timeout=deadline_s)
+    finally:
+        running.stop(grace_s=0)
     timeout_s = fake.calls[-1][7]
-    # What is left of the client's deadline (gRPC sends it as a timeout, rounded up to its unit), not the predict timeout.
-    assert 0 < timeout_s <= deadline_s + 0.001
+    before, after = readings
+    # What was left of the deadline gRPC delivered (the client's, sent as a rounded timeout) when the front read
+    # it, between the servicer's own readings around it; not the predict timeout.
+    assert after <= timeout_s <= before < Settings().predict_timeout_s
 
 
 def test_a_call_without_a_deadline_is_bounded_by_the_predict_timeout_alone(fake, channel):
@@ -347,14 +343,12 @@ def test_a_call_without_a_deadline_is_bounded_by_the_predict_timeout_alone(fake,
 @pytest.mark.parametrize(
     "answer",
     [
-        UpstreamAnswer(200, b'{"predictions": [[0.5, 0.5]]}'),
-        UpstreamAnswer(
-            400, b'{"error": "the image is not an image this server can decode"}'
-        ),  # the whole body read as one image
+        lambda images, verb, signature: Answer(b'{"predictions": [[0.5, 0.5]]}', version=""),
+        HandlerError("the image is not an image this server can decode", Failure.BAD_INPUT, version=""),
     ],
-)
+)  # the second: the whole images body read as one image, by a handler that names no version
 def test_an_archive_from_before_the_grpc_front_is_refused_asking_for_a_rebuild(fake, channel, answer):
-    fake.answer = lambda images, verb, signature: answer
+    fake.answer = answer
     error = refused(predictions(channel).Predict, predict_request())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "scripts/make-archive" in error.details()
 
@@ -433,6 +427,7 @@ def test_examples_without_one_image_are_invalid_arguments(fake, channel, request
 
 
 def test_regress_answers_one_value_per_example(fake, channel):
+    fake.described = DESCRIBED["regression"]
     request = serving.RegressionRequest(
         model_spec=serving.ModelSpec(name="digits"),
         input=serving.Input(example_list=serving.ExampleList(examples=[example(PNG)] * 2)),
@@ -442,6 +437,7 @@ def test_regress_answers_one_value_per_example(fake, channel):
 
 
 def test_regress_of_a_model_with_several_targets_is_refused_naming_predict(fake, channel):
+    fake.described = DESCRIBED["regression"]
     fake.answer = lambda images, verb, signature: answered({"results": [[1.0, 2.0]]}, task="regression")
     request = serving.RegressionRequest(
         model_spec=serving.ModelSpec(name="digits"),
@@ -461,7 +457,8 @@ def test_metadata_answers_the_rest_routes_signatures_packed_in_any(channel):
     response = predictions(channel).GetModelMetadata(request, timeout=10)
     signatures = serving.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signatures)
-    rest = metadata_body("digits", "1.0", DESCRIBED["classification"])["metadata"]["signature_def"]["signature_def"]
+    description = Description("digits", "1", ("1",), DESCRIBED["classification"])
+    rest = metadata_body(description)["metadata"]["signature_def"]["signature_def"]
     assert set(signatures.signature_def) == set(rest) == {"serving_default", "classes"}
     default = signatures.signature_def["serving_default"]
     assert (
@@ -614,6 +611,8 @@ def refused_once_stopping(call, overall_s: float = 60) -> grpc.RpcError:
         (Failure.TIMEOUT, "DEADLINE_EXCEEDED"),
         (Failure.OUTDATED_ARCHIVE, "FAILED_PRECONDITION"),
         (Failure.REFUSED, "FAILED_PRECONDITION"),
+        (Failure.UNAUTHENTICATED, "UNAUTHENTICATED"),
+        (Failure.FORBIDDEN, "PERMISSION_DENIED"),
     ],
 )
 def test_each_failure_has_one_grpc_code(failure, code):

@@ -11,14 +11,28 @@ import dataclasses
 import importlib.util
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from fastai_serving import batching
-from fastai_serving.images_wire import images_body
-from fastai_serving.vocabulary import TASK_HEADER, VERB_HEADER, VERSION_HEADER
+from fastai_serving.contract.images_wire import images_body
+from fastai_serving.contract.upstream import (
+    BATCH_INSTANCES_HEADER,
+    BATCH_SECONDS_HEADER,
+    DEADLINE_HEADER,
+    FAILURE_HEADER,
+    FORWARD_INSTANCES_HEADER,
+    QUEUE_SECONDS_HEADER,
+    REQUEST_ID_HEADER,
+    SENT_AT_HEADER,
+    TASK_HEADER,
+    VERB_HEADER,
+    VERSION_HEADER,
+)
+from fastai_serving.engine import batching
+from fastai_serving_shim.settings import env_name
 from harness import PROJECT_ROOT
 
 HANDLER_FILE = PROJECT_ROOT / "handler" / "torchserve_handler.py"
@@ -107,7 +121,7 @@ def test_one_batch_answers_each_request_in_order_equal_to_learn_predict(classifi
     assert answers[1]["prediction"] == expected[3][0] and answers[2]["prediction"] == expected[4][0]
 
 
-def test_a_bad_request_fails_alone_with_its_own_status(classifier_handler, small_learners):
+def test_a_bad_request_fails_alone_with_its_own_status_and_kind(classifier_handler, small_learners):
     image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
     bodies = [{"instances": [b64_row(image)]}, {"instances": [b64_row(image), {"b64": "AAAA"}]}, {"instances": []}]
     answers, context = handle(classifier_handler, bodies)
@@ -117,6 +131,8 @@ def test_a_bad_request_fails_alone_with_its_own_status(classifier_handler, small
     }
     assert context.statuses[2][0] == 400 and "'instances' is empty" in answers[2]["error"]
     assert 0 not in context.statuses
+    kinds = {idx: headers.get(FAILURE_HEADER) for idx, headers in context.response_headers.items()}
+    assert kinds == {0: None, 1: "bad_input", 2: "bad_input"}  # the fronts read the kind, not the status
 
 
 def test_the_images_body_is_answered_as_the_row_form_equal_to_json(classifier_handler, small_learners):
@@ -136,11 +152,111 @@ def test_a_bad_image_in_an_images_body_fails_that_request_alone(classifier_handl
     assert 1 not in context.statuses and len(answers[1]["predictions"]) == 1
 
 
+def test_a_request_past_its_deadline_is_answered_at_once_without_decoding_or_inference(
+    classifier_handler, small_learners
+):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    forward_passes = []
+    hook = classifier_handler.served.learn.model.register_forward_pre_hook(lambda *_: forward_passes.append(1))
+    now = time.time()
+    try:
+        late = {SENT_AT_HEADER: f"{now - 5:.3f}", DEADLINE_HEADER: f"{now - 1:.3f}"}  # its client gave up a second ago
+        answers, context = handle(
+            classifier_handler, [{"instances": [{"b64": "not even base64"}]}], [late]
+        )  # an undecodable image: had it been read, it would have failed as bad input
+        assert forward_passes == []
+        assert context.statuses[0][0] == 504 and context.response_headers[0][FAILURE_HEADER] == "timeout"
+        assert "the client's deadline passed" in answers[0]["error"]
+        on_time = {SENT_AT_HEADER: f"{now:.3f}", DEADLINE_HEADER: f"{now + 60:.3f}"}
+        answers, context = handle(classifier_handler, [{"instances": [b64_row(image)]}], [on_time])
+        assert context.statuses == {} and len(answers[0]["predictions"]) == 1 and forward_passes
+    finally:
+        hook.remove()
+
+
+def test_every_answer_says_how_long_its_batch_took_for_how_many_instances(classifier_handler, small_learners):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    _, context = handle(classifier_handler, [{"instances": [b64_row(image)] * 3}, {"instances": [b64_row(image)]}])
+    for headers in context.response_headers.values():
+        assert float(headers[BATCH_SECONDS_HEADER]) > 0 and headers[BATCH_INSTANCES_HEADER] == "4"
+        assert headers[FORWARD_INSTANCES_HEADER] == "2"  # the archive's max_batch
+
+
+def test_the_batch_line_and_a_failed_requests_line_quote_each_requests_id(classifier_handler, small_learners, caplog):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    ids = [{REQUEST_ID_HEADER: "good-1"}, {REQUEST_ID_HEADER: "bad-2"}, {REQUEST_ID_HEADER: "not well formed"}]
+    with caplog.at_level("INFO"):
+        handle(classifier_handler, [{"instances": [b64_row(image)]}, {"instances": [{"b64": "AAAA"}]}, image], ids)
+    assert "request_ids=good-1,bad-2,-" in caplog.text  # an id no log line should hold is left out
+    assert "fastai-serving request bad-2 failed (bad_input)" in caplog.text
+
+
+def test_every_answer_says_how_long_it_waited_from_its_sending_to_its_batch(classifier_handler, small_learners):
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    sent = {SENT_AT_HEADER: f"{time.time() - 2:.3f}"}
+    _, context = handle(classifier_handler, [{"instances": [b64_row(image)]}, image], [sent, {}])
+    assert float(context.response_headers[0][QUEUE_SECONDS_HEADER]) >= 1.99  # sent-at is in milliseconds
+    assert QUEUE_SECONDS_HEADER not in context.response_headers[1]  # no front said when it sent it
+
+
+def stage_counts() -> dict[str, float]:
+    """The handler's metrics' observation counts in this process, by series (the handler's model label is "")."""
+    from prometheus_client import REGISTRY
+
+    counted = {}
+    for name in ("fastai_serving_stage_duration_seconds", "fastai_serving_queue_wait_seconds",
+                 "fastai_serving_batch_requests", "fastai_serving_batch_instances"):  # fmt: skip
+        for stage in ("decode", "transforms", "forward", "encode", None):
+            labels = {"model": ""} | ({"stage": stage} if stage else {})
+            value = REGISTRY.get_sample_value(f"{name}_count", labels)
+            if value is not None:
+                counted[f"{name}:{stage}" if stage else name] = value
+    return counted
+
+
+def test_a_batch_is_measured_per_stage_once_per_instance_and_its_size_and_waits_once(classifier_handler,
+                                                                                     small_learners):  # fmt: skip
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    before = stage_counts()
+    sent = {SENT_AT_HEADER: f"{time.time():.3f}"}
+    handle(classifier_handler, [{"instances": [b64_row(image)] * 3}, image, {"instances": []}], [sent, sent, {}])
+    after = stage_counts()
+    grown = {name: after[name] - before.get(name, 0) for name in after}
+    stages = ("decode", "transforms", "forward", "encode")
+    assert {stage: grown[f"fastai_serving_stage_duration_seconds:{stage}"] for stage in stages} == dict.fromkeys(
+        stages, 4
+    )  # the four instances predicted; the empty request failed
+    assert grown["fastai_serving_batch_requests"] == grown["fastai_serving_batch_instances"] == 1
+    assert grown["fastai_serving_queue_wait_seconds"] == 2  # the two requests a front said it sent
+
+
+def test_the_forward_stage_is_the_models_own_time(classifier_handler, small_learners):
+    from prometheus_client import REGISTRY
+
+    image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
+    forward_seconds = []
+    model = classifier_handler.served.learn.model
+    pre = model.register_forward_pre_hook(lambda *_: forward_seconds.append(-time.perf_counter()))
+    post = model.register_forward_hook(lambda *_: forward_seconds.append(time.perf_counter()))
+    labels = {"model": "", "stage": "forward"}
+    before = REGISTRY.get_sample_value("fastai_serving_stage_duration_seconds_sum", labels) or 0
+    try:
+        handle(classifier_handler, [{"instances": [b64_row(image)] * 3}])
+    finally:
+        pre.remove(), post.remove()
+    measured = REGISTRY.get_sample_value("fastai_serving_stage_duration_seconds_sum", labels) - before
+    assert measured == pytest.approx(sum(forward_seconds), rel=0.2, abs=1e-3)
+
+
 def test_every_answer_names_the_version_that_answered_and_its_task(classifier_handler, small_learners):
     image = sorted((small_learners["classifier"].parent / "images").glob("*.png"))[0].read_bytes()
     _, context = handle(classifier_handler, [{"instances": [b64_row(image)]}, {"instances": []}])
     named = {VERSION_HEADER: "2.0", TASK_HEADER: "classification"}
-    assert context.response_headers == {0: named, 1: named}
+    named_in = {
+        idx: {key: headers.get(key) for key in (*named, FAILURE_HEADER)}
+        for idx, headers in context.response_headers.items()
+    }
+    assert named_in == {0: {**named, FAILURE_HEADER: None}, 1: {**named, FAILURE_HEADER: "bad_input"}}
 
 
 def test_the_verb_header_selects_classify(classifier_handler, small_learners):
@@ -228,7 +344,7 @@ def test_a_batch_of_row_requests_is_one_set_of_tensors_and_each_row_answers_lear
 ):
     import pandas as pd
 
-    from fastai_serving.fast_rows import RowPlan
+    from fastai_serving.engine.fast_rows import RowPlan
 
     frames = []  # the rows of each call that turns rows into the model's tensors (the fast path's)
     real_tensors = RowPlan.tensors
@@ -288,7 +404,7 @@ def test_the_archives_text_limit_bounds_each_text(text_handler):
 
 
 def test_a_worker_refuses_an_archive_whose_recorded_kind_is_not_the_learners(small_learners, tmp_path):
-    from fastai_serving.errors import ModelError
+    from fastai_serving.contract.errors import ModelError
 
     with pytest.raises(
         ModelError, match="make-archive found a vision Learner in export.pkl, this worker a tabular one"
@@ -300,7 +416,7 @@ def test_texts_that_fastais_get_preds_pads_wrongly_in_one_batch_are_answered_as_
     text_handler, small_learners, monkeypatch
 ):
     # 11, 6 and 3 tokens with chunks of 8: fastai pads "superb film" to start at the last chunk, where
-    # its encoder runs only the leading rows still holding text, and skips it (see fastai_serving.text).
+    # its encoder runs only the leading rows still holding text, and skips it (see fastai_serving.engine.text).
     texts = ["the movie was great and the plot was lovely too", "the film was awful indeed", "superb film"]
     learn = fastai_learner(small_learners["text"])
     expected = [learn.predict(text)[2] for text in texts]
@@ -310,3 +426,13 @@ def test_texts_that_fastais_get_preds_pads_wrongly_in_one_batch_are_answered_as_
     answers, _ = handle(text_handler, [{"instances": texts}])
     for answer, wanted in zip(answers[0]["predictions"], expected, strict=True):
         assert answer == pytest.approx(wanted.tolist(), abs=1e-5)
+
+
+def test_the_workers_read_every_models_longest_wait_from_the_settings_variable_of_that_name(monkeypatch):
+    module = load_handler_module()
+    assert module.MAX_QUEUE_ENV == env_name("max_queue_s")
+    settings = module.HandlerSettings(max_queue_s=12.0)
+    monkeypatch.delenv(module.MAX_QUEUE_ENV, raising=False)
+    assert module.max_queue_s(settings) == 12.0  # the archive's
+    monkeypatch.setenv(module.MAX_QUEUE_ENV, "3")
+    assert module.max_queue_s(settings) == 3.0  # serve's, for every model

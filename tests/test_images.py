@@ -1,4 +1,4 @@
-"""Decoding image bytes (fastai_serving.images), without any server."""
+"""Decoding image bytes (fastai_serving.engine.images), without any server."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastai_serving.errors import BadInput
-from fastai_serving.images import decode_image
+from fastai_serving.contract.errors import BadInput
+from fastai_serving.engine.images import decode_image
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:

@@ -15,25 +15,32 @@ PACKAGES = {
 
 
 def imports_within(package: str, folder: Path) -> dict[str, set[str]]:
-    """Each module's imports of its sibling modules, wherever in the module they are written."""
-    modules = {path.stem for path in folder.glob("*.py")}
+    """Each module's imports of the package's other modules (dotted within it, e.g. "engine.learner"), wherever in
+    the module they are written."""
+    paths = {_dotted(path.relative_to(folder)): path for path in folder.rglob("*.py")}
+    modules = set(paths)
     graph: dict[str, set[str]] = {}
-    for name in modules:
+    for name, path in paths.items():
         found = set()
-        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+        here = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                absolute = node.module or ""
-                if node.level == 1:
-                    targets = [absolute] if absolute else [alias.name for alias in node.names]
-                elif absolute.startswith(f"{package}."):
-                    targets = [absolute.split(".")[1]]
-                elif absolute == package:
-                    targets = [alias.name for alias in node.names]
+                if node.level:
+                    base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+                    stem = ".".join([*base, node.module]) if node.module else ".".join(base)
+                elif (node.module or "") == package or (node.module or "").startswith(f"{package}."):
+                    stem = (node.module or "").removeprefix(package).lstrip(".")
                 else:
-                    targets = []
-                found |= {target.split(".")[0] for target in targets} & modules
+                    continue
+                candidates = {stem} | {f"{stem}.{alias.name}".lstrip(".") for alias in node.names}
+                found |= {module for module in candidates if module in modules}
         graph[name] = found - {name}
     return graph
+
+
+def _dotted(relative: Path) -> str:
+    parts = list(relative.with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
 
 
 def a_cycle(graph: dict[str, set[str]]) -> list[str]:
@@ -69,3 +76,17 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_local_import():
         "tabular",
         "learner",
     ]
+
+
+def test_the_core_is_layered_contract_under_engine_under_compiled():
+    """The wire contract needs nothing of the engine, and the engine nothing of the compiled models."""
+    graph = imports_within("fastai_serving", PACKAGES["fastai_serving"])
+    below = {"contract": ("engine", "compiled"), "engine": ("compiled",)}
+    crossing = [
+        (module, target)
+        for module, targets in graph.items()
+        for target in targets
+        for part, forbidden in below.items()
+        if module.startswith(f"{part}.") and target.startswith(forbidden)
+    ]
+    assert crossing == []

@@ -71,7 +71,7 @@ def test_the_serving_install_holds_what_serving_needs_and_no_test_tool():
 
 def test_the_dev_install_adds_the_test_tools_after_the_serving_steps():
     assert install_steps("--dev") == [
-        "java", "nginx", "python", "project", "client", "dev", "tools", "tfclient", "v2client", "postgresql"
+        "java", "nginx", "python", "project", "client", "dev", "tools", "tfclient", "v2client", "geo", "postgresql"
     ]  # fmt: skip
 
 

@@ -189,15 +189,16 @@ def test_nan_and_infinity_literals_are_refused_as_json(torchserve):
 
 def test_a_bad_row_fails_only_its_own_request_in_a_shared_batch(torchserve, fresh_learners):
     """Four requests to "tabular" (it gathers batches of 4 for 400 ms) share one batch and one DataFrame."""
-    before = len(torchserve.batch_lines())
     bad = {**ROWS[0], "size": "big"}
     bodies = [{"instances": ROWS[:2]}, {"instances": [ROWS[2], bad]}, {"inputs": columns(ROWS[3:4])}, {"row": ROWS[4]}]
     url = f"{torchserve.shim}/v1/models/tabular:predict"
-    responses = concurrently([lambda body=body: requests.post(url, json=body, timeout=60) for body in bodies])
+    wanted = {"requests": 4, "instances": 4, "failed": 1}
+    responses, batches = torchserve.in_one_batch(
+        lambda: concurrently([lambda body=body: requests.post(url, json=body, timeout=60) for body in bodies]), wanted
+    )
     assert [r.status_code for r in responses] == [200, 400, 200, 200]
     assert "instance 1, column 'size'" in responses[1].json()["error"]
-    wanted = {"requests": 4, "instances": 4, "failed": 1}
-    assert wanted in torchserve.batches_since(before, wanted)
+    assert wanted in batches
     learn = fresh_learners["tabular"]
     answered = [*responses[0].json()["predictions"], *responses[2].json()["outputs"], responses[3].json()]
     for row, answer in zip([ROWS[0], ROWS[1], ROWS[3], ROWS[4]], answered, strict=True):
@@ -311,13 +312,14 @@ def test_an_instance_that_is_no_text_is_named(torchserve, body, message):
 
 
 def test_texts_from_concurrent_requests_share_a_batch_and_each_gets_its_own_answers(torchserve, fresh_learners):
-    before = len(torchserve.batch_lines())
     bodies = [{"instances": TEXTS[:3]}, {"instances": TEXTS[3:5]}, {"text": TEXTS[5]}, {"instances": TEXTS[6:]}]
     url = f"{torchserve.shim}/v1/models/text:predict"
-    responses = concurrently([lambda body=body: requests.post(url, json=body, timeout=60) for body in bodies])
-    assert [r.status_code for r in responses] == [200] * 4
     wanted = {"requests": 4, "instances": len(TEXTS), "failed": 0}
-    assert wanted in torchserve.batches_since(before, wanted)
+    responses, batches = torchserve.in_one_batch(
+        lambda: concurrently([lambda body=body: requests.post(url, json=body, timeout=60) for body in bodies]), wanted
+    )
+    assert [r.status_code for r in responses] == [200] * 4
+    assert wanted in batches
     answered = [*responses[0].json()["predictions"], *responses[1].json()["predictions"]]
     answered += [responses[2].json()["probabilities"], *responses[3].json()["predictions"]]
     for text, answer in zip(TEXTS, answered, strict=True):

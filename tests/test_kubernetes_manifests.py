@@ -24,7 +24,7 @@ from fastai_serving_shim import metrics
 from fastai_serving_shim.settings import Settings, env_name
 from harness import PROJECT_ROOT
 
-OVERLAYS = ["cpu", "gpu", "kserve", "kserve-v2", "store-pvc", "store-init", "hpa-in-flight"]
+OVERLAYS = ["cpu", "gpu", "kserve", "kserve-v2", "store-pvc", "store-init", "hpa-in-flight", "secured"]
 KSERVE = ("kserve", "kserve-v2")  # an InferenceService, not a Deployment of our own
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]  # the oldest we state, and the newest kubernetes-validate bundles
 TOOLS_PYTHON = PROJECT_ROOT / ".venv-deploy" / "bin" / "python"
@@ -110,7 +110,7 @@ def test_probes_are_present_distinct_and_on_the_shims_own_routes(overlay):
         probe: container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")
     }
     assert paths == {"startupProbe": "/ready", "readinessProbe": "/ready", "livenessProbe": "/"}
-    openapi = yaml.safe_load((PROJECT_ROOT / "shim" / "openapi.yaml").read_text())["paths"]
+    openapi = yaml.safe_load((PROJECT_ROOT / "shim" / "rest" / "openapi.yaml").read_text())["paths"]
     assert all("get" in openapi[path] for path in paths.values())
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # a large model loads in that time
@@ -286,3 +286,49 @@ def test_the_batch_pod_runs_non_root_on_a_read_only_root_with_bounded_resources(
     assert security["capabilities"]["drop"] == ["ALL"]
     for bound in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][bound])
+
+
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o not in KSERVE])
+def test_a_network_policy_admits_traffic_to_the_pods_on_the_fronts_ports_only(overlay):
+    (deployment,) = resources(overlay, "Deployment")
+    (policy,) = resources(overlay, "NetworkPolicy")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert [(port["port"], port["protocol"]) for port in rule["ports"]] == [
+        (defaults.SHIM_PORT, "TCP"), (defaults.GRPC_PORT, "TCP")
+    ]  # fmt: skip
+
+
+def test_the_secured_overlays_policy_names_its_callers_and_the_batch_jobs_pods_are_among_them():
+    (policy,) = resources("secured", "NetworkPolicy")
+    (rule,) = policy["spec"]["ingress"]
+    (pods,) = [peer["podSelector"]["matchLabels"] for peer in rule["from"] if "podSelector" in peer]
+    assert any("namespaceSelector" in peer for peer in rule["from"])
+    (job,) = resources(BATCH_JOB, "Job")
+    assert pods.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    (base_rule,) = resources("cpu", "NetworkPolicy")[0]["spec"]["ingress"]
+    assert "from" not in base_rule  # the base admits any source, on the fronts' ports only
+
+
+def test_the_secured_overlay_reads_keys_and_certificates_from_secret_volumes_that_rotate_in_place():
+    settings, pod, container = settings_of("secured"), pod_spec("secured"), server_container("secured")
+    assert settings.keyed and settings.tls and settings.metrics_access == "keyed" and not settings.keyed_health
+    secrets = {volume["name"]: volume["secret"] for volume in pod["volumes"] if "secret" in volume}
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"] if mount["name"] in secrets}
+    for path in (settings.api_keys_file, settings.tls_cert_file, settings.tls_key_file):
+        (mount,) = [m for folder, m in mounts.items() if str(Path(path).parent) == folder]
+        assert mount["readOnly"] is True and "subPath" not in mount  # a subPath mount never sees a Secret's update
+        assert secrets[mount["name"]]["defaultMode"] == 0o440  # the pod's group (fsGroup 10001) reads it, no one else
+
+
+def test_the_secured_overlays_probes_use_https_on_the_open_health_routes():
+    container = server_container("secured")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert container["readinessProbe"]["httpGet"]["path"] in ("/ready", "/")
+    annotations = resources("secured", "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scheme"] == "https"

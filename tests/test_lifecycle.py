@@ -59,7 +59,7 @@ def lifecycle_servers(tmp_path_factory, exported_learners):
 def test_reload_under_load_fails_no_request_and_ends_on_the_new_version(
     lifecycle_servers, demo_model, loaded_learners, second_version
 ):
-    from fastai_serving.learner import load_learner
+    from fastai_serving.engine.learner import load_learner
 
     images = [path.read_bytes() for path in sorted((demo_model / "images").rglob("*.png"))[:40]]
     old = expected_probabilities(loaded_learners["digits"], images)
@@ -90,11 +90,11 @@ def test_reload_under_load_fails_no_request_and_ends_on_the_new_version(
     assert [s["version"] for s in status["model_version_status"]] == ["2"]
     store = lifecycle_servers.model_store  # the server's own store, found without --model-store
     assert (store / "swapped-v2.0.mar").is_file() and not (store / "swapped.mar").exists()
-    assert (store / "retired" / "swapped.mar").is_file()
+    assert (store / ".retired" / "swapped.mar").is_file()  # where TorchServe never loads it (hidden)
 
 
 def test_versions_side_by_side_each_reachable(lifecycle_servers, demo_model, loaded_learners, second_version):
-    from fastai_serving.learner import load_learner
+    from fastai_serving.engine.learner import load_learner
 
     swap = reload(lifecycle_servers, "sided", second_version[1]["sided"], "--keep-old")
     assert swap.returncode == 0, swap.stderr
@@ -144,3 +144,21 @@ def test_reload_into_a_folder_the_server_does_not_serve_is_refused(lifecycle_ser
     assert swap.returncode == 1
     assert f"serves the model store {lifecycle_servers.model_store}, not {tmp_path}" in swap.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restart_after_a_reload_serves_the_new_version_and_nothing_retired(lifecycle_servers):
+    """After the first test's reload of "swapped": stop, start again on the same store (load_models=all)."""
+    store = lifecycle_servers.model_store
+    assert (store / ".retired" / "swapped.mar").is_file()
+    lifecycle_servers.stop()
+    restarted = Servers(model_store=store, log_dir=lifecycle_servers.log_dir / "restart")
+    restarted.start(list(MODELS))
+    try:
+        models = requests.get(f"{restarted.shim}/v1/models", timeout=5).json()["models"]
+        assert sorted(models) == sorted(MODELS)  # no model made of the retired archives
+        ready = requests.get(f"{restarted.shim}/ready", timeout=5)
+        assert ready.status_code == 200 and ready.json()["models"] == dict.fromkeys(MODELS, True)
+        status = requests.get(f"{restarted.shim}/v1/models/swapped", timeout=5).json()
+        assert [s["version"] for s in status["model_version_status"]] == ["2"]
+    finally:
+        restarted.stop()

@@ -8,6 +8,8 @@ import zipfile
 import pytest
 import yaml
 
+from fastai_serving.engine.fastai_v1 import fastai_v1_names
+from harness.fastai_v1_export import make_fastai_v1_export
 from harness.learners import UTILS_DIR, make_language_model, make_tensor_learner
 from harness.servers import make_archive
 
@@ -33,7 +35,12 @@ def test_archive_holds_the_learner_the_handler_and_its_settings(tmp_path, export
         names = set(archive.namelist())
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(archive.read("model-config.yaml"))
-    assert {"export.pkl", "torchserve_handler.py", "fastai_serving/batching.py", "model_utils/tile_utils.py"} <= names
+    assert {
+        "export.pkl",
+        "torchserve_handler.py",
+        "fastai_serving/engine/batching.py",
+        "model_utils/tile_utils.py",
+    } <= names
     assert manifest["model"]["serializedFile"] == "export.pkl"
     assert config["batchSize"] == 4 and config["maxBatchDelay"] == 25
     assert config["handler"]["max_batch"] == 8 and config["handler"]["utils_dir"] == "model_utils"
@@ -52,6 +59,20 @@ def test_a_missing_utils_module_is_named(tmp_path, exported_learners):
     assert result.returncode != 0
     assert "tile_utils" in result.stderr and "--utils" in result.stderr
     assert not (tmp_path / "with_utils.mar").exists()
+
+
+def test_a_fastai_1x_export_is_refused_saying_what_it_is_and_what_to_do(tmp_path):
+    result = make_archive("old", make_fastai_v1_export(tmp_path / "v1"), tmp_path)
+    assert result.returncode != 0
+    assert "make-archive: export.pkl was exported by fastai 1.x (it holds fastai.layers.FlattenedLoss" in result.stderr
+    assert "re-create the Learner in fastai 2" in result.stderr and "--utils" not in result.stderr
+    assert not (tmp_path / "old.mar").exists()
+
+
+def test_no_fastai_2_export_is_taken_for_a_fastai_1x_one(exported_learners):
+    assert {name: fastai_v1_names(exported_learners[name]) for name in exported_learners} == {
+        name: [] for name in exported_learners
+    }
 
 
 def test_a_missing_learner_file_is_refused(tmp_path):

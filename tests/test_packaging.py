@@ -147,7 +147,7 @@ def test_installed_make_archive_writes_to_the_working_folders_model_store(fresh_
     assert result.returncode == 0, result.stdout + result.stderr
     with zipfile.ZipFile(tmp_path / "model_store" / "tabular.mar") as archive:
         names = set(archive.namelist())
-    assert {"torchserve_handler.py", "fastai_serving/bodies.py"} <= names
+    assert {"torchserve_handler.py", "fastai_serving/contract/bodies.py"} <= names
 
 
 def test_installed_packages_know_they_are_not_in_a_checkout(fresh_venv, tmp_path):

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import torch
 
-from fastai_serving.aot import clear_decisions
-from fastai_serving.learner import BF16, FP32, has_fast_bf16, load_learner
-from fastai_serving.predict import decode_images, predict_images
-from fastai_serving.vocabulary import MULTI_LABEL, SEGMENTATION, SINGLE_LABEL
+from fastai_serving.compiled.aot import clear_decisions
+from fastai_serving.contract.vocabulary import MULTI_LABEL, SEGMENTATION, SINGLE_LABEL
+from fastai_serving.engine.learner import BF16, FP32, has_fast_bf16, load_learner
+from fastai_serving.engine.predict import decode_images, predict_images
 
 TOLERANCE = 0.05  # the largest probability difference bf16 may make (docs/performance.md)
 

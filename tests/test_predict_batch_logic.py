@@ -22,18 +22,21 @@ import pytest
 from google.protobuf import struct_pb2
 
 from fastai_serving_client import cli
+from fastai_serving_client.concurrency import Concurrency
+from fastai_serving_client.fetch import Fetcher
 from fastai_serving_client.grpc_predictor import GrpcPredictor, grpc_target, predictions_of
 from fastai_serving_client.predictor import InputRejected, ServerFailed
 from fastai_serving_client.progress import Progress, duration
 from fastai_serving_client.rest_predictor import RestPredictor, request_body
 from fastai_serving_client.retry import Backoff, retry_after_s
-from fastai_serving_client.runner import Outcome, Writer, predict_items
+from fastai_serving_client.runner import BatchRun, Outcome, Writer, predict_items
 from fastai_serving_client.sinks import CsvSink, GeoJsonSink, JsonLinesSink, SinkError, masked, open_sink, tile_feature
 from fastai_serving_client.sources import FolderSource, ListSource, Shard, TileSource, parse_shard, select
 from fastai_serving_client.tiles import Tile, parse_tile, tile_bounds, tile_polygon, tile_url
 from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
+from harness.waiting import wait_for
 
 MERCATOR_LIMIT = 85.0511287798066  # the latitude where web mercator's square world ends
 
@@ -277,7 +280,7 @@ class ScriptedServer:
     """A loopback HTTP server answering each POST with the next (status, headers, body) of a script."""
 
     def __init__(self, answers: list[tuple[int, dict, bytes]], metadata: dict | None = None) -> None:
-        self.answers, self.bodies, self.metadata = list(answers), [], metadata
+        self.answers, self.bodies, self.headers, self.metadata = list(answers), [], [], metadata
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -289,6 +292,7 @@ class ScriptedServer:
                 self.wfile.write(body)
 
             def do_POST(self) -> None:  # noqa: N802
+                server.headers.append(dict(self.headers))
                 server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 status, headers, body = server.answers.pop(0)
                 self.send_response(status)
@@ -332,6 +336,29 @@ def test_a_503_is_tried_again_after_the_servers_retry_after():
         assert predictor.endpoint == f"{server.url}/v1/models/digits:predict"
         assert predictor.predict([b"image"]) == [[0.1, 0.9]]
         assert len(server.bodies) == 2
+    finally:
+        server.close()
+
+
+def test_a_refusal_is_sent_again_after_its_fractional_retry_after_and_never_counts_as_a_try():
+    refusals = [error(429, "the model is full: retry", **{"Retry-After": "0.01"})] * 5
+    server = ScriptedServer([*refusals, predictions([0.1, 0.9])])
+    concurrency = Concurrency(1, 8)
+    try:
+        predictor = RestPredictor(
+            server.url, None, threading.Event(), Backoff(tries=2, first_s=600), observer=concurrency
+        )
+        assert predictor.predict([b"image"]) == [[0.1, 0.9]]  # 5 refusals with 2 tries; a 600 s backoff never taken
+        assert len(server.bodies) == 6 and concurrency.refusals == 5
+    finally:
+        server.close()
+
+
+def test_requests_carry_no_deadline_header_so_the_servers_queue_target_governs_them():
+    server = ScriptedServer([predictions([1.0])])
+    try:
+        RestPredictor(server.url, None, threading.Event(), timeout_s=42.5).predict([b"image"])
+        assert server.headers[0].get("X-Request-Timeout") is None
     finally:
         server.close()
 
@@ -384,8 +411,10 @@ def test_class_names_come_from_fastai_servings_metadata_and_none_from_other_serv
         other.close()
 
 
-def test_retry_after_reads_seconds_and_http_dates():
+def test_retry_after_reads_seconds_fractions_of_them_and_http_dates():
     assert retry_after_s("7") == 7
+    assert retry_after_s("0.5") == 0.5
+    assert retry_after_s("-1") is None and retry_after_s("nan") is None
     assert retry_after_s("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480) == pytest.approx(10)
     assert retry_after_s("soon") is None
 
@@ -407,12 +436,19 @@ class ScriptedGrpcServer:
 
     def __init__(self, answers: list, metadata: serving.GetModelMetadataResponse | None = None, **options: int):
         self.answers, self.requests, self.metadata = list(answers), [], metadata
+        self.deadlines: list[float] = []  # each call's time left, as the server sees it (endless: none sent)
+        self.cancelled = threading.Event()
         server = self
 
         class Servicer(serving_grpc.PredictionServiceServicer):
             def Predict(self, request, context):  # noqa: N802
                 server.requests.append(request)
+                server.deadlines.append(context.time_remaining())
                 answer = server.answers.pop(0)
+                if answer == HOLD:  # no answer until the client gives up on the call
+                    context.add_callback(server.cancelled.set)
+                    server.cancelled.wait(timeout=30)
+                    return serving.PredictResponse()
                 if isinstance(answer, serving.PredictResponse):
                     return answer
                 code, details, trailing = answer
@@ -435,6 +471,9 @@ class ScriptedGrpcServer:
 
     def __exit__(self, *_: object) -> None:
         self.server.stop(0)
+
+
+HOLD = "hold"  # a scripted gRPC answer: none, until the client cancels the call
 
 
 def tensor(dtype: int, shape: list[int], **values) -> TensorProto:
@@ -557,6 +596,28 @@ def test_a_retry_after_in_the_trailing_metadata_is_obeyed():
     answers = [grpc_error(grpc.StatusCode.UNAVAILABLE, "loading", ("retry-after", "0")), probabilities([1.0])]
     with ScriptedGrpcServer(answers) as server:  # a backoff of 600 s would stop the test: the server's 0 s is taken
         assert grpc_predictor(server, first_s=600).predict([b"image"]) == [[1.0]]
+
+
+def test_a_grpc_refusal_waits_its_retry_pushback_ms_and_never_counts_as_a_try():
+    pushback = ("grpc-retry-pushback-ms", "10")
+    refusals = [grpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "the model is full", pushback)] * 4
+    concurrency = Concurrency(1, 8)
+    with ScriptedGrpcServer([*refusals, probabilities([1.0])]) as server:
+        predictor = GrpcPredictor(
+            server.address, None, threading.Event(), Backoff(tries=2, first_s=600), observer=concurrency
+        )
+        assert predictor.predict([b"image"]) == [[1.0]]
+    assert concurrency.refusals == 4
+
+
+def test_grpc_calls_carry_no_deadline_and_one_out_of_the_clients_time_is_cancelled_and_tried_again():
+    with ScriptedGrpcServer([HOLD, probabilities([1.0])]) as server:
+        predictor = GrpcPredictor(
+            server.address, None, threading.Event(), Backoff(tries=2, first_s=0.01), timeout_s=0.5
+        )
+        assert predictor.predict([b"image"]) == [[1.0]]
+        assert len(server.deadlines) == 2 and min(server.deadlines) > 10**9  # no deadline: the queue target governs
+        wait_for(server.cancelled.is_set, "the server to see the first call cancelled")
 
 
 def test_a_grpc_server_unreachable_after_every_try_stops_the_run():
@@ -762,3 +823,122 @@ def test_a_destination_that_fails_stops_the_run_and_counts_only_what_was_committ
     writer.close()
     assert stopping.is_set() and isinstance(writer.error, OSError)
     assert outcome.done == 0 and sink.results == []
+
+
+# --- the runner against a server that refuses past its capacity -------------------------------------------------
+
+
+class FullServer:
+    """A stand-in server that works on `capacity` requests at once (each `service_s`) and refuses more at once:
+    429 with a fractional Retry-After, as fastai-serving's admission control does. Counts what it answered."""
+
+    def __init__(self, capacity: int, service_s: float, retry_after: str = "0.02") -> None:
+        self.capacity, self.answered, self.refused, self.most_at_once = capacity, 0, 0, 0
+        self._room = threading.BoundedSemaphore(capacity)
+        self._lock, self._at_once = threading.Lock(), 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the real fronts: no connection per request
+
+            def do_POST(self) -> None:  # noqa: N802
+                instances = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"]
+                if not server._room.acquire(blocking=False):
+                    with server._lock:
+                        server.refused += 1
+                    self._answer(429, {"error": "the model is full: retry"}, {"Retry-After": retry_after})
+                    return
+                with server._lock:
+                    server._at_once += 1
+                    server.most_at_once = max(server.most_at_once, server._at_once)
+                threading.Event().wait(service_s)  # the model's time for this request
+                with server._lock:
+                    server._at_once -= 1
+                    server.answered += 1
+                server._room.release()
+                self._answer(200, {"predictions": [[len(instance["image_bytes"]["b64"])] for instance in instances]})
+
+            def _answer(self, status: int, body: dict, headers: dict | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for name, value in {**(headers or {}), "Content-Length": str(len(data))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def __enter__(self) -> FullServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+PROGRESS = re.compile(r"predict-batch: (\d+)/\d+ .*?, concurrency (\d+)")
+
+
+def test_against_a_server_that_refuses_past_its_capacity_the_run_settles_near_it_and_does_every_key_once(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(240):
+        (images / f"{index:03d}.png").write_bytes(b"x" * (1 + index % 7))
+    out = tmp_path / "out.jsonl"
+    stopping, stream = threading.Event(), io.StringIO()
+    concurrency = Concurrency(1, 64)
+    with FullServer(capacity=6, service_s=0.03) as server:
+        predictor = RestPredictor(server.url, None, stopping, Backoff(tries=2, first_s=600), observer=concurrency)
+        source, sink = FolderSource(images), open_sink(str(out), table="results", threshold=None, tiles=False)
+        todo = list(source.keys())
+        outcome = Outcome(total=len(todo), skipped=0)
+        run = BatchRun(source, sink, predictor, Fetcher(stopping), batch=2, concurrency=concurrency, fetchers=4,
+                       stopping=stopping, abort=threading.Event())  # fmt: skip
+        run.run(todo, outcome, Progress(len(todo), stream, tty=False, every_s=0.01, concurrency=concurrency))
+        sink.close()
+    assert server.refused > 0  # it went past the capacity, and was told
+    assert (outcome.done, outcome.failed, outcome.error) == (240, {}, "")  # a refusal is no failure, nor 2 tries
+    keys = [json.loads(line)["key"] for line in out.read_text().splitlines()]
+    assert sorted(keys) == sorted(todo) and len(keys) == len(set(keys))
+    assert server.answered == 120  # every request answered once
+    shown = [(int(done), int(limit)) for done, limit in PROGRESS.findall(stream.getvalue())]
+    assert {limit for done, limit in shown if done >= len(todo) // 2} <= set(range(4, 10)), shown  # near capacity
+    assert concurrency.refusals == server.refused
+
+
+def test_progress_lines_show_the_concurrency_and_the_refusals_so_far():
+    clock, stream = Clock(), io.StringIO()
+    concurrency = Concurrency(1, 64)
+    progress = Progress(100, stream, tty=False, every_s=10, clock=clock, concurrency=concurrency)
+    concurrency.refused(concurrency.sending())
+    clock.now += 10
+    progress.add(done=40)
+    assert stream.getvalue() == (
+        "predict-batch: 40/100 (40%), 4.0 images/s, concurrency 1 (1 refused, sent again), ETA 0:15, 0 failed\n"
+    )
+    assert " 4.0 img/s  concurrency 1 (1 refused, sent again)  ETA 0:15  failed 0" in progress.bar_line(120)
+
+
+def test_the_summary_says_the_concurrency_the_run_settled_on_and_the_refusals_it_sent_again():
+    concurrency = Concurrency(2, 16)
+    concurrency.refused(concurrency.sending())
+    assert cli.concurrency_summary(concurrency) == (
+        "concurrency settled at 2 (adaptive, 2-16); the server refused 1 requests for a moment, each sent again "
+        "after its hint"
+    )
+    assert cli.concurrency_summary(Concurrency(8, 8)) == "concurrency 8 (fixed)"
+
+
+def test_concurrency_fixed_and_bounded_together_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(tmp_path / "images"), "--server", "http://127.0.0.1:1", "--out", str(tmp_path / "out.jsonl"),
+                  "--concurrency", "8", "--max-concurrency", "16"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "--concurrency fixes the requests in flight" in capsys.readouterr().err

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from fastai_serving import defaults
-from fastai_serving_scripts import make_archive, reload, serve
+from fastai_serving_scripts import archives, make_archive, reload, serve
 from harness.load import rounds
+from harness.servers import ROOT
 
 
 def serve_args(*flags: str, log_dir: Path) -> object:
@@ -45,18 +48,60 @@ def test_the_grpc_front_is_on_by_default_on_tf_servings_port(tmp_path):
     assert args.grpc_port == defaults.GRPC_PORT == 8500 and args.no_grpc is False
 
 
-def test_readiness_waits_for_every_archive_in_the_store_unless_told_otherwise(tmp_path, monkeypatch):
+def test_serve_announces_that_by_default_both_fronts_bind_every_address_on_their_ports(tmp_path, capsys):
+    serve._announce(serve_args(log_dir=tmp_path), "digits", "digits")
+    line = capsys.readouterr().out.strip()
+    assert line == (
+        f"serve: digits ready at http://127.0.0.1:{defaults.INFERENCE_PORT}/predictions/digits; "
+        f"REST on 0.0.0.0:{defaults.SHIM_PORT} (every address): /v1/models/digits:predict, /analyze:predict; "
+        f"gRPC on 0.0.0.0:{defaults.GRPC_PORT} (every address)"
+    )
+
+
+@pytest.mark.parametrize(
+    "shim_host, bound", [("127.0.0.1", "127.0.0.1"), ("10.1.2.3", "10.1.2.3"), ("::", "[::]"), ("::1", "[::1]")]
+)
+def test_serve_announces_the_address_and_port_each_front_binds(tmp_path, capsys, shim_host, bound):
+    args = serve_args("--shim-host", shim_host, "--port", "9501", "--grpc-port", "9500", log_dir=tmp_path)
+    serve._announce(args, "buildings", "digits")
+    line = capsys.readouterr().out.strip()
+    everywhere = " (every address)" if shim_host == "::" else ""
+    assert f"; REST on {bound}:9501{everywhere}: /v1/models/buildings:predict; " in line
+    assert line.endswith(f"; gRPC on {bound}:9500{everywhere}")
+
+
+def test_readiness_is_told_every_archive_in_the_store_and_the_users_own_list_passes_unchanged(tmp_path, monkeypatch):
     args = serve_args(log_dir=tmp_path)
     monkeypatch.delenv("FASTAI_SERVING_READY_MODELS", raising=False)
-    assert (
-        serve.shim_environment(args, "", ["digits", "buildings"], tmp_path)["FASTAI_SERVING_READY_MODELS"]
-        == "digits,buildings"
-    )
+    environment = serve.shim_environment(args, "", ["digits", "buildings"], tmp_path)
+    assert environment["FASTAI_SERVING_STORE_MODELS"] == "digits,buildings"
+    assert "FASTAI_SERVING_READY_MODELS" not in environment
     monkeypatch.setenv("FASTAI_SERVING_READY_MODELS", "buildings")
     assert (
         serve.shim_environment(args, "", ["digits", "buildings"], tmp_path)["FASTAI_SERVING_READY_MODELS"]
         == "buildings"
     )
+
+
+def test_build_demo_keeps_a_store_that_serves_any_version_of_the_demo(tmp_path):
+    """After a reload the store holds digits-v2.0.mar, not digits.mar: no rebuilt 1.0 beside it (make serve)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    with zipfile.ZipFile(store / "digits-v2.0.mar", "w") as archive:
+        archive.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelName": "digits", "modelVersion": "2.0"}}))
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "build-demo"), str(store)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{store} already serves digits" in done.stdout
+    assert sorted(path.name for path in store.iterdir()) == ["digits-v2.0.mar"]
+
+
+def test_the_store_serves_a_model_by_its_archives_manifest_not_its_file_name(tmp_path):
+    with zipfile.ZipFile(tmp_path / "renamed.mar", "w") as archive:
+        archive.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelName": "digits", "modelVersion": "1.0"}}))
+    assert archives.main(["digits", str(tmp_path)]) == 0
+    assert archives.main(["buildings", str(tmp_path)]) == 1
 
 
 def test_every_front_counts_into_one_metrics_folder(tmp_path):
@@ -198,7 +243,7 @@ def test_an_unknown_subcommand_is_refused_with_the_list_of_commands(capsys):
 # --- the benchmarks, as make runs them ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("benchmark", ["bench", "slow_clients"])
+@pytest.mark.parametrize("benchmark", ["bench", "slow_clients", "overload"])
 def test_each_benchmark_starts_as_make_runs_it_from_the_checkout(benchmark):
     """`python -m benchmarks.<name>` from the checkout's root: every import it needs resolves (no server runs)."""
     import subprocess

@@ -3,6 +3,7 @@ config.properties and the tables of the docs pages and the README must agree wit
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 import runpy
@@ -15,7 +16,7 @@ import tomllib
 
 from fastai_serving import defaults
 from fastai_serving_client import cli as predict_batch
-from fastai_serving_scripts import make_archive, serve
+from fastai_serving_scripts import make_archive, reload, serve
 from fastai_serving_shim.settings import Settings, env_name
 from harness import PROJECT_ROOT
 
@@ -167,12 +168,54 @@ def test_the_batch_pages_predict_batch_table_is_its_flags():
             assert_same_default(flag, table[flag], action.default)
 
 
+def help_flags(parser) -> set[str]:
+    """Every flag a command's --help lists (both spellings of an on/off flag), but -h/--help."""
+    listed = parser.format_help()
+    flags = {flag for action in parser._actions for flag in action.option_strings if flag not in ("-h", "--help")}
+    assert all(flag in listed for flag in flags)
+    return flags
+
+
+COMMANDS = {  # each command's parser, and the docs table (page, first column's header) that lists its flags
+    "make-archive": (make_archive.build_parser, SETTINGS_PAGE, "make-archive flag"),
+    "serve": (lambda: serve.build_parser(Settings()), SETTINGS_PAGE, "serve flag"),
+    "reload": (reload.build_parser, SETTINGS_PAGE, "reload flag"),
+    "predict-batch": (predict_batch.build_parser, BATCH_PAGE, "predict-batch flag"),
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_flag_of_each_commands_help_is_in_its_docs_table_and_nothing_else(command):
+    build, page, header = COMMANDS[command]
+    assert set(readme_table(header, page)) == help_flags(build())
+
+
+def test_the_settings_pages_reload_table_states_each_default():
+    table = readme_table("reload flag", SETTINGS_PAGE)
+    for action in reload.build_parser()._actions:
+        if documented_flag(action):
+            flag = action.option_strings[0]
+            if action.required:
+                assert "required" in table[flag], flag
+            else:
+                assert_same_default(flag, table[flag], action.default)
+
+
+def test_predict_batch_help_shows_every_default():
+    parser = predict_batch.build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in formatter._expand_help(action), action.option_strings[0]
+
+
 # Keywords and option names whose numbers are defaults: a timeout, a wait, a count of threads or workers.
 DEFAULT_NAMES = re.compile(r"(timeout|timeout_s|_s|_ms|max_workers|threads|workers)$")
 
 
 def literal_defaults(path: Path, root: Path = PROJECT_ROOT) -> list[str]:
-    """Numbers written where a default belongs (`timeout=30`, `max_workers=4`, `("grpc...._ms", 250)`)."""
+    """Numbers written where a default belongs (`timeout=30`, `max_workers=4`, `("grpc...._ms", 250)`, and a
+    signature's `timeout_s: float = 60`, which copies a setting instead of reading it)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         pairs = []
@@ -180,6 +223,18 @@ def literal_defaults(path: Path, root: Path = PROJECT_ROOT) -> list[str]:
             pairs = [(keyword.arg or "", keyword.value) for keyword in node.keywords]
         elif isinstance(node, ast.Tuple) and len(node.elts) == 2 and isinstance(node.elts[0], ast.Constant):
             pairs = [(str(node.elts[0].value), node.elts[1])]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = node.args.posonlyargs + node.args.args
+            pairs = list(
+                zip(
+                    [a.arg for a in arguments[len(arguments) - len(node.args.defaults) :]],
+                    node.args.defaults,
+                    strict=True,
+                )
+            )
+            pairs += [
+                (a.arg, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True) if d is not None
+            ]
         for name, value in pairs:
             number = isinstance(value, ast.Constant) and type(value.value) in (int, float) and value.value not in (0, 1)
             if number and DEFAULT_NAMES.search(name):
@@ -187,16 +242,19 @@ def literal_defaults(path: Path, root: Path = PROJECT_ROOT) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("folder", ["handler", "client/fastai_serving_client"])
-def test_the_handler_and_the_client_read_every_default_from_their_defaults_module(folder):
+@pytest.mark.parametrize("folder", ["handler", "shim", "scripts", "client/fastai_serving_client"])
+def test_the_code_reads_every_default_from_its_defaults_module(folder):
     modules = [path for path in (PROJECT_ROOT / folder).rglob("*.py") if path.name != "defaults.py"]
     assert modules and [line for path in modules for line in literal_defaults(path)] == []
 
 
 def test_the_default_finder_sees_a_literal_timeout(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text('get(url, timeout=30)\nchannel(options=[("grpc.max_reconnect_backoff_ms", 2000)])\n')
-    assert len(literal_defaults(module, tmp_path)) == 2
+    module.write_text(
+        'get(url, timeout=30)\nchannel(options=[("grpc.max_reconnect_backoff_ms", 2000)])\n'
+        "def unregister(model, timeout_s: float = 120): ...\n"
+    )
+    assert len(literal_defaults(module, tmp_path)) == 3
 
 
 def requirement_names(requirements: list[str]) -> set[str]:

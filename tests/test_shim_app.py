@@ -1,46 +1,37 @@
-"""The shim in-process: Flask's test client in front of a fake TorchServe client (no server, no Java).
+"""The REST front in-process: Flask's test client, the real service, and a typed stand-in for TorchServe (no
+server, no Java).
 
-The fake stands in for `fastai_serving_shim.torchserve.TorchServeClient` alone: it answers from a table of
-models and records every call, so these tests show what the shim asks TorchServe and how
-it maps each answer. tests/test_shim.py drives the same routes against a real TorchServe.
+The stand-in (tests/fake_torchserve.py) answers from a table of models and records every call, so these
+tests show what a REST request asks of TorchServe and how each answer and failure is written.
+tests/test_shim.py drives the same routes against a real TorchServe.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import pytest
-from fake_torchserve import ModelTable, version
+from fake_torchserve import PREDICTIONS, FakeTorchServe, version
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastai_serving.bodies import read_body
-from fastai_serving.errors import BadInput
-from fastai_serving_shim.app import create_app
-from fastai_serving_shim.errors import Failure, ServiceError
+from fastai_serving.contract.bodies import read_body
+from fastai_serving.contract.errors import BadInput, Failure, NotFound, ServingError
+from fastai_serving_shim.calls import Description, ModelStatus, VersionStatus
+from fastai_serving_shim.protocols.tf_serving import metadata_body, status_body
+from fastai_serving_shim.rest.app import create_app
+from fastai_serving_shim.rest.errors import REFUSED_METHOD_HEADER
 from fastai_serving_shim.settings import Settings
-from fastai_serving_shim.status import metadata_body, resolve_version, status_body
-from fastai_serving_shim.torchserve import UpstreamAnswer, model_path
+from fastai_serving_shim.torchserve import Answer
 
 BODY = json.dumps({"instances": [{"b64": "aGk="}]}).encode()
-PREDICTIONS = b'{"predictions": [[0.25, 0.75]]}'
-
-
-@dataclass
-class FakeTorchServe(ModelTable):
-    """The model table, and every prediction answered with `answer` (404 for a model it does not serve)."""
-
-    answer: UpstreamAnswer = field(default_factory=lambda: UpstreamAnswer(200, PREDICTIONS))
-
-    def predict(self, model: str, version: str | None, body: bytes, verb: str, *_how) -> UpstreamAnswer:
-        self.calls.append(("predict", model, version, body, verb))
-        if model not in self.served:
-            return UpstreamAnswer(404, b'{"code": 404, "message": "Model not found"}')
-        return self.answer
 
 
 def shim_of(fake: FakeTorchServe, **settings):
-    return create_app(Settings(**settings), client=fake).test_client()
+    return create_app(Settings(**settings), upstream=fake).test_client()
+
+
+def described(model: str, described: dict) -> Description:
+    return Description(model, "1", ("1",), described)
 
 
 # --- Predictions -----------------------------------------------------------------------------------
@@ -51,14 +42,14 @@ def test_a_prediction_is_forwarded_as_it_came_with_its_verb():
     response = shim_of(fake).post(
         "/v1/models/digits:predict", data=BODY, content_type="application/x-www-form-urlencoded"
     )
-    assert response.status_code == 200 and response.data == PREDICTIONS
-    assert fake.calls == [("predict", "digits", None, BODY, "predict")]
+    assert response.status_code == 200 and response.json == json.loads(PREDICTIONS)
+    assert fake.inferred() == [("digits", None, BODY, "predict")]
 
 
 def test_analyze_goes_to_the_only_model_served():
     fake = FakeTorchServe()
     assert shim_of(fake).post("/analyze:predict", data=BODY).status_code == 200
-    assert fake.calls[-1][:2] == ("predict", "digits")
+    assert fake.inferred()[-1][0] == "digits"
 
 
 def test_analyze_with_several_models_and_no_default_says_how_to_choose_one():
@@ -71,7 +62,7 @@ def test_analyze_with_several_models_and_no_default_says_how_to_choose_one():
 def test_a_versioned_prediction_reaches_torchserves_version():
     fake = FakeTorchServe(served={"digits": [version("1.0"), version("2.0")]})
     assert shim_of(fake).post("/v1/models/digits/versions/2:predict", data=BODY).status_code == 200
-    assert fake.calls[-1][:3] == ("predict", "digits", "2.0")
+    assert fake.inferred()[-1][:2] == ("digits", "2.0")
 
 
 def test_versioned_predictions_ask_the_management_api_once_not_per_request():
@@ -79,7 +70,7 @@ def test_versioned_predictions_ask_the_management_api_once_not_per_request():
     client = shim_of(fake)
     for _ in range(10):
         assert client.post("/v1/models/digits/versions/1:classify", data=b'{"examples": ["aGk="]}').status_code == 200
-    assert fake.count("versions") == 1 and fake.count("predict") == 10
+    assert fake.count("versions") == 1 and fake.count("infer") == 10
 
 
 def test_analyze_without_a_configured_default_asks_for_the_models_once_not_per_request():
@@ -96,14 +87,14 @@ def test_a_version_registered_since_the_last_look_is_found_at_once():
     assert client.post("/v1/models/digits/versions/1:predict", data=BODY).status_code == 200
     fake.served["digits"].append(version("2.0"))  # a reload registered it
     assert client.post("/v1/models/digits/versions/2:predict", data=BODY).status_code == 200
-    assert fake.calls[-1][:3] == ("predict", "digits", "2.0")
+    assert fake.inferred()[-1][:2] == ("digits", "2.0")
 
 
 def test_an_unknown_version_is_a_404_after_one_fresh_look():
     fake = FakeTorchServe()
     response = shim_of(fake).post("/v1/models/digits/versions/7:predict", data=BODY)
     assert response.status_code == 404 and response.json == {"error": "model 'digits' has no version 7"}
-    assert fake.count("versions") == 2 and fake.count("predict") == 0
+    assert fake.count("versions") == 2 and fake.count("infer") == 0
 
 
 @pytest.mark.parametrize("path", ["/v1/models/..:predict", "/v1/models/.:predict", "/v1/models/%2E%2E:predict"])
@@ -112,11 +103,6 @@ def test_a_model_name_that_could_climb_out_of_its_url_is_not_found(path):
     response = shim_of(fake).post(path, data=BODY)
     assert response.status_code == 404 and "model names are letters" in response.json["error"]
     assert fake.calls == []
-
-
-def test_upstream_urls_escape_each_segment():
-    assert model_path("digits", "2.0") == "/digits/2.0"
-    assert model_path("a/../b", "1/..") == "/a%2F..%2Fb/1%2F.."
 
 
 @pytest.mark.parametrize(
@@ -139,7 +125,7 @@ def test_a_malformed_body_is_refused_with_the_contracts_message_before_it_goes_u
     with pytest.raises(BadInput) as refused:
         read_body(body, raw_allowed=False)
     assert response.status_code == 400 and response.json == {"error": refused.value.message}
-    assert fake.count("predict") == 0
+    assert fake.count("infer") == 0
 
 
 @pytest.mark.parametrize(
@@ -155,21 +141,22 @@ def test_a_malformed_body_is_refused_with_the_contracts_message_before_it_goes_u
 def test_tabular_and_text_bodies_go_upstream_as_they_came(body):
     fake = FakeTorchServe()
     data = json.dumps(body).encode()
+    fake.described = {"task": "regression", "kind": "tabular"}
     assert shim_of(fake).post("/v1/models/digits:predict", data=data).status_code == 200
-    assert fake.calls == [("predict", "digits", None, data, "predict")]
+    assert fake.inferred() == [("digits", None, data, "predict")]
 
 
 def test_classify_without_examples_is_refused_before_it_goes_upstream():
     fake = FakeTorchServe()
     response = shim_of(fake).post("/v1/models/digits:classify", data=BODY)
-    assert response.status_code == 400 and "examples" in response.json["error"] and fake.calls == []
+    assert response.status_code == 400 and "examples" in response.json["error"] and fake.count("infer") == 0
 
 
 def test_a_body_over_the_limit_is_a_413_before_it_is_read():
     fake = FakeTorchServe()
     response = shim_of(fake, max_body_bytes=100).post("/analyze:predict", data=b"{" + b" " * 200 + b"}")
     assert response.status_code == 413 and response.json == {"error": "request body over the limit of 100 bytes"}
-    assert fake.count("predict") == 0
+    assert fake.count("infer") == 0
 
 
 @pytest.mark.parametrize(
@@ -177,7 +164,7 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read():
     [
         ("GET", "/v1/models/digits:predict", 405, ":predict takes POST"),
         ("POST", "/v1/models/digits", 405, "POST goes to"),
-        ("PUT", "/analyze:predict", 405, "method not allowed"),
+        ("PUT", "/analyze:predict", 405, "PUT is not allowed on /analyze:predict: it takes POST"),
         ("POST", "/v1/models/digits:explain", 404, "unknown method :explain"),
         ("POST", "/v1/models/digits/labels/stable:predict", 404, "version label 'stable'"),
         ("GET", "/v1/models/digits/versions/latest", 400, "'latest' is not a number"),
@@ -190,43 +177,71 @@ def test_wrong_routes_and_methods_get_json_errors(method, path, status, message)
     assert response.status_code == status and message in response.json["error"]
 
 
-# --- TorchServe's answers, mapped ---------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
-    "status, body, expected_status, message",
+    "method, path, allowed",
     [
-        (400, b'{"error": "instance 0 is not valid base64"}', 400, "instance 0 is not valid base64"),
-        (500, b'{"error": "the model failed on this request\'s input (ValueError)"}', 500, "the model failed"),
-        (404, b'{"code": 404, "message": "Model not found: digits"}', 404, "model 'digits' not found"),
-        (413, b'{"code": 413, "message": "too large"}', 413, "size limit"),
-        (408, b'{"code": 408, "message": "timeout"}', 504, "did not answer in time"),
-        (400, b'{"code": 400, "message": "Invalid model version"}', 400, "Invalid model version"),
-        (429, b'{"code": 429, "message": "slow down"}', 429, "slow down"),
-        (507, b'{"code": 507, "message": "Worker died."}', 503, "died"),
-        (503, b'{"code": 503, "message": "No worker is available"}', 503, "retry later"),
-        (500, b"<html>oops</html>", 503, "retry later"),
+        ("GET", "/v1/models/digits:predict", "POST, OPTIONS"),
+        ("DELETE", "/v1/models/digits/versions/1:classify", "POST, OPTIONS"),
+        ("POST", "/v1/models/digits/metadata", "GET, HEAD, OPTIONS"),
+        ("PUT", "/analyze:predict", "POST, OPTIONS"),
+        ("POST", "/ready", "GET, HEAD, OPTIONS"),
+        ("GET", "/v2/models/digits/infer", "POST, OPTIONS"),
+        ("PATCH", "/v2/health/live", "GET, HEAD, OPTIONS"),
     ],
 )
-def test_torchserve_answers_are_mapped_to_tf_serving_errors(status, body, expected_status, message):
-    fake = FakeTorchServe(answer=UpstreamAnswer(status, body))
-    response = shim_of(fake).post("/v1/models/digits:predict", data=BODY)
-    assert response.status_code == expected_status and message in response.json["error"]
+def test_every_405_names_the_methods_its_route_takes_in_allow(method, path, allowed):
+    response = shim_of(FakeTorchServe()).open(path, method=method, data=BODY)
+    assert response.status_code == 405 and response.headers["Allow"] == allowed
     assert set(response.json) == {"error"}
 
 
-def test_the_handlers_own_error_body_passes_through_unchanged():
-    handler_error = b'{"error":"instance 3 is not an image this server can decode"}'
-    fake = FakeTorchServe(answer=UpstreamAnswer(400, handler_error, model_version="1.0"))
+def test_a_method_the_proxy_refused_itself_is_answered_by_the_shim_with_allow_and_json():
+    """nginx answers TRACE 405 without Allow: it asks the shim as OPTIONS, naming the method (scripts/nginx.conf)."""
+    fake = FakeTorchServe()
+    response = shim_of(fake).options("/v1/models/digits:predict", headers={REFUSED_METHOD_HEADER: "TRACE"})
+    assert response.status_code == 405 and response.headers["Allow"] == "POST, OPTIONS"
+    assert response.json == {"error": "TRACE is not allowed on /v1/models/digits:predict: it takes POST, OPTIONS"}
+    assert fake.calls == []
+
+
+def test_an_options_request_of_a_client_is_answered_with_allow():
+    response = shim_of(FakeTorchServe()).options("/analyze:predict")
+    assert response.status_code == 200 and "POST" in response.headers["Allow"]
+
+
+# --- Failures, as HTTP answers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failure, status",
+    [
+        (ServingError("instance 0 is not valid base64", Failure.BAD_INPUT), 400),
+        (ServingError("the model failed on this request's input (ValueError)", Failure.MODEL_FAILED), 500),
+        (NotFound("model 'digits' not found"), 404),
+        (ServingError("request body over TorchServe's size limit", Failure.TOO_LARGE), 413),
+        (ServingError("model 'digits' did not answer in time", Failure.TIMEOUT), 504),
+        (ServingError("TorchServe refused the request to model 'digits': slow down", Failure.REFUSED), 400),
+        (ServingError("the worker serving 'digits' died and was not back in time; retry", Failure.UNAVAILABLE), 503),
+        (ServingError("an older handler", Failure.OUTDATED_ARCHIVE), 412),
+    ],
+)
+def test_every_kind_of_failure_is_one_http_status_and_its_message(failure, status):
+    response = shim_of(FakeTorchServe(failure=failure)).post("/v1/models/digits:predict", data=BODY)
+    assert response.status_code == status and response.json == {"error": failure.message}
+
+
+def test_the_answer_of_a_handler_older_than_the_front_still_passes_through_on_rest():
+    """Its archive cannot answer the gRPC and v2 fronts (they refuse it, asking for a rebuild): REST's JSON it can."""
+    fake = FakeTorchServe(answer=Answer(PREDICTIONS, version=""))
     response = shim_of(fake).post("/v1/models/digits:predict", data=BODY)
-    assert (response.status_code, response.get_data()) == (400, handler_error)
+    assert response.status_code == 200 and response.get_data() == PREDICTIONS
 
 
 # --- Status, readiness, metadata -------------------------------------------------------------------------
 
 
 def test_status_of_a_model_with_a_ready_worker_is_available():
-    assert status_body("digits", [version("1.0")]) == (
+    assert status_body(ModelStatus("digits", (VersionStatus("1", True),))) == (
         200,
         {
             "model_version_status": [
@@ -239,7 +254,7 @@ def test_status_of_a_model_with_a_ready_worker_is_available():
 
 
 def test_status_of_a_model_without_a_ready_worker_is_503_loading():
-    status, body = status_body("digits", [version("1.0", ready=False)])
+    status, body = status_body(ModelStatus("digits", (VersionStatus("1", False),)))
     assert status == 503 and body["ready"] is False and body["model_version_status"][0]["state"] == "LOADING"
 
 
@@ -252,10 +267,13 @@ def test_status_route_of_one_version():
 
 
 def test_urls_name_versions_as_tf_serving_does():
-    descriptions = [version("1.0"), version("2.0"), version("10")]
-    assert [resolve_version(v, descriptions, "m") for v in ("1", "02", "10")] == ["1.0", "2.0", "10"]
-    with pytest.raises(ServiceError, match="no version 3"):
-        resolve_version("3", descriptions, "m")
+    fake = FakeTorchServe(served={"m": [version("1.0"), version("2.0"), version("10")]})
+    client = shim_of(fake)
+    for number, served_as in (("1", "1.0"), ("02", "2.0"), ("10", "10")):
+        assert client.post(f"/v1/models/m/versions/{number}:predict", data=BODY).status_code == 200
+        assert fake.inferred()[-1][1] == served_as
+    response = client.post("/v1/models/m/versions/3:predict", data=BODY)
+    assert response.status_code == 404 and response.json == {"error": "model 'm' has no version 3"}
 
 
 def test_ready_is_200_for_several_models_with_no_default():
@@ -280,13 +298,21 @@ def test_ready_waits_for_the_named_models_only_and_counts_a_missing_one_as_not_r
     assert response.status_code == 503 and response.json["models"] == {"digits": True, "roads": False}
 
 
+def test_ready_waits_for_the_stores_archives_and_every_registered_model_so_one_that_cannot_load_shows():
+    """A folder in the store TorchServe took for a model (its worker dying at each start) fails readiness, by name."""
+    fake = FakeTorchServe(served={"digits": [version("1.0")], "retired": [version("1.0", ready=False)]})
+    response = shim_of(fake, store_models="digits, roads").get("/ready")
+    assert response.status_code == 503
+    assert response.json == {"ready": False, "models": {"digits": True, "roads": False, "retired": False}}
+
+
 def test_ready_with_no_model_at_all_is_503():
     response = shim_of(FakeTorchServe(served={})).get("/ready")
     assert response.status_code == 503 and response.json == {"ready": False, "models": {}}
 
 
 def test_metadata_of_a_classifier_names_its_classes_and_both_signatures():
-    body = metadata_body("digits", "1.0", {"task": "classification", "classes": ["cat", "dog"], "input": "image"})
+    body = metadata_body(described("digits", {"task": "classification", "classes": ["cat", "dog"], "input": "image"}))
     assert body["model_spec"] == {"name": "digits", "signature_name": "", "version": "1"}
     signatures = body["metadata"]["signature_def"]["signature_def"]
     assert set(signatures) == {"serving_default", "classes"}
@@ -295,7 +321,7 @@ def test_metadata_of_a_classifier_names_its_classes_and_both_signatures():
 
 
 def test_metadata_of_a_regressor_has_outputs_and_no_classes_signature():
-    signatures = metadata_body("r", "1.0", {"task": "regression", "classes": [], "input": "image"})["metadata"][
+    signatures = metadata_body(described("r", {"task": "regression", "classes": [], "input": "image"}))["metadata"][
         "signature_def"
     ]
     assert set(signatures["signature_def"]) == {"serving_default"}
@@ -303,7 +329,7 @@ def test_metadata_of_a_regressor_has_outputs_and_no_classes_signature():
 
 
 def test_metadata_of_a_segmenter_says_its_output_is_a_class_index_mask():
-    body = metadata_body("s", "1.0", {"task": "segmentation", "classes": ["background", "road"], "input": "image"})
+    body = metadata_body(described("s", {"task": "segmentation", "classes": ["background", "road"], "input": "image"}))
     outputs = body["metadata"]["signature_def"]["signature_def"]["serving_default"]["outputs"]
     assert outputs == {
         "mask": {"dtype": "DT_INT64", "tensor_shape": {"dim": [{"size": "-1"}] * 3}, "name": "outputs:0"}
@@ -311,7 +337,7 @@ def test_metadata_of_a_segmenter_says_its_output_is_a_class_index_mask():
 
 
 def test_metadata_of_a_tabular_model_gives_each_column_its_tensor_type():
-    described = {
+    tabular = {
         "task": "regression", "classes": [], "input": "row", "kind": "tabular", "targets": ["price", "volume"],
         "inputs": [
             {"name": "colour", "kind": "categorical", "type": "string", "categories": ["red"], "nullable": True},
@@ -319,19 +345,19 @@ def test_metadata_of_a_tabular_model_gives_each_column_its_tensor_type():
             {"name": "size", "kind": "continuous", "type": "number", "nullable": False},
         ],
     }  # fmt: skip
-    body = metadata_body("prices", "1.0", described)
+    body = metadata_body(Description("prices", "1", ("1",), tabular))
     serving = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert {name: tensor["dtype"] for name, tensor in serving["inputs"].items()} == {
         "colour": "DT_STRING", "grade": "DT_INT64", "size": "DT_FLOAT",
     }  # fmt: skip
     assert serving["outputs"]["outputs"]["tensor_shape"]["dim"][1] == {"size": "2"}
-    assert body["metadata"]["fastai"] == described
+    assert body["metadata"]["fastai"] == tabular
 
 
 def test_metadata_of_a_text_model_has_one_string_input():
-    described = {"task": "classification", "classes": ["neg", "pos"], "input": "text", "kind": "text",
-                 "inputs": [{"name": "text", "kind": "text", "max_chars": 10000}]}  # fmt: skip
-    inputs = metadata_body("reviews", "1.0", described)["metadata"]["signature_def"]["signature_def"]["classes"][
+    text = {"task": "classification", "classes": ["neg", "pos"], "input": "text", "kind": "text",
+            "inputs": [{"name": "text", "kind": "text", "max_chars": 10000}]}  # fmt: skip
+    inputs = metadata_body(described("reviews", text))["metadata"]["signature_def"]["signature_def"]["classes"][
         "inputs"
     ]
     assert inputs == {"text": {"dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1"}]}, "name": "text:0"}}
@@ -342,7 +368,7 @@ def test_metadata_is_asked_of_the_handler_once_a_minute_not_per_request():
     client = shim_of(fake)
     for _ in range(5):
         assert client.get("/v1/models/digits/metadata").json["metadata"]["fastai"]["classes"] == ["cat", "dog"]
-    assert fake.count("described") == 1
+    assert fake.count("describe") == 1
 
 
 def test_the_openapi_document_is_served():
@@ -444,10 +470,10 @@ def test_a_made_up_model_name_never_becomes_a_label_whatever_the_answer(body, st
 
 
 class Unreachable(FakeTorchServe):
-    """TorchServe down: every prediction fails to connect, whatever the model's name."""
+    """TorchServe down: every call fails to connect, whatever the model's name."""
 
-    def predict(self, *request) -> UpstreamAnswer:
-        raise ServiceError(Failure.UNAVAILABLE, "TorchServe is unreachable; retry later")
+    def _versions(self, model: str) -> list:
+        raise ServingError("TorchServe is unreachable; retry later", Failure.UNAVAILABLE)
 
 
 def test_a_made_up_model_name_never_becomes_a_label_when_torchserve_is_down():

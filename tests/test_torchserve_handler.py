@@ -15,7 +15,7 @@ import requests
 import torch
 from PIL import Image
 
-from fastai_serving.learner import ServedLearner
+from fastai_serving.engine.learner import ServedLearner
 from harness.load import concurrently
 
 pytestmark = pytest.mark.e2e
@@ -249,7 +249,7 @@ def test_model_metadata_is_described_by_the_handler(torchserve):
         "input": "image",
         "precision": "fp32",
         "kind": "vision",
-        "inputs": [{"name": "image_bytes", "kind": "image"}],
+        "inputs": [{"name": "image_bytes", "kind": "image", "size": [32, 32]}],
     }
 
 

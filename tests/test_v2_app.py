@@ -16,15 +16,16 @@ import pytest
 from fake_torchserve import V2FakeTorchServe as FakeTorchServe
 from fake_torchserve import version
 
-from fastai_serving.bodies import read_body
-from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
-from fastai_serving_shim.app import create_app
+from fastai_serving.contract.bodies import read_body
+from fastai_serving.contract.errors import Failure
+from fastai_serving.contract.images_wire import IMAGES_CONTENT_TYPE
+from fastai_serving_shim.rest.app import create_app
 from fastai_serving_shim.settings import Settings
-from fastai_serving_shim.torchserve import UpstreamAnswer
+from fastai_serving_shim.torchserve import HandlerError
 
 
 def client_of(fake: FakeTorchServe, **settings):
-    return create_app(Settings(**settings), client=fake).test_client()
+    return create_app(Settings(**settings), upstream=fake).test_client()
 
 
 def binary_request(header: dict, *chunks: bytes) -> dict:
@@ -85,7 +86,7 @@ def test_model_metadata_declares_the_tensors_and_the_versions():
 def test_model_metadata_of_a_version_asks_for_that_version():
     fake = FakeTorchServe(served={"digits": [version("1.0"), version("2.0")]})
     assert client_of(fake).get("/v2/models/digits/versions/2").status_code == 200
-    assert ("described", "digits", "2.0") in fake.calls
+    assert ("describe", "digits", "2.0") in fake.calls
 
 
 @pytest.mark.parametrize(
@@ -198,8 +199,8 @@ def test_a_hostile_request_is_a_400_naming_what_is_wrong_and_never_goes_upstream
 
 
 def test_the_handlers_own_error_naming_the_instance_passes_through():
-    answer = UpstreamAnswer(400, b'{"error": "instance 1 is not a decodable image"}', "1.0", "classification")
-    response = client_of(FakeTorchServe(answer=answer)).post(
+    failure = HandlerError("instance 1 is not a decodable image", Failure.BAD_INPUT, "1.0")
+    response = client_of(FakeTorchServe(failure=failure)).post(
         "/v2/models/digits/infer", json={"inputs": [image_input(b"a", b"b")]}
     )
     assert (response.status_code, response.json) == (400, {"error": "instance 1 is not a decodable image"})

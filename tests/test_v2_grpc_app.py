@@ -11,19 +11,21 @@ import grpc
 import numpy as np
 import pytest
 from fake_torchserve import V2FakeTorchServe, version
+from servicer_deadlines import time_remaining_around
 
-from fastai_serving.bodies import read_body
-from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
+from fastai_serving.contract.bodies import read_body
+from fastai_serving.contract.images_wire import IMAGES_CONTENT_TYPE
 from fastai_serving_protos import open_inference_pb2 as v2
 from fastai_serving_protos import open_inference_pb2_grpc as v2_grpc
-from fastai_serving_shim.grpc_server import GrpcFront
+from fastai_serving_shim.grpc.server import GrpcFront
+from fastai_serving_shim.grpc.v2 import GRPCInferenceService
 from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
 
 
 def serve(fake: V2FakeTorchServe, **settings) -> GrpcFront:
     chosen = Settings(**{"host": "127.0.0.1", "grpc_port": 0, **settings})
-    return GrpcFront(chosen, Service(chosen, client=fake)).start()
+    return GrpcFront(chosen, Service(chosen, fake)).start()
 
 
 @pytest.fixture
@@ -94,11 +96,24 @@ def test_raw_images_go_upstream_as_the_images_body_and_come_back_in_raw_output_c
     assert (model, version_sent, content_type, read_body(body).instances) == (
         "digits", None, IMAGES_CONTENT_TYPE, [b"\x89one", b"two"]
     )  # fmt: skip
-    assert 0 < timeout_s <= 10  # the client's deadline goes upstream
     assert (response.model_name, response.model_version, response.id) == ("digits", "1", "q1")
     ((name, datatype, shape),) = [(o.name, o.datatype, list(o.shape)) for o in response.outputs]
     assert (name, datatype, shape) == ("probabilities", "FP32", [2, 2])
     assert np.frombuffer(response.raw_output_contents[0], "<f4").tolist() == [0.25, 0.75, 0.25, 0.75]
+
+
+def test_the_deadline_gRPC_delivered_goes_upstream_never_lengthened(fake, monkeypatch):
+    readings = time_remaining_around(monkeypatch, GRPCInferenceService, "ModelInfer")
+    front = serve(fake)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{front.port}") as channel:
+            v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(images_request(b"img"), timeout=10)
+    finally:
+        front.stop(grace_s=0)
+    ((*_, timeout_s),) = fake.sent
+    before, after = readings
+    # What was left of the call's deadline when the front read it: between the servicer's readings around it.
+    assert after <= timeout_s <= before
 
 
 def test_typed_contents_are_read_as_raw_ones_are(fake, stub):

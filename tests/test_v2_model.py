@@ -9,11 +9,12 @@ import re
 
 import pytest
 
-from fastai_serving.bodies import read_body
-from fastai_serving.errors import BadInput
-from fastai_serving.images_wire import IMAGES_CONTENT_TYPE
-from fastai_serving_shim.v2_model import check_outputs, metadata, model_tensors, output_tensors, upstream_body
-from fastai_serving_shim.v2_tensors import InferRequest, RequestedOutput, Tensor
+from fastai_serving.contract.bodies import read_body
+from fastai_serving.contract.errors import BadInput
+from fastai_serving.contract.images_wire import IMAGES_CONTENT_TYPE
+from fastai_serving_shim.calls import Description
+from fastai_serving_shim.protocols.v2_model import check_outputs, metadata, model_tensors, output_tensors, upstream_body
+from fastai_serving_shim.protocols.v2_tensors import InferRequest, RequestedOutput, Tensor
 
 IMAGE = {"task": "classification", "kind": "vision", "classes": ["cat", "dog"], "inputs": [{"name": "image_bytes"}]}
 TEXT = {"task": "multilabel_classification", "kind": "text", "classes": ["a", "b", "c"]}
@@ -31,7 +32,7 @@ def request_of(*inputs: Tensor, outputs: tuple[str, ...] = ()) -> InferRequest:
 
 
 def test_an_image_model_declares_one_bytes_input_and_its_class_probabilities():
-    described = metadata("cats", ["1"], model_tensors(IMAGE), IMAGE)
+    described = metadata(Description("cats", "1", ("1",), IMAGE))
     assert described["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
     assert described["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}]
     assert (described["name"], described["versions"], described["fastai"]["classes"]) == ("cats", ["1"], ["cat", "dog"])

@@ -10,9 +10,9 @@ import struct
 import numpy as np
 import pytest
 
-from fastai_serving.errors import BadInput
+from fastai_serving.contract.errors import BadInput
 from fastai_serving_protos import open_inference_pb2 as v2
-from fastai_serving_shim.v2_tensors import (
+from fastai_serving_shim.protocols.v2_tensors import (
     InferRequest,
     RequestedOutput,
     Tensor,
@@ -95,7 +95,8 @@ def test_kserves_model_name_and_a_triton_timeout_are_read():
         ({"name": "x", "datatype": "FP32", "shape": [1]}, "input 'x' has no 'data'"),
         ({"name": "x", "datatype": "FP32", "shape": [1], "data": [1], "parameters": {"colour": "red"}},
          "unknown parameter(s) 'colour' on input 'x'"),
-        ({"datatype": "FP32", "shape": [1], "data": [1]}, "input 0 needs a 'name'"),
+        ({"datatype": "FP32", "shape": [1], "data": [1]}, "input 0 needs a 'name' (a string)"),
+        ({"name": "", "datatype": "FP32", "shape": [1], "data": [1]}, "input 0 has an empty 'name'"),
     ],
 )  # fmt: skip
 def test_a_json_input_that_disagrees_with_itself_is_refused_naming_it(entry, message):
@@ -269,6 +270,13 @@ def test_a_grpc_request_reads_typed_contents():
     tensor = message.inputs.add(name="age", datatype="FP64", shape=[2])
     tensor.contents.fp64_contents.extend([31.0, 47.5])
     assert read_grpc(message).inputs[0].values == [31.0, 47.5]
+
+
+def test_a_grpc_input_with_an_empty_name_is_refused_as_over_rest():
+    message = v2.ModelInferRequest()
+    message.inputs.add(name="", datatype="FP64", shape=[1]).contents.fp64_contents.append(1.0)
+    with pytest.raises(BadInput, match="input 0 has an empty 'name'"):
+        read_grpc(message)
 
 
 def test_grpc_contents_in_another_datatypes_field_are_refused():

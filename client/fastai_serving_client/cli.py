@@ -14,24 +14,30 @@ import sys
 import threading
 from pathlib import Path
 
-from . import defaults
+from . import credentials, defaults
+from .concurrency import Concurrency
 from .fetch import Fetcher
+from .geo_cli import add_geo_arguments, check_geo_flags, geo_sink, geo_source, is_geo_run
 from .predictor import Predictor
 from .progress import Progress, duration
 from .protocol import PROTOCOLS, make_predictor
 from .retry import Backoff
 from .runner import BatchRun, Outcome
 from .sinks import SinkError, open_sink
-from .sources import FolderSource, ListSource, Source, TileSource, parse_shard, select
+from .sources import FolderSource, ListSource, Source, TileSource, parse_shard, select, shard_count, shard_keys
 
 EXIT_DONE, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_INPUTS = 0, 1, 2, 3
 EXAMPLES = """examples:
   predict-batch tiles/ --server http://127.0.0.1:8501 --out results.jsonl
-  predict-batch tiles/ --protocol grpc --server 127.0.0.1:8500 --out results.jsonl
+  predict-batch tiles/ --protocol grpc --server 127.0.0.1:8500 --out results-grpc.jsonl
+  predict-batch tiles/ --server https://models.example:8501 --token-file api-key.txt --ca ca.pem --out results.jsonl
   predict-batch --tiles tiles.txt --imagery 'https://imagery.example/{z}/{x}/{y}.png' \\
       --server http://127.0.0.1:8501 --out postgresql://user@db/chips
   predict-batch --tiles tiles.txt --imagery URL --server URL --out buildings.geojson --threshold 1 0.5
   predict-batch urls.txt --server URL --model buildings --out results.csv --shard 0/4
+  predict-batch --area region.geojson --zoom 17 --imagery URL --server URL --out buildings.gpkg
+  predict-batch --raster scene.tif --window 256 --overlap 32 --server URL --model roofs --out roofs.tif \\
+      --polygons roofs.gpkg --simplify 0.5 --min-area 4
 """
 
 
@@ -57,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES + "\n" + __doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    source = parser.add_argument_group("what to predict (an INPUT or --tiles)")
+    source = parser.add_argument_group("what to predict (an INPUT, --tiles, or --area or --raster below)")
     source.add_argument(
         "input",
         nargs="?",
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tiles", type=Path, metavar="FILE", help="chip-n-scale's tile list: x-y-z lines (key = x-y-z)"
     )
     source.add_argument(
-        "--imagery", metavar="URL", help="with --tiles: an XYZ imagery URL template with {z}, {x} and {y}"
+        "--imagery", metavar="URL", help="with --tiles or --area: an XYZ imagery URL template with {z}, {x} and {y}"
     )
     server = parser.add_argument_group("the server")
     server.add_argument(
@@ -90,14 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.PROTOCOL,
         choices=PROTOCOLS,
         help="rest: TF Serving's REST API (port 8501); grpc: its gRPC PredictionService/Predict (port 8500), "
-        "the images sent raw (needs grpcio: pip install './client[grpc]')",
+        "the images sent raw (needs grpcio: pip install './client[grpc]') (default: %(default)s)",
     )
+    credentials.add_arguments(parser.add_argument_group("credentials and TLS (docs/security.md)"))
     out = parser.add_argument_group("where results go")
     out.add_argument(
         "--out", required=True, metavar="DEST", help="a .jsonl, .csv or .geojson file, or a postgresql:// URL"
     )
     out.add_argument(
-        "--table", default=defaults.TABLE, metavar="NAME", help="PostgreSQL: the results table (chip-n-scale's)"
+        "--table",
+        default=defaults.TABLE,
+        metavar="NAME",
+        help="PostgreSQL: the results table (chip-n-scale's) (default: %(default)s)",
     )
     out.add_argument(
         "--threshold",
@@ -107,55 +117,84 @@ def build_parser() -> argparse.ArgumentParser:
         "rounded to 2 decimals, is at least VALUE (chip-n-scale's convert-geojson)",
     )
     speed = parser.add_argument_group("throughput and retries")
-    speed.add_argument("--batch", metavar="N", type=positive_int, default=defaults.BATCH, help="images per request")
     speed.add_argument(
-        "--concurrency", metavar="N", type=positive_int, default=defaults.CONCURRENCY, help="requests in flight"
+        "--batch",
+        metavar="N",
+        type=positive_int,
+        default=defaults.BATCH,
+        help="images per request (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--concurrency",
+        metavar="N",
+        type=positive_int,
+        default=None,
+        help="requests in flight, fixed (default: adapted to what the server answers, between the next two)",
+    )
+    speed.add_argument(
+        "--min-concurrency",
+        metavar="N",
+        type=positive_int,
+        default=defaults.MIN_CONCURRENCY,
+        help="the fewest requests in flight the adaptive concurrency goes down to (it starts there) (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--max-concurrency",
+        metavar="N",
+        type=positive_int,
+        default=defaults.MAX_CONCURRENCY,
+        help="the most requests in flight the adaptive concurrency goes up to (default: %(default)s)",
     )
     speed.add_argument(
         "--fetchers",
         metavar="N",
         type=positive_int,
         default=defaults.FETCHERS,
-        help="images read or downloaded at once",
+        help="images read or downloaded at once (default: %(default)s)",
     )
     speed.add_argument(
-        "--shard", metavar="K/N", default=defaults.SHARD, help="K/N: take every N-th key from the K-th (from 0)"
+        "--shard",
+        metavar="K/N",
+        default=defaults.SHARD,
+        help="K/N: take every N-th key from the K-th (from 0) (default: %(default)s)",
     )
     speed.add_argument(
         "--tries",
         metavar="N",
         type=positive_int,
         default=defaults.RETRIES,
-        help="tries per request (503, 504, dropped connections, imagery 5xx)",
+        help="tries per request (503, 504, dropped connections, imagery 5xx) (default: %(default)s)",
     )
     speed.add_argument(
         "--backoff",
         metavar="S",
         type=non_negative_float,
         default=defaults.BACKOFF_S,
-        help=f"seconds before the first retry; doubles each time, up to {defaults.BACKOFF_MAX_S:g}",
+        help=f"seconds before the first retry; doubles each time, up to {defaults.BACKOFF_MAX_S:g} "
+        "(default: %(default)s)",
     )
     speed.add_argument(
         "--timeout",
         metavar="S",
         type=non_negative_float,
         default=defaults.TIMEOUT_S,
-        help="seconds one prediction request may take",
+        help="seconds one prediction request may take (default: %(default)s)",
     )
     speed.add_argument(
         "--fetch-timeout",
         metavar="S",
         type=non_negative_float,
         default=defaults.FETCH_TIMEOUT_S,
-        help="seconds one image download may take",
+        help="seconds one image download may take (default: %(default)s)",
     )
     speed.add_argument(
         "--progress-every",
         metavar="S",
         type=non_negative_float,
         default=defaults.PROGRESS_EVERY_S,
-        help="seconds between progress lines when not on a terminal",
+        help="seconds between progress lines when not on a terminal (default: %(default)s)",
     )
+    add_geo_arguments(parser)
     return parser
 
 
@@ -172,9 +211,9 @@ def source_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> So
         except ValueError as error:
             parser.error(str(error))
     if args.imagery:
-        parser.error("--imagery goes with --tiles")
+        parser.error("--imagery goes with --tiles or --area")
     if args.input is None:
-        parser.error("say what to predict: a folder, a list file, or --tiles with --imagery")
+        parser.error("say what to predict: a folder, a list file, --tiles with --imagery, --area or --raster")
     path = Path(args.input)
     if path.is_dir():
         return FolderSource(path)
@@ -206,16 +245,22 @@ def threshold_from(
     return classes.index(name), value
 
 
-def print_summary(outcome: Outcome, where_failures: str, noun: str, stream) -> None:
+def print_summary(
+    outcome: Outcome, where_failures: str, noun: str, stream, concurrency: Concurrency | None = None
+) -> None:
     how = "finished" if outcome.finished else ("interrupted" if outcome.interrupted else "stopped by an error")
     left = outcome.total - outcome.skipped - outcome.done - len(outcome.failed)
+    left -= outcome.nodata
     print(
         f"predict-batch: {how} in {duration(outcome.elapsed_s)}: {outcome.total} {noun}, done {outcome.done}, "
         f"skipped {outcome.skipped} (done before), failed {len(outcome.failed)}"
+        + (f", nodata {outcome.nodata} (not sent)" if outcome.nodata else "")
         + (f", left {left}" if left > 0 else "")
         + f", {outcome.images_per_s:.1f} images/s",
         file=stream,
     )
+    if concurrency is not None:
+        print(f"predict-batch: {concurrency_summary(concurrency)}", file=stream)
     if outcome.failed:
         print(f"failed ({len(outcome.failed)}, recorded in {where_failures}; a rerun tries them again):", file=stream)
         width = min(40, max(len(key) for key in outcome.failed))
@@ -227,6 +272,37 @@ def print_summary(outcome: Outcome, where_failures: str, noun: str, stream) -> N
         print(f"predict-batch: stopped: {outcome.error}", file=stream)
     if not outcome.finished:
         print("predict-batch: run the same command again to resume", file=stream)
+
+
+def reader_of(source: Source):
+    """A scene's window reader, which takes the place of the fetcher; None for every other source."""
+    from .geo_cli import scene_reader
+
+    return scene_reader(source)
+
+
+def concurrency_summary(concurrency: Concurrency) -> str:
+    """The requests in flight the run settled on, and the server's refusals (each sent again, none failed)."""
+    text = (
+        f"concurrency {concurrency.limit} (fixed)"
+        if concurrency.fixed
+        else f"concurrency settled at {concurrency.settled} (adaptive, {concurrency.minimum}-{concurrency.maximum})"
+    )
+    if concurrency.refusals:
+        text += f"; the server refused {concurrency.refusals} requests for a moment, each sent again after its hint"
+    return text
+
+
+def concurrency_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Concurrency:
+    """--concurrency N fixes it; otherwise it adapts between --min-concurrency and --max-concurrency."""
+    bounded = (args.min_concurrency, args.max_concurrency) != (defaults.MIN_CONCURRENCY, defaults.MAX_CONCURRENCY)
+    if args.concurrency is not None:
+        if bounded:
+            parser.error("--concurrency fixes the requests in flight; --min/--max-concurrency bound the adaptive one")
+        return Concurrency(args.concurrency, args.concurrency)
+    if args.min_concurrency > args.max_concurrency:
+        parser.error(f"--min-concurrency {args.min_concurrency} is over --max-concurrency {args.max_concurrency}")
+    return Concurrency(args.min_concurrency, args.max_concurrency)
 
 
 def exit_status(outcome: Outcome, signal_number: int | None) -> int:
@@ -253,25 +329,39 @@ def run_command(argv: list[str] | None) -> None:
         shard = parse_shard(args.shard)
     except ValueError as error:
         parser.error(str(error))
-    source = source_from(args, parser)
+    check_geo_flags(args, parser)
     stopping, abort = threading.Event(), threading.Event()
     backoff = Backoff(tries=args.tries, first_s=args.backoff)
+    concurrency = concurrency_from(args, parser)
     try:
-        predictor = make_predictor(args.protocol, args.server, args.model, stopping, backoff, args.timeout)
+        caller = credentials.from_arguments(args)
+        predictor = make_predictor(
+            args.protocol, args.server, args.model, stopping, backoff, args.timeout, caller, observer=concurrency
+        )
     except ValueError as error:
         parser.error(str(error))
+    source = geo_source(args, parser, predictor) or source_from(args, parser)
     threshold = threshold_from(args, parser, predictor)
     try:
-        sink = open_sink(args.out, table=args.table, threshold=threshold, tiles=isinstance(source, TileSource))
-        keys = select(source.keys(), shard)
+        if is_geo_run(args):
+            sink = geo_sink(args, parser, source, predictor, threshold)
+        else:
+            sink = open_sink(args.out, table=args.table, threshold=threshold, tiles=isinstance(source, TileSource))
         done = sink.done_keys()
+        if getattr(source, "unique", False):  # an area's tiles or a scene's windows: counted, then streamed
+            total = shard_count(source.count(), shard)
+            skipped = sum(1 for key in shard_keys(source.keys(), shard) if key in done) if done else 0
+            todo = (key for key in shard_keys(source.keys(), shard) if key not in done)
+        else:
+            keys = select(source.keys(), shard)
+            total, todo = len(keys), [key for key in keys if key not in done]
+            skipped = total - len(todo)
     except ValueError as error:
         parser.error(str(error))
     except (SinkError, OSError) as error:
         print(f"predict-batch: {error}", file=stream)
         sys.exit(EXIT_ERROR)
-    todo = [key for key in keys if key not in done]
-    outcome = Outcome(total=len(keys), skipped=len(keys) - len(todo))
+    outcome = Outcome(total=total, skipped=skipped)
     shard_text = f" (shard {shard})" if shard.count > 1 else ""
     if sink.repaired_bytes:
         print(
@@ -279,10 +369,10 @@ def run_command(argv: list[str] | None) -> None:
             file=stream,
         )
     print(
-        f"predict-batch: {len(keys)} {source.noun} from {source.describe()}{shard_text}: "
-        f"{outcome.skipped} done before, {len(todo)} to do\n"
+        f"predict-batch: {total} {source.noun} from {source.describe()}{shard_text}: "
+        f"{outcome.skipped} done before, {total - skipped} to do\n"
         f"predict-batch: {predictor.endpoint} ({args.protocol.upper()}, batch {args.batch}, "
-        f"concurrency {args.concurrency}) -> {sink.describe()}",
+        f"concurrency {concurrency.describe()}) -> {sink.describe()}",
         file=stream,
         flush=True,
     )
@@ -303,11 +393,11 @@ def run_command(argv: list[str] | None) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    fetcher = Fetcher(stopping, backoff, args.fetch_timeout)
-    progress = Progress(len(todo), stream, every_s=args.progress_every)
+    fetcher = reader_of(source) or Fetcher(stopping, backoff, args.fetch_timeout)
+    progress = Progress(total - skipped, stream, every_s=args.progress_every, concurrency=concurrency)
     run = BatchRun(
         source, sink, predictor, fetcher,
-        batch=args.batch, concurrency=args.concurrency, fetchers=args.fetchers, stopping=stopping, abort=abort,
+        batch=args.batch, concurrency=concurrency, fetchers=args.fetchers, stopping=stopping, abort=abort,
     )  # fmt: skip
     status = EXIT_ERROR
     try:
@@ -323,7 +413,7 @@ def run_command(argv: list[str] | None) -> None:
     except (OSError, ValueError) as error:
         outcome.error = outcome.error or f"could not finish {args.out}: {error}"
         status = EXIT_ERROR
-    print_summary(outcome, sink.where_failures, source.noun, stream)
+    print_summary(outcome, sink.where_failures, source.noun, stream, concurrency)
     sys.stdout.flush()
     stream.flush()
     # Threads still waiting on a slow download or request must not hold the exit: all that was answered is committed.

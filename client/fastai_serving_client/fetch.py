@@ -22,6 +22,10 @@ class InputFailed(Exception):
         self.reason = reason
 
 
+class InputSkipped(Exception):
+    """This key has nothing to predict (a scene window all of nodata): counted, never sent, not recorded."""
+
+
 class Fetcher:
     """Reads image bytes for many threads at once: one HTTP session (a kept-alive connection) per thread."""
 

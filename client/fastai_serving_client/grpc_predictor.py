@@ -25,9 +25,12 @@ from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto
 from fastai_serving_protos.tensorflow_serving_pb2_grpc import PredictionServiceStub
 
 from . import defaults
-from .predictor import InputRejected, ServerFailed, predictions_tried
-from .retry import DEFAULT_BACKOFF, Backoff, Retryable, retry_after_s
+from .concurrency import UNOBSERVED, Observer
+from .credentials import NO_CREDENTIALS, Credentials
+from .predictor import InputRejected, ServerFailed, classes_in, predictions_tried
+from .retry import DEFAULT_BACKOFF, Backoff, Refused, Retryable, retry_after_s
 
+PUSHBACK = "grpc-retry-pushback-ms"  # gRFC A6: a refusal's hint, in milliseconds, in the trailing metadata
 IMAGE_INPUT = "image_bytes"  # TF Serving's input name for encoded images, as chip-n-scale's models take them
 FASTAI_METADATA = "fastai"  # fastai-serving's own GetModelMetadata field: a Struct with the task and the classes
 
@@ -37,7 +40,7 @@ RETRYABLE = (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.AB
 # This request's input refused. INTERNAL: fastai-serving's gRPC front says so when the model failed on the
 # input (REST's 500, which RestPredictor treats the same way).
 INPUT = (StatusCode.INVALID_ARGUMENT, StatusCode.OUT_OF_RANGE, StatusCode.INTERNAL)
-# RESOURCE_EXHAUSTED is a message over a size limit (this request is too big: input) or a busy server (retry).
+# RESOURCE_EXHAUSTED is a message over a size limit (this request is too big: input) or a busy server (a refusal).
 OVER_A_SIZE_LIMIT = re.compile(r"larger than max|size limit|too large|over the limit|message length", re.IGNORECASE)
 
 # Every dtype a prediction may come back as: the TensorProto field holding it, and its tensor_content format.
@@ -56,8 +59,8 @@ VALUE_FIELDS = {
 
 
 def grpc_target(server: str) -> str:
-    """host:port from `--server`: host:port or grpc://host:port (TF Serving's gRPC port is 8500)."""
-    target = server.removeprefix("grpc://").rstrip("/")
+    """host:port from `--server`: host:port, grpc://host:port or grpcs://host:port (TF Serving's gRPC port is 8500)."""
+    target = server.removeprefix("grpcs://").removeprefix("grpc://").rstrip("/")
     if "://" in target:
         raise ValueError(
             f"--protocol grpc takes the gRPC address, host:port or grpc://host:port (TF Serving's gRPC port is "
@@ -152,10 +155,39 @@ def failure(
         return InputRejected(code.value[0], f"the server answered {said} (send fewer images a request: --batch)")
     if code in INPUT:
         return InputRejected(code.value[0], f"the server answered {said}")
-    if code in RETRYABLE or code == StatusCode.RESOURCE_EXHAUSTED:
-        delay = next((retry_after_s(str(value)) for key, value in metadata if key.lower() == "retry-after"), None)
-        return Retryable(said, delay)
+    if code == StatusCode.RESOURCE_EXHAUSTED:
+        return Refused(said, hint_s(metadata))
+    if code in RETRYABLE:
+        return Retryable(said, hint_s(metadata))
     return ServerFailed(f"{endpoint} answered {said}")
+
+
+def channel_credentials(credentials: Credentials) -> grpc.ChannelCredentials:
+    """TLS to the server: its CA (default: the system's), and a client certificate where one is given."""
+
+    def read(path) -> bytes | None:
+        return path.read_bytes() if path is not None else None
+
+    return grpc.ssl_channel_credentials(read(credentials.ca), read(credentials.key), read(credentials.cert))
+
+
+def channel(target: str, tls: grpc.ChannelCredentials | None, options: list) -> grpc.Channel:
+    return grpc.secure_channel(target, tls, options=options) if tls else grpc.insecure_channel(target, options=options)
+
+
+def hint_s(metadata: Sequence[tuple[str, Any]]) -> float | None:
+    """The server's wait before the next try, from the trailing metadata: grpc-retry-pushback-ms, or retry-after."""
+    for key, value in metadata:
+        if key.lower() == PUSHBACK:
+            try:
+                milliseconds = float(value)
+            except (TypeError, ValueError):
+                continue
+            if milliseconds >= 0:
+                return milliseconds / 1000
+        if key.lower() == "retry-after":
+            return retry_after_s(str(value))
+    return None
 
 
 class GrpcPredictor:
@@ -168,17 +200,22 @@ class GrpcPredictor:
         stopping: threading.Event,
         backoff: Backoff = DEFAULT_BACKOFF,
         timeout_s: float = defaults.TIMEOUT_S,
+        credentials: Credentials = NO_CREDENTIALS,
+        observer: Observer = UNOBSERVED,
     ) -> None:
         self.target = grpc_target(server)
+        tls = server.startswith("grpcs://") or credentials.wants_tls
         self.model = model
-        self.endpoint = f"grpc://{self.target} PredictionService/Predict, " + (
+        self.endpoint = f"{'grpcs' if tls else 'grpc'}://{self.target} PredictionService/Predict, " + (
             f"model {model!r}" if model else "the default model"
         )
-        self.stopping, self.backoff, self.timeout_s = stopping, backoff, timeout_s
+        self.stopping, self.backoff, self.timeout_s, self.observer = stopping, backoff, timeout_s, observer
         limit = defaults.GRPC_MAX_MESSAGE_MIB << 20
-        self.channel = grpc.insecure_channel(
+        self.metadata = (("authorization", credentials.authorization()),) if credentials.token else None
+        self.channel = channel(
             self.target,
-            options=[
+            channel_credentials(credentials) if tls else None,
+            [
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
                 # Retries are paced by `backoff`; the channel must be reconnecting by the time the next one goes.
@@ -190,11 +227,20 @@ class GrpcPredictor:
 
     def predict(self, images: list[bytes]) -> list[Any]:
         request = predict_request(self.model, images)
-        return predictions_tried(lambda: self._call(request), len(images), self.endpoint, self.backoff, self.stopping)
+        return predictions_tried(
+            lambda: self._call(request), len(images), self.endpoint, self.backoff, self.stopping, self.observer
+        )
 
     def _call(self, request: serving.PredictRequest) -> list[Any]:
+        # --timeout is kept here, not sent as the call's deadline (as REST sends no deadline header): a batch client
+        # gains nothing from a place deep in the server's queue, and without a deadline fastai-serving keeps its
+        # queue short and refuses the rest, which is what the concurrency follows. A call out of time is cancelled.
+        call = self.stub.Predict.future(request, metadata=self.metadata)
         try:
-            response = self.stub.Predict(request, timeout=self.timeout_s)
+            response = call.result(timeout=self.timeout_s)
+        except grpc.FutureTimeoutError as error:
+            call.cancel()
+            raise Retryable(f"no answer within {self.timeout_s:g} s (--timeout)") from error
         except grpc.RpcError as error:
             raise failure(
                 error.code(), error.details() or "", error.trailing_metadata() or (), self.endpoint, self.model
@@ -204,18 +250,21 @@ class GrpcPredictor:
         except ValueError as error:
             raise ServerFailed(f"{self.endpoint} answered {error}, not TF Serving's predictions") from error
 
-    def class_names(self) -> list[str] | None:
-        """The classes from fastai-serving's metadata (GetModelMetadata's `fastai` field); None from other servers."""
+    def description(self) -> dict | None:
+        """fastai-serving's description of the model (GetModelMetadata's `fastai` field); None from other servers."""
         request = serving.GetModelMetadataRequest(metadata_field=[FASTAI_METADATA])
         request.model_spec.SetInParent()
         if self.model:
             request.model_spec.name = self.model
         try:
-            response = self.stub.GetModelMetadata(request, timeout=defaults.METADATA_TIMEOUT_S)
+            response = self.stub.GetModelMetadata(request, timeout=defaults.METADATA_TIMEOUT_S, metadata=self.metadata)
             fastai = struct_pb2.Struct()
             if not response.metadata[FASTAI_METADATA].Unpack(fastai):
                 return None
-            classes = json_format.MessageToDict(fastai).get("classes")
         except grpc.RpcError:
             return None
-        return [str(name) for name in classes] if isinstance(classes, list) and classes else None
+        return json_format.MessageToDict(fastai)
+
+    def class_names(self) -> list[str] | None:
+        """The classes from fastai-serving's metadata (GetModelMetadata's `fastai` field); None from other servers."""
+        return classes_in(self.description())

@@ -6,9 +6,12 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import defaults
+
+if TYPE_CHECKING:
+    from .concurrency import Concurrency
 
 
 def duration(seconds: float) -> str:
@@ -30,8 +33,10 @@ class Progress:
         tty: bool | None = None,
         every_s: float = defaults.PROGRESS_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
+        concurrency: Concurrency | None = None,
     ) -> None:
         self.total, self.stream, self.every_s, self.clock = total, stream, every_s, clock
+        self.concurrency = concurrency  # its limit is shown: what the adaptive one settled on
         self.tty = stream.isatty() if tty is None else tty
         self.done = self.failed = 0
         self.started = clock()
@@ -85,7 +90,7 @@ class Progress:
         handled = self.done + self.failed
         share = handled / self.total if self.total else 1.0
         counts = f"{handled}/{self.total} {share:4.0%}"
-        tail = f" {self.rate:5.1f} img/s  ETA {self.eta()}  failed {self.failed}"
+        tail = f" {self.rate:5.1f} img/s{self._in_flight('  concurrency {}')}  ETA {self.eta()}  failed {self.failed}"
         width = max(10, min(40, columns - len(counts) - len(tail) - 4))
         filled = int(width * share)
         return f"{counts} |{self._bar * filled}{' ' * (width - filled)}|{tail}"
@@ -94,9 +99,16 @@ class Progress:
         handled = self.done + self.failed
         share = handled / self.total if self.total else 1.0
         return (
-            f"predict-batch: {handled}/{self.total} ({share:.0%}), {self.rate:.1f} images/s, "
-            f"ETA {self.eta()}, {self.failed} failed"
+            f"predict-batch: {handled}/{self.total} ({share:.0%}), {self.rate:.1f} images/s"
+            f"{self._in_flight(', concurrency {}')}, ETA {self.eta()}, {self.failed} failed"
         )
+
+    def _in_flight(self, form: str) -> str:
+        """The concurrency's limit in `form`, and the refusals the server made so far, if any; "" without one."""
+        if self.concurrency is None:
+            return ""
+        refused = self.concurrency.refusals
+        return form.format(self.concurrency.limit) + (f" ({refused} refused, sent again)" if refused else "")
 
     def close(self) -> None:
         """The last state, and the terminal's line left for what follows."""

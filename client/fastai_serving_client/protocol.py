@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 
 from . import defaults
+from .concurrency import UNOBSERVED, Observer
+from .credentials import NO_CREDENTIALS, Credentials
 from .predictor import Predictor
 from .rest_predictor import RestPredictor
 from .retry import DEFAULT_BACKOFF, Backoff
@@ -20,9 +22,12 @@ def make_predictor(
     stopping: threading.Event,
     backoff: Backoff = DEFAULT_BACKOFF,
     timeout_s: float = defaults.TIMEOUT_S,
+    credentials: Credentials = NO_CREDENTIALS,
+    observer: Observer = UNOBSERVED,
 ) -> Predictor:
+    """The predictor for `protocol`; `observer` (the concurrency controller) hears how each attempt went."""
     if protocol == "rest":
-        return RestPredictor(server, model, stopping, backoff, timeout_s)
+        return RestPredictor(server, model, stopping, backoff, timeout_s, credentials, observer)
     if protocol == "grpc":
         try:  # only here: the REST client needs neither grpcio nor protobuf
             from .grpc_predictor import GrpcPredictor
@@ -31,5 +36,5 @@ def make_predictor(
                 f"--protocol grpc needs grpcio and protobuf ({error}): pip install 'fastai-serving-client[grpc]' "
                 "(from a checkout: pip install './client[grpc]'), or use --protocol rest"
             ) from error
-        return GrpcPredictor(server, model, stopping, backoff, timeout_s)
+        return GrpcPredictor(server, model, stopping, backoff, timeout_s, credentials, observer)
     raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")

@@ -11,10 +11,13 @@ from urllib.parse import quote
 import requests
 
 from . import defaults
-from .predictor import InputRejected, ServerFailed, predictions_tried
-from .retry import DEFAULT_BACKOFF, Backoff, Retryable, retry_after_s
+from .concurrency import UNOBSERVED, Observer
+from .credentials import NO_CREDENTIALS, Credentials
+from .predictor import InputRejected, ServerFailed, classes_in, predictions_tried
+from .retry import DEFAULT_BACKOFF, Backoff, Refused, Retryable, retry_after_s
 
-TRANSIENT_STATUSES = (429, 502, 503, 504)
+REFUSED = 429  # the server's admission control: full for now, come back after Retry-After
+TRANSIENT_STATUSES = (502, 503, 504)
 INPUT_STATUSES = (400, 413, 422, 500)
 
 
@@ -45,6 +48,8 @@ class RestPredictor:
         stopping: threading.Event,
         backoff: Backoff = DEFAULT_BACKOFF,
         timeout_s: float = defaults.TIMEOUT_S,
+        credentials: Credentials = NO_CREDENTIALS,
+        observer: Observer = UNOBSERVED,
     ) -> None:
         if not server.startswith(("http://", "https://")):
             raise ValueError(
@@ -54,22 +59,41 @@ class RestPredictor:
         base = server.rstrip("/")
         self.model_url = f"{base}/v1/models/{quote(model, safe='')}" if model else f"{base}/analyze"
         self.endpoint = f"{self.model_url}:predict"
-        self.stopping, self.backoff, self.timeout_s = stopping, backoff, timeout_s
+        self.stopping, self.backoff, self.timeout_s, self.observer = stopping, backoff, timeout_s, observer
+        # No deadline header (X-Request-Timeout): a batch client gains nothing from a place deep in the server's
+        # queue; without one, fastai-serving keeps its queue short and refuses the rest, and its refusals are what
+        # the concurrency follows. --timeout bounds each request here, on the client's side.
+        self.headers = {"Content-Type": "application/json"}
+        self.credentials = credentials
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
+            session = requests.Session()
+            if self.credentials.token:
+                session.headers["Authorization"] = self.credentials.authorization()
+            self._local.session = session
         return self._local.session
+
+    def _tls(self) -> dict:
+        """verify= and cert= for each request: a session's own verify loses to REQUESTS_CA_BUNDLE (requests#3829)."""
+        tls = {}
+        if self.credentials.ca is not None:
+            tls["verify"] = str(self.credentials.ca)
+        if self.credentials.cert is not None:
+            tls["cert"] = (str(self.credentials.cert), str(self.credentials.key))
+        return tls
 
     def predict(self, images: list[bytes]) -> list[Any]:
         body = request_body(images)
-        return predictions_tried(lambda: self._post(body), len(images), self.endpoint, self.backoff, self.stopping)
+        return predictions_tried(
+            lambda: self._post(body), len(images), self.endpoint, self.backoff, self.stopping, self.observer
+        )
 
     def _post(self, body: bytes) -> Any:
         try:
             response = self._session().post(
-                self.endpoint, data=body, headers={"Content-Type": "application/json"}, timeout=self.timeout_s
+                self.endpoint, data=body, headers=self.headers, timeout=self.timeout_s, **self._tls()
             )
         except requests.RequestException as error:
             raise Retryable(f"{type(error).__name__}: {error}") from error
@@ -79,6 +103,8 @@ class RestPredictor:
                 return response.json()["predictions"]
             except (ValueError, KeyError, TypeError) as error:
                 raise ServerFailed(f"{self.endpoint} answered 200 without TF Serving's predictions") from error
+        if status == REFUSED:
+            raise Refused(f"HTTP {status}: {error_text(response)}", retry_after_s(response.headers.get("Retry-After")))
         if status in TRANSIENT_STATUSES:
             raise Retryable(
                 f"HTTP {status}: {error_text(response)}", retry_after_s(response.headers.get("Retry-After"))
@@ -87,11 +113,17 @@ class RestPredictor:
             raise InputRejected(status, f"the server answered {status}: {error_text(response)}")
         raise ServerFailed(f"{self.endpoint} answered {status}: {error_text(response)}")
 
-    def class_names(self) -> list[str] | None:
-        """The classes from fastai-serving's metadata (`metadata.fastai.classes`); None from other servers."""
+    def description(self) -> dict | None:
+        """fastai-serving's description of the model (`metadata.fastai`: task, classes, inputs); None from other servers."""
         try:
-            response = self._session().get(f"{self.model_url}/metadata", timeout=defaults.METADATA_TIMEOUT_S)
-            classes = response.json()["metadata"]["fastai"]["classes"]
+            response = self._session().get(
+                f"{self.model_url}/metadata", timeout=defaults.METADATA_TIMEOUT_S, **self._tls()
+            )
+            described = response.json()["metadata"]["fastai"]
         except (requests.RequestException, ValueError, KeyError, TypeError):
             return None
-        return [str(name) for name in classes] if isinstance(classes, list) and classes else None
+        return described if isinstance(described, dict) else None
+
+    def class_names(self) -> list[str] | None:
+        """The classes from fastai-serving's metadata (`metadata.fastai.classes`); None from other servers."""
+        return classes_in(self.description())

@@ -1,11 +1,13 @@
-"""The pipeline: fetch images (a thread pool), batch them, send batches (a pool of `concurrency`), commit answers.
+"""The pipeline: fetch images (a thread pool), batch them, send batches (up to the concurrency's limit), commit answers.
 
 One coordinating thread keeps the pools fed: fetching runs ahead of prediction within a bounded
 window, so images are downloaded while earlier batches are predicted and memory stays bounded.
 One writer thread owns the destination: it commits answers in the order they arrive (whatever
 has queued up, in one write and one fsync or transaction), so sending the next requests never
 waits on the disk or the database. What was answered but not yet committed when a run is killed
-is simply done again by the next run; Ctrl-C and SIGTERM wait for the writer to commit it.
+is simply done again by the next run; Ctrl-C and SIGTERM wait for the writer to commit it. The
+requests in flight follow the concurrency's limit (concurrency.py), which moves as the server
+answers, refuses or times out (the predictor tells it of every attempt).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import defaults
-from .fetch import Fetcher, InputFailed
+from .concurrency import Concurrency
+from .fetch import Fetcher, InputFailed, InputSkipped
 from .predictor import InputRejected, Predictor, ServerFailed
 from .progress import Progress
 from .retry import Stopped
@@ -33,6 +37,7 @@ class Outcome:
     total: int  # the keys of this shard
     skipped: int  # already done before this run
     done: int = 0  # done by this run
+    nodata: int = 0  # scene windows of nothing but nodata: counted, never sent
     failed: dict[str, str] = field(default_factory=dict)  # key -> reason, this run's
     elapsed_s: float = 0.0
     error: str = ""  # why the run stopped early, when a failure stopped it
@@ -117,7 +122,7 @@ class BatchRun:
         fetcher: Fetcher,
         *,
         batch: int,
-        concurrency: int,
+        concurrency: Concurrency,
         fetchers: int,
         stopping: threading.Event,
         abort: threading.Event,
@@ -139,31 +144,30 @@ class BatchRun:
             self.error = error
         self.stopping.set()
 
-    def run(self, todo: list[str], outcome: Outcome, progress: Progress) -> Outcome:
+    def run(self, todo: Iterable[str], outcome: Outcome, progress: Progress) -> Outcome:
         keys = iter(todo)
         exhausted = False
         ready: deque[tuple[str, bytes]] = deque()
         fetching: dict[Future, str] = {}
         sending: dict[Future, list[str]] = {}
-        window = max(self.fetchers, 2 * self.batch * self.concurrency)  # images fetched ahead of prediction
         fetch_pool = ThreadPoolExecutor(self.fetchers, thread_name_prefix="fetch")
-        send_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="send")
+        send_pool = ThreadPoolExecutor(self.concurrency.maximum, thread_name_prefix="send")  # threads made as needed
         writer = Writer(self.sink, outcome, progress, self.stopping)
 
         def top_up() -> None:
-            """Keep `window` images fetching or fetched, and `concurrency` requests in flight."""
+            """Keep a window of images fetching or fetched, and the concurrency's limit of requests in flight."""
             nonlocal exhausted
             if self.stopping.is_set():
                 return
+            limit = self.concurrency.limit
+            window = max(self.fetchers, 2 * self.batch * limit)  # images fetched ahead of prediction
             while not exhausted and len(fetching) + len(ready) < window:
                 key = next(keys, None)
                 if key is None:
                     exhausted = True
                 else:
                     fetching[fetch_pool.submit(self._fetch, key)] = key
-            while len(sending) < self.concurrency and (
-                len(ready) >= self.batch or (ready and exhausted and not fetching)
-            ):
+            while len(sending) < limit and (len(ready) >= self.batch or (ready and exhausted and not fetching)):
                 items = [ready.popleft() for _ in range(min(self.batch, len(ready)))]
                 sending[send_pool.submit(predict_items, self.predictor, items)] = [key for key, _ in items]
 
@@ -180,6 +184,9 @@ class BatchRun:
                             ready.append((key, future.result()))
                         except InputFailed as failure:
                             writer.put(([], [(key, failure.reason)]))
+                        except InputSkipped:
+                            outcome.nodata += 1  # only this thread counts them
+                            progress.add(done=1)
                         except Stopped:
                             pass  # abandoned as the run stops: not done, so the next run fetches it
                     else:

@@ -26,7 +26,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -255,8 +255,15 @@ class GeoJsonSink:
     Properties are `p0`, `p1`, ... rounded to 2 decimals (convert-geojson's), and `tile`.
     """
 
-    def __init__(self, path: Path, threshold: tuple[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        threshold: tuple[int, float] | None = None,
+        geometry: Callable[[str], dict] | None = None,
+        key_name: str = "tile",
+    ) -> None:
         self.path, self.threshold = path, threshold
+        self.geometry, self.key_name = geometry, key_name  # scene windows have their own footprints (places.py)
         self.journal = JsonLinesSink(path.with_name(path.name + ".jsonl"), path.with_name(path.name + ".failed.jsonl"))
         self.where_failures = self.journal.where_failures
         self.repaired_bytes = self.journal.repaired_bytes
@@ -269,7 +276,7 @@ class GeoJsonSink:
         self.journal.close()
         kept, total = self.render()
         chosen = "" if self.threshold is None else f" (class {self.threshold[0]} >= {self.threshold[1]})"
-        return f"wrote {self.path}: {kept} of {total} tiles{chosen}"
+        return f"wrote {self.path}: {kept} of {total} {self.key_name}s{chosen}"
 
     def render(self) -> tuple[int, int]:
         """Write the FeatureCollection from the journal; returns (features written, results read)."""
@@ -279,7 +286,7 @@ class GeoJsonSink:
             out.write('{"type": "FeatureCollection", "features": [')
             for key, prediction in self.journal.results():
                 total += 1
-                feature = tile_feature(key, prediction, self.threshold)
+                feature = tile_feature(key, prediction, self.threshold, self.geometry, self.key_name)
                 if feature is not None:
                     out.write(("\n" if kept == 0 else ",\n") + json.dumps(feature))
                     kept += 1
@@ -293,27 +300,33 @@ class GeoJsonSink:
         return f"{self.path} (results kept in {self.journal.path})"
 
 
-def tile_feature(key: str, prediction: Any, threshold: tuple[int, float] | None) -> dict | None:
-    """One tile's GeoJSON Feature, or None where the threshold leaves it out (convert-geojson's rule)."""
+def tile_feature(
+    key: str,
+    prediction: Any,
+    threshold: tuple[int, float] | None,
+    geometry: Callable[[str], dict] | None = None,
+    key_name: str = "tile",
+) -> dict | None:
+    """One tile's (or window's) GeoJSON Feature, or None where the threshold leaves it out (convert-geojson's rule)."""
     if not isinstance(prediction, list) or not all(
         isinstance(value, (int, float)) and not isinstance(value, bool) for value in prediction
     ):
         raise ValueError(
-            f"GeoJSON needs a list of probabilities per tile; tile {key} has {compact_json(prediction)[:80]}"
+            f"GeoJSON needs a list of probabilities per {key_name}; {key_name} {key} has {compact_json(prediction)[:80]}"
         )
     rounded = [round(value, 2) for value in prediction]
     if threshold is not None:
         index, value = threshold
         if index >= len(rounded):
-            raise ValueError(f"--threshold class {index}: tile {key} has only {len(rounded)} probabilities")
+            raise ValueError(f"--threshold class {index}: {key_name} {key} has only {len(rounded)} probabilities")
         if rounded[index] < value:
             return None
     properties = {f"p{index}": value for index, value in enumerate(rounded)}
     return {
         "type": "Feature",
         "id": key,
-        "geometry": tile_polygon(parse_tile(key)),
-        "properties": {"tile": key, **properties},
+        "geometry": geometry(key) if geometry else tile_polygon(parse_tile(key)),
+        "properties": {key_name: key, **properties},
     }
 
 

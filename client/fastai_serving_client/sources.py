@@ -155,3 +155,15 @@ def select(keys: Iterable[str], shard: Shard = Shard()) -> list[str]:
             chosen.append(key)
         seen.add(key)
     return chosen
+
+
+def shard_keys(keys: Iterable[str], shard: Shard = Shard()) -> Iterator[str]:
+    """The shard's keys of a source whose keys never repeat (an area, a scene), streamed: every N-th from the K-th."""
+    for index, key in enumerate(keys):
+        if index % shard.count == shard.index:
+            yield key
+
+
+def shard_count(total: int, shard: Shard = Shard()) -> int:
+    """How many of `total` distinct keys `shard_keys` gives."""
+    return max(0, (total - shard.index + shard.count - 1) // shard.count)

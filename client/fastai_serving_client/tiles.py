@@ -1,10 +1,15 @@
-"""Web-mercator tiles as chip-n-scale names them (`x-y-z`, XYZ/slippy-map numbering) and their bounds."""
+"""Web-mercator tiles as chip-n-scale names them (`x-y-z`, XYZ/slippy-map numbering): keys, URLs and bounds.
+
+The tile arithmetic is mercantile's (the library chip-n-scale's own tools use), so a tile's square
+here is exactly the one its tile list and imagery server mean.
+"""
 
 from __future__ import annotations
 
-import math
 import re
 from typing import NamedTuple
+
+import mercantile
 
 _TILE = re.compile(r"^\s*(\d+)-(\d+)-(\d+)\s*$")
 MAX_ZOOM = 30
@@ -46,15 +51,14 @@ def check_template(template: str) -> None:
         raise ValueError(f"the imagery template {template!r} is not an http(s) URL")
 
 
-def _latitude(y: float, z: int) -> float:
-    return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / 2**z))))
-
-
 def tile_bounds(tile: Tile) -> tuple[float, float, float, float]:
     """(west, south, east, north) in degrees (WGS 84 longitude and latitude) of a web-mercator tile."""
-    n = 2**tile.z
-    west, east = tile.x / n * 360 - 180, (tile.x + 1) / n * 360 - 180
-    return west, _latitude(tile.y + 1, tile.z), east, _latitude(tile.y, tile.z)
+    return tuple(mercantile.bounds(*tile))
+
+
+def tile_xy_bounds(tile: Tile) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) in web-mercator metres (EPSG:3857), where a tile is an exact square."""
+    return tuple(mercantile.xy_bounds(*tile))
 
 
 def tile_polygon(tile: Tile) -> dict:

@@ -38,6 +38,15 @@ METRICS_SCRAPE_TIMEOUT_S = 2.0  # GET /metrics reads TorchServe's own metrics fo
 GRPC_HEALTH_POLL_S = 2.0  # how often the gRPC front's health service asks whether every model can serve
 SHIM_KEEPALIVE_S = 30  # an idle keep-alive connection to the REST front is closed after this long
 
+# --- Load: deadlines and admission (docs/reliability.md) ------------------------------------------
+MAX_QUEUE_S = 30.0  # a request without a deadline of its own is not predicted after waiting this long (make-archive)
+QUEUE_TARGET_S = 0.0  # the fronts keep a model's expected wait below this, refusing beyond it; 0: two forward passes
+QUEUE_TARGET_MIN_S = 1.0  # and never below this: a few clients at once are served, not refused, however fast the model
+PACE_EWMA = 0.2  # how much each batch's seconds and instances move the fronts' averages of them (the pace)
+QUEUE_INTERVAL_S = (
+    1.0  # a queue must stand over its target this long before anything is refused for it (CoDel's interval)
+)
+
 # --- Stopping (scripts/serve on SIGTERM; the Kubernetes grace period covers the sum) -------------
 FRONT_STOP_MARGIN_S = 10  # after the graceful timeout, a front still running is killed this much later
 TORCHSERVE_STOP_S = 30  # then TorchServe gets this long to stop its workers before it is killed
@@ -49,9 +58,12 @@ def shutdown_budget_s() -> float:
     return PRESTOP_S + DRAIN_S + GRACEFUL_TIMEOUT_S + FRONT_STOP_MARGIN_S + TORCHSERVE_STOP_S
 
 
-# --- Reloading (scripts/reload) -----------------------------------------------------------------
+# --- Reloading (scripts/reload) and TorchServe's management calls that change what is served -----
 RELOAD_READY_TIMEOUT_S = 180.0  # how long a new version may take to get a ready worker, else it is unregistered
 RELOAD_DRAIN_S = 10.0  # how long requests already sent to the old version get before it is retired
+MANAGEMENT_TIMEOUT_S = 30.0  # reload's questions to the management API (what is registered, the default)
+REGISTER_TIMEOUT_S = 60.0  # registering an archive (TorchServe unpacks it before it answers)
+UNREGISTER_TIMEOUT_S = 120.0  # unregistering a version, or scaling a model: TorchServe stops workers first
 
 # --- Batching and workers (make-archive) --------------------------------------------------------
 BATCH_SIZE = 16  # client requests TorchServe gathers into one batch
@@ -64,6 +76,10 @@ MAX_BATCH = (
 MAX_ROW_BATCH = 1024  # tabular and collaborative-filtering rows per forward pass
 DECODE_THREADS = 4  # threads decoding a batch's images in each worker (PIL releases the GIL while decoding)
 TORCH_THREADS = 0  # torch threads per worker; 0: the machine's cores ÷ the model's workers
+# How a worker's idle torch (OpenMP) threads wait: PASSIVE sleeps at once; libgomp's default spins ~0.3 ms after
+# every parallel region, which took as much CPU as a near-free model's whole batch (docs/pipeline.md). serve sets
+# it for TorchServe's workers unless the environment already does.
+OMP_WAIT_POLICY = "PASSIVE"
 PRECISION = "fp32"
 CHANNELS_LAST = True  # the model's weights channels-last: same results to float rounding, faster on CPU
 COMPILE = False  # torch.compile the model at worker start (opt-in: README, "Performance")
@@ -79,6 +95,10 @@ GRPC_THREADS = 32  # the gRPC front's threads: concurrent calls (as many as the 
 # --- Fast paths (make-archive; README, "Performance", and docs/pipeline.md) ----------------------
 FAST_IMAGES = True  # build a vision batch straight from PIL images when every transform is one the fast path knows
 FAST_ROWS = True  # apply a tabular or collab Learner's procs to a batch's rows vectorized, without a test_dl
+# Decode and resize a vision batch as tensors on the worker's device (torchvision, torch) instead of with PIL:
+# "auto" where the worker has a GPU (nvJPEG); "on" on a CPU too (answers within a measured bound of PIL's).
+TENSOR_IMAGES_CHOICES = ("auto", "on", "off")
+TENSOR_IMAGES = "auto"
 
 # --- Slow and idle clients: the fronts' deadlines and caps (docs/reliability.md) -----------------
 # REST: nginx reads each request whole before a shim thread sees it (scripts/nginx.conf).
@@ -97,3 +117,17 @@ GRPC_MIN_PING_INTERVAL_S = 10.0  # keepalive enforcement: a client pinging more 
 GRPC_MAX_CONNECTION_IDLE_S = 300.0  # a connection with no call for this long gets GOAWAY (clients reconnect)
 GRPC_MAX_CONNECTION_AGE_S = 600.0  # every connection gets GOAWAY after this (±10 %), so clients rebalance
 GRPC_MAX_CONNECTION_AGE_GRACE_S = 150.0  # then calls in flight get this long (> the predict timeout), then it closes
+GRPC_KEEPALIVE_TIMEOUT_S = 20.0  # the front's own pings find dead peers: a ping unanswered this long closes it
+
+# --- Who may call: API keys and TLS on the fronts (docs/security.md) -----------------------------
+ACCESS_CHECK_S = 1.0  # the key file and the TLS files are looked at (stat) at most this often; a change is read at once
+MIN_API_KEY_CHARS = 16  # a shorter key in the key file is refused: it could be guessed
+METRICS_ACCESS_CHOICES = ("open", "keyed", "loopback")  # GET /metrics: anyone, API keys, or this machine only
+METRICS_ACCESS = "open"  # as before keys: Prometheus scrapes without credentials
+ACCESS_LOG = True  # the fronts write one JSON line per request on stdout
+TLS_PROTOCOLS = "TLSv1.2 TLSv1.3"  # the REST front's (nginx) and the gRPC front's (grpc's own minimum is 1.2)
+# TLS 1.2's ciphers where TLS 1.3 is not spoken: forward-secret AEADs only (Mozilla's "intermediate" profile).
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)

@@ -1,0 +1,42 @@
+"""The handler's metrics' own parts: many observations written at once, and the live gauges of ended processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from prometheus_client import CollectorRegistry, Histogram
+
+from fastai_serving.stage_metrics import observe_each
+from fastai_serving_shim.metrics import forget_dead_processes
+
+
+def histogram_samples(observe) -> dict:
+    registry = CollectorRegistry()
+    histogram = Histogram("h_seconds", "h", buckets=(0.001, 0.01, 0.1), registry=registry)
+    observe(histogram)
+    return {
+        (s.name, tuple(s.labels.items())): s.value
+        for s in next(iter(registry.collect())).samples
+        if "created" not in s.name
+    }
+
+
+def test_observing_a_value_count_times_at_once_equals_observing_it_one_by_one():
+    for value, count in ((0.005, 7), (0.5, 3), (0.0, 1), (float("nan"), 2)):
+        at_once = histogram_samples(lambda h, v=value, n=count: observe_each(h, v, n))
+        one_by_one = histogram_samples(lambda h, v=value, n=count: [h.observe(v) for _ in range(n)])
+        assert str(at_once) == str(one_by_one)  # str: NaN sums compare equal as text
+
+
+def test_the_live_gauges_of_an_ended_process_are_forgotten_and_a_living_ones_kept(tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(ended.stdout), os.getpid()
+    for pid in (dead_pid, live_pid):
+        (tmp_path / f"gauge_livesum_{pid}.db").write_bytes(b"")
+        (tmp_path / f"histogram_{pid}.db").write_bytes(b"")
+    forget_dead_processes(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [f"gauge_livesum_{live_pid}.db", f"histogram_{dead_pid}.db", f"histogram_{live_pid}.db"]
+    )  # a dead process's counts stay: counters and histograms only grow
