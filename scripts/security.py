@@ -3,7 +3,7 @@
 Before anything starts, the key file and the certificate files are checked (a file that cannot be used
 is refused at once, named by its setting, never by its path); at start serve says whether keys and TLS
 are on, and, when a front binds a non-loopback address with neither, says so once, plainly. While it
-runs, a certificate file that changes is handed to nginx (SIGHUP: new connections get it, open ones
+runs, a certificate file whose bytes change is handed to nginx (SIGHUP: new connections get it, open ones
 finish); the gRPC front reads its own (shim/grpc/tls.py), and every front reads the key file itself.
 """
 
@@ -66,19 +66,47 @@ def announcement(settings: Settings, host: str, grpc: bool) -> list[str]:
 
 
 class CertificateWatch:
-    """The REST front's certificate files: `changed()` once they changed and load as a pair (then SIGHUP nginx)."""
+    """The REST front's certificate files: whether nginx should read them again (SIGHUP: new connections get them,
+    open ones finish), which is only when their bytes differ from what it read last and they load as a pair.
+
+    A reload is not free: nginx's old workers close their idle kept-alive connections, and a client that sends
+    on one at that moment sees it dropped. So a file touched, or a SIGHUP to `serve` for the API keys alone,
+    leaves nginx and its connections alone."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        files = [settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file]
-        self.watched = Watched([path for path in files if path])
+        self.paths = [
+            path for path in (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) if path
+        ]
+        self.watched = Watched(self.paths)
+        self.served = self._contents()  # what nginx read at its start
 
     def changed(self) -> tuple[bool, str]:
-        """(whether nginx should read them again now, what serve says about it; "" for nothing)."""
-        if not self.watched.changed():
+        """(whether nginx should read them again now, what serve says about it; "" for nothing): the periodic look."""
+        return self._compare() if self.watched.changed() else (False, "")
+
+    def read_again(self) -> tuple[bool, str]:
+        """The same, on SIGHUP: the files' bytes compared whatever their stat says (a file rewritten in place)."""
+        self.watched.seen_now()
+        return self._compare()
+
+    def _compare(self) -> tuple[bool, str]:
+        contents = self._contents()
+        if contents == self.served:
             return False, ""
         try:
             check_pair(self.settings.tls_cert_file, self.settings.tls_key_file, self.settings.tls_client_ca_file)
         except TlsFilesError as error:
             return False, f"serve: TLS: {error}: the REST front keeps serving the certificate read before"
+        self.served = contents
         return True, "serve: TLS: the certificate files changed: the REST front serves them to new connections"
+
+    def _contents(self) -> tuple[bytes | None, ...]:
+        read = []
+        for path in self.paths:
+            try:
+                with open(path, "rb") as file:
+                    read.append(file.read())
+            except OSError:
+                read.append(None)
+        return tuple(read)

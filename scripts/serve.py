@@ -430,12 +430,17 @@ def serve(args: argparse.Namespace) -> int:
     try:
         while stopping is None and exited is None:
             exited = next((name for name, process in processes.items() if process.poll() is not None), None)
-            if read_again:
+            sighup = bool(read_again)
+            # SIGHUP: the fronts read their files again; nginx only if its certificates' bytes changed, since its
+            # reload drops idle kept-alive connections (a key rotation leaves them alone)
+            if sighup:
                 read_again.clear()
                 print("serve: SIGHUP: the fronts read their key and certificate files again", flush=True)
-                _signal_fronts(processes, READ_AGAIN)
-            elif certificates is not None:
-                reload_proxy, said = certificates.changed()
+                _signal_fronts(
+                    {name: process for name, process in processes.items() if name != "REST proxy"}, READ_AGAIN
+                )
+            if certificates is not None:
+                reload_proxy, said = certificates.read_again() if sighup else certificates.changed()
                 if said:
                     print(said, flush=True)
                 if reload_proxy:

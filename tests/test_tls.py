@@ -4,6 +4,8 @@ through scripts/serve with the real clients: tests/test_security.py."""
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import pytest
 from fake_torchserve import FakeTorchServe
@@ -123,6 +125,25 @@ def test_serve_hands_nginx_a_changed_certificate_only_once_it_loads_as_a_pair(au
     assert not reload_now and "keeps serving the certificate read before" in said and str(cert) not in said
     replace(renewed.key, key)
     assert watch.changed()[0] is True
+
+
+def test_nginx_reads_its_certificate_again_only_when_the_bytes_changed_so_a_touch_or_a_key_sighup_drops_nothing(
+    authority, server_files
+):
+    cert, key = server_files
+    watch = CertificateWatch(Settings(tls_cert_file=str(cert), tls_key_file=str(key)))
+    watch.watched = Watched(watch.watched.paths, check_s=0)
+    os.utime(cert, ns=(1, 1))  # touched: its stat changed, its bytes did not
+    assert watch.changed() == (False, "") and watch.read_again() == (False, "")  # SIGHUP for the keys alone
+    renewed = authority.issue("renewed")
+    status = os.stat(cert)
+    for source, target in ((renewed.cert, cert), (renewed.key, key)):
+        with open(target, "r+b") as rewritten:  # in place: the same inode
+            rewritten.write(source.read_bytes())
+            rewritten.truncate()
+    os.utime(cert, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert watch.read_again()[0] is True  # SIGHUP: the bytes compared whatever the stat says
+    assert watch.read_again() == (False, "")  # handed to nginx once
 
 
 def test_serve_says_whether_keys_and_tls_are_on_and_warns_once_about_an_open_public_front(authority, server_files):
