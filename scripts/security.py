@@ -75,10 +75,8 @@ class CertificateWatch:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.paths = [
-            path for path in (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) if path
-        ]
-        self.watched = Watched(self.paths)
+        files = [settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file]
+        self.watched = Watched([path for path in files if path])
         self.served = self._contents()  # what nginx read at its start
 
     def changed(self) -> tuple[bool, str]:
@@ -103,7 +101,7 @@ class CertificateWatch:
 
     def _contents(self) -> tuple[bytes | None, ...]:
         read = []
-        for path in self.paths:
+        for path in self.watched.paths:
             try:
                 with open(path, "rb") as file:
                     read.append(file.read())
