@@ -18,10 +18,10 @@ from typing import Any
 import requests
 
 from fastai_serving.contract.errors import ServingError
-from fastai_serving_scripts.guard import on_parent_death
 from fastai_serving_shim.torchserve import Management
-from harness.unprivileged import Unprivileged
+from harness.unprivileged import SETPRIV_PROGRAM, Unprivileged
 
+PARENT_DEATH = ["--pdeathsig", "TERM"]  # setpriv's: SIGTERM to the command when its parent ends
 BATCH_LINE = re.compile(r"fastai-serving batch: requests=(\d+) instances=(\d+) failed=(\d+)(?: expired=(\d+))?")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,10 +54,19 @@ def archive_here(name: str, learner: Path, store: Path, *flags: str) -> Path:
     return tool.make_archive(tool.parse_args(archive_arguments(name, learner, store, *flags)))
 
 
-def ends_with_the_tests() -> None:
-    """In a server's process: SIGTERM when the test run that started it ends, however it ends (a killed run would
-    otherwise leave its servers, and their workers' memory, behind)."""
-    on_parent_death(signal.SIGTERM)
+def ending_with_the_tests(command: list[str]) -> list[str]:
+    """`command` sent SIGTERM when the test run that started it ends, however it ends (a killed run would otherwise
+    leave its servers, and their workers' memory, behind): setpriv sets the parent-death signal, then runs it.
+
+    Not a preexec_fn: that forks this process, whose gRPC clients are busy, and grpc's fork handlers restart its
+    poller in the child, whose descriptor subprocess then closes: the child aborts before it runs `command`
+    (SIGABRT, "Epoll1Poller ... epoll_wait error: Bad file descriptor"; here 8 forks in 300 under gRPC load).
+    An unprivileged command is already a setpriv: the same one sets the signal, after the change of user (the
+    kernel clears the parent-death signal when a process's user changes).
+    """
+    if command[0] == SETPRIV_PROGRAM:
+        return [SETPRIV_PROGRAM, *PARENT_DEATH, *command[1:]]
+    return [SETPRIV_PROGRAM, *PARENT_DEATH, *command]
 
 
 def free_port() -> int:
@@ -163,7 +172,7 @@ class Servers:
             environment = {**run.environment(), **self.environment}
         with open(self.log_dir / "serve.out", "wb") as output:
             self.process = subprocess.Popen(
-                command, stdout=output, stderr=subprocess.STDOUT, env=environment, preexec_fn=ends_with_the_tests
+                ending_with_the_tests(command), stdout=output, stderr=subprocess.STDOUT, env=environment
             )
         try:
             self.wait_ready(models, timeout_s)

@@ -20,8 +20,9 @@ import sysconfig
 from pathlib import Path
 
 UID = 10001  # the image's user (Dockerfile.cpu's USER) and deploy/kubernetes' runAsUser
+SETPRIV_PROGRAM = "setpriv"  # util-linux: runs a command with other privileges and process settings
 SETPRIV = [
-    "setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups",
+    SETPRIV_PROGRAM, f"--reuid={UID}", f"--regid={UID}", "--clear-groups",
     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
 ]  # fmt: skip
 ROOT = Path(__file__).resolve().parent.parent

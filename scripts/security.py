@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from fastai_serving_shim.access import ApiKeys, KeyFileError
-from fastai_serving_shim.grpc.tls import TlsFilesError, check_pair
+from fastai_serving_shim.certificates import TlsFilesError, check_pair
 from fastai_serving_shim.settings import Settings, env_name
 from fastai_serving_shim.watched import Watched
 

@@ -29,11 +29,12 @@ from fastai_serving_protos import open_inference_pb2_grpc, tensorflow_serving_pb
 from fastai_serving_shim import listener
 from fastai_serving_shim.access import Access, KeyFileError
 from fastai_serving_shim.addresses import host_port
+from fastai_serving_shim.certificates import TlsFilesError
 from fastai_serving_shim.grpc.access import AccessCheck
 from fastai_serving_shim.grpc.limits import ReceiveDeadline, server_options
 from fastai_serving_shim.grpc.stopping import StopGate
 from fastai_serving_shim.grpc.tf_serving import ModelService, PredictionService, Unimplemented
-from fastai_serving_shim.grpc.tls import ServerCertificates, TlsFilesError
+from fastai_serving_shim.grpc.tls import ServerCertificates
 from fastai_serving_shim.grpc.v2 import SERVICE as V2_SERVICE
 from fastai_serving_shim.grpc.v2 import GRPCInferenceService
 from fastai_serving_shim.service import Service

@@ -11,33 +11,15 @@ the handshake.
 from __future__ import annotations
 
 import logging
-import ssl
 from pathlib import Path
 
 import grpc
 
+from fastai_serving_shim.certificates import TlsFilesError, check_pair
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.watched import Watched
 
 logger = logging.getLogger("fastai_serving.tls")
-
-
-class TlsFilesError(ValueError):
-    """Certificate files that cannot be served: the message names the setting, not the path."""
-
-
-def check_pair(cert_file: str, key_file: str, client_ca_file: str = "") -> None:
-    """Raise TlsFilesError unless the certificate and key load as a pair (and the CA file as CAs)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as error:
-        raise TlsFilesError(f"the TLS certificate and key do not load as a pair ({type(error).__name__})") from None
-    if client_ca_file:
-        try:
-            context.load_verify_locations(client_ca_file)
-        except (OSError, ssl.SSLError) as error:
-            raise TlsFilesError(f"the client CA file does not load ({type(error).__name__})") from None
 
 
 class ServerCertificates:
