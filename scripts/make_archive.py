@@ -9,6 +9,7 @@ model config with the batching, worker and timeout settings below, and the Learn
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -266,7 +267,9 @@ def make_archive(args: argparse.Namespace) -> Path:
             str(args.store),
             "--force",
         ]
-        result = subprocess.run(command, capture_output=True, text=True)
+        # torch-model-archiver stages the files in TMPDIR/<model name>, deleting what was there first: in our own
+        # temp folder, another make-archive of the same name (or a user's folder of that name) is left alone.
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TMPDIR": tmp})
     if result.returncode != 0:
         raise SystemExit(f"make-archive: torch-model-archiver failed:\n{result.stderr or result.stdout}")
     archive = args.store / f"{args.name}.mar"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -52,6 +55,20 @@ def test_the_learners_file_name_is_kept(tmp_path, exported_learners):
     assert make_archive("renamed", renamed, tmp_path / "store").returncode == 0
     with zipfile.ZipFile(tmp_path / "store" / "renamed.mar") as archive:
         assert json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "my-model-v2.pkl"
+
+
+def test_a_folder_named_as_the_model_in_the_temp_folder_is_left_alone(tmp_path, exported_learners):
+    """torch-model-archiver stages in TMPDIR/<model name>, deleting what is there: make-archive gives it a temp
+    folder of its own, so a user's folder (or another make-archive of the same name, at the same moment) is kept."""
+    name = f"kept-{tmp_path.name}"
+    users_folder = Path(tempfile.gettempdir()) / name
+    users_folder.mkdir()
+    try:
+        (users_folder / "notes.txt").write_text("mine")
+        assert make_archive(name, exported_learners["regressor"], tmp_path / "store").returncode == 0
+        assert (users_folder / "notes.txt").read_text() == "mine"
+    finally:
+        shutil.rmtree(users_folder)
 
 
 def test_a_missing_utils_module_is_named(tmp_path, exported_learners):
