@@ -9,6 +9,7 @@ tests/test_grpc.py drives the same server with TF Serving's own client against a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from fastai_serving_protos.tensorflow_core_pb2 import (
 from fastai_serving_shim.calls import Description
 from fastai_serving_shim.grpc.errors import GRPC_CODE
 from fastai_serving_shim.grpc.server import GrpcFront
+from fastai_serving_shim.grpc.stopping import StopGate
 from fastai_serving_shim.grpc.tf_serving import PredictionService
 from fastai_serving_shim.protocols.tf_serving import metadata_body
 from fastai_serving_shim.service import Service
@@ -584,6 +586,34 @@ def test_stopping_finishes_the_calls_in_flight_and_refuses_new_ones(fake):
     assert during.code() == grpc.StatusCode.UNAVAILABLE and "stopping" in during.details()  # a client retries it
     assert not stopper.is_alive()
     assert after.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_stop_refuses_new_calls_until_none_came_for_a_moment_before_it_stops_grpc():
+    """grpc's own stop cancels a call it received but had not handed over yet: the gate goes on refusing (UNAVAILABLE,
+    retried elsewhere) until the calls on open connections have stopped coming."""
+    gate, quiet_s = StopGate(), 0.3
+    gate.close()
+
+    async def continuation(_details):
+        return grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+
+    async def stop_with_a_late_call() -> tuple[float, float, grpc.RpcMethodHandler]:
+        draining = asyncio.ensure_future(gate.drained(timeout_s=60, quiet_s=quiet_s))
+        await asyncio.sleep(quiet_s / 2)
+        late = await gate.intercept_service(continuation, CallDetails("/tensorflow.serving.PredictionService/Predict"))
+        came = time.monotonic()
+        left_s = await draining
+        return time.monotonic() - came, left_s, late
+
+    quiet_after_the_late_call_s, left_s, late = asyncio.run(stop_with_a_late_call())
+    assert late.stream_unary is not None  # the late call got the refusal (UNAVAILABLE, "the server is stopping")
+    assert quiet_after_the_late_call_s >= quiet_s and left_s > 0
+
+
+@dataclass
+class CallDetails:
+    method: str
+    invocation_metadata: tuple = ()
 
 
 def refused_once_stopping(call, overall_s: float = 60) -> grpc.RpcError:

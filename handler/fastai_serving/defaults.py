@@ -49,6 +49,7 @@ QUEUE_INTERVAL_S = (
 
 # --- Stopping (scripts/serve on SIGTERM; the Kubernetes grace period covers the sum) -------------
 FRONT_STOP_MARGIN_S = 10  # after the graceful timeout, a front still running is killed this much later
+GRPC_STOP_QUIET_S = 0.5  # the gRPC front refuses new calls until none came this long, then stops grpc's server
 TORCHSERVE_STOP_S = 30  # then TorchServe gets this long to stop its workers before it is killed
 PRESTOP_S = 5  # Kubernetes' preStop sleep before SIGTERM, so endpoints drop the pod first (deploy/kubernetes)
 

@@ -4,7 +4,10 @@ grpc's own `server.stop(grace)` cancels every call that arrives during the grace
 client's retry policy does not retry by default). `StopGate` comes first among the front's
 interceptors: once `close()` is called, a new call (health checks aside) is answered UNAVAILABLE
 ("the server is stopping"), which clients and load balancers retry elsewhere, and `drained(timeout_s)`
-waits until the calls already running have finished; only then does the front stop grpc's server.
+waits until the calls already running have finished and no new call has come for a moment
+(defaults.GRPC_STOP_QUIET_S); only then does the front stop grpc's server. The moment is for calls that
+grpc had received on a connection opened before the stop but not yet handed to the front: its stop
+would cancel them (CANCELLED, seen once on a loaded 2-core machine), where the gate refuses them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Callable
 
 import grpc
 
+from fastai_serving import defaults
+
 HEALTH_PREFIX = "/grpc.health.v1.Health/"  # probes keep their answers (NOT_SERVING) to the end
 STOPPING = "the server is stopping: send the call again (to another replica)"
 
@@ -26,12 +31,14 @@ class StopGate(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         self.closed = False
         self.in_flight = 0
+        self.last_call = time.monotonic()  # when a call last came (answered or refused)
         self._changed = asyncio.Event()  # set at each call's end (bound to the loop at its first use)
 
     async def intercept_service(self, continuation: Callable, handler_call_details) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
             return handler
+        self.last_call = time.monotonic()
         if self.closed:
             return _refusing(handler)
         return _counted(handler, self)
@@ -40,15 +47,21 @@ class StopGate(grpc.aio.ServerInterceptor):
         """From now on, new calls are refused (called on the loop)."""
         self.closed = True
 
-    async def drained(self, timeout_s: float) -> float:
-        """Wait until no call is in flight, at most `timeout_s`; the seconds left of it."""
+    async def drained(self, timeout_s: float, quiet_s: float = defaults.GRPC_STOP_QUIET_S) -> float:
+        """Wait until no call is in flight and none came for `quiet_s`, at most `timeout_s`; the seconds left."""
         deadline = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < deadline:
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
-            except asyncio.TimeoutError:
+        while time.monotonic() < deadline:
+            if self.in_flight:
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    break
+                continue
+            quiet_for_s = time.monotonic() - self.last_call
+            if quiet_for_s >= quiet_s:
                 break
+            await asyncio.sleep(min(quiet_s - quiet_for_s, max(0.0, deadline - time.monotonic())))
         return max(0.0, deadline - time.monotonic())
 
     def _begin(self) -> None:
