@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -30,6 +31,7 @@ logger = logging.getLogger("fastai_serving.access")
 
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 BEARER = re.compile(r"\s*bearer\s+(\S+)\s*", re.IGNORECASE)
+SIGHUP, CHANGED_ON_DISK = "SIGHUP", "the file changed"  # why a front read its key file again (its log says)
 
 
 class Route(Enum):
@@ -93,7 +95,7 @@ class ApiKeys:
 
     def name_of(self, presented: str) -> str | None:
         if self.watched.changed():
-            self.reload()
+            self.reload(CHANGED_ON_DISK)
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
         for known, name in self._keys.items():  # every key compared: the time says nothing of which matched
@@ -101,8 +103,9 @@ class ApiKeys:
                 found = name
         return found
 
-    def reload(self) -> bool:
-        """Read the file again now; on failure keep the keys read before (said in the log, without the path)."""
+    def reload(self, why: str = SIGHUP) -> bool:
+        """Read the file again now; on failure keep the keys read before (said in the log, without the path).
+        The log says why and in which process (each front process reads the file for itself)."""
         with self._lock:
             self.watched.seen_now()
             try:
@@ -113,7 +116,8 @@ class ApiKeys:
                 return False
             before, self._keys = set(self._keys.values()), keys
         after = set(keys.values())
-        logger.warning("API keys: read again: %d keys (%s)%s%s", len(after), ", ".join(sorted(after)),
+        logger.warning("API keys: read again (%s, process %d): %d keys (%s)%s%s", why, os.getpid(), len(after),
+                       ", ".join(sorted(after)),
                        f"; added {', '.join(sorted(after - before))}" if after - before else "",
                        f"; revoked {', '.join(sorted(before - after))}" if before - after else "")  # fmt: skip
         return True

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 import requests
 
@@ -305,12 +306,35 @@ def test_a_key_revoked_by_editing_the_file_under_load_is_refused_within_seconds_
 
 
 def restore_keys(secured: Secured, image: bytes) -> None:
-    """Every key back, read by every front now (SIGHUP), for the next test."""
+    """Every key back, read by every front process on SIGHUP (each says so in the log) before the next test."""
+    log = secured.servers.log_dir / "serve.out"
+    said_before = log.stat().st_size
     secured.keys_file.write_text(key_file_text(list(KEYS)))
     os.kill(secured.servers.process.pid, signal.SIGHUP)
+    fronts = key_reading_processes(secured)
+    wait_for(lambda: fronts <= read_on_sighup(log, said_before), "every front process read the key file on SIGHUP")
     with secured.channel() as channel:
         wait_for(lambda: rest_status(secured, "tfserving", image, "pipeline-b") == 200
                  and grpc_code(channel, "tfserving", image, metadata("pipeline-b")) == "OK", "every key back")  # fmt: skip
+
+
+def key_reading_processes(secured: Secured) -> set[int]:
+    """The processes that read the key file, each for itself: the gRPC front and each REST worker (not their master)."""
+    serve = psutil.Process(secured.servers.process.pid)
+    found = set()
+    for process in serve.children(recursive=True):
+        command = " ".join(process.cmdline())
+        rest_worker = "fastai_serving_shim.rest.wsgi" in command and process.ppid() != serve.pid
+        if rest_worker or "fastai_serving_shim.grpc.server" in command:
+            found.add(process.pid)
+    return found
+
+
+def read_on_sighup(log: Path, after: int) -> set[int]:
+    """The processes that logged reading the key file on SIGHUP past byte `after` of the log."""
+    with log.open("rb") as said:
+        said.seek(after)
+        return {int(pid) for pid in re.findall(rb"API keys: read again \(SIGHUP, process (\d+)\)", said.read())}
 
 
 def test_sighup_to_serve_reads_a_key_file_whose_change_no_stat_shows(secured, image):
