@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fastai_serving_scripts import rest_proxy
 from fastai_serving_scripts.security import CertificateWatch, announcement, refusal
-from fastai_serving_shim.grpc.server import GrpcFront
 from fastai_serving_shim.certificates import TlsFilesError, check_pair
+from fastai_serving_shim.grpc.server import GrpcFront
 from fastai_serving_shim.service import Service
 from fastai_serving_shim.settings import Settings
 from fastai_serving_shim.watched import Watched
