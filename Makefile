@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+# make test's workers (pytest-xdist, a module to each): the end-to-end tests mostly wait on their servers; each
+# worker runs its own session server (13 models, about 5 GB), so more than 2 needs more than 24 GB of memory.
+TEST_WORKERS ?= 2
 
 .PHONY: help install install-dev demo examples serve test test-fast bench bench-scene slow-clients soak overload stages image-check gpu-pack gpu-check lint format protos clean
 
@@ -24,7 +27,7 @@ serve: demo  ## install, build the demo, and serve every archive in model_store/
 	@scripts/serve
 
 test: install-dev  ## the whole test suite: in-process tests, then real TorchServe, shim and tools end to end
-	@$(PYTHON) -m pytest
+	@$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install-dev  ## the in-process tests alone: no server, no Java (under a minute)
 	@$(PYTHON) -m pytest -m "not e2e"

@@ -73,20 +73,32 @@ def free_port() -> int:
     """A loopback port free now, drawn below the kernel's ephemeral range: a port the kernel hands out (bind to 0)
     may be taken again as the local end of an outgoing connection before the server binds it (CI: TorchServe's
     management port, "Failed to bind"); the kernel never picks one below that range for a client."""
-    low, _high = _ephemeral_range()
+    first, end = _ports_of_this_process()
     for _ in range(1000):
-        port = _PORTS.randrange(PORTS_FROM, low)
+        port = _PORTS.randrange(first, end)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free loopback port between {PORTS_FROM} and {low}")
+    raise RuntimeError(f"no free loopback port between {first} and {end}")
 
 
 PORTS_FROM = 10000  # the lowest port a test server is given
 _PORTS = random.Random()  # its own generator: a test seeding random does not make two runs pick the same ports
+
+
+def _ports_of_this_process() -> tuple[int, int]:
+    """The ports this process draws from (first, end): below the ephemeral range and, when the suite runs in
+    parallel (pytest-xdist), a slice of it per worker, so that two workers never draw the same free port at once."""
+    low, _high = _ephemeral_range()
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or workers <= 1:
+        return PORTS_FROM, low
+    width = (low - PORTS_FROM) // workers
+    first = PORTS_FROM + int(worker.removeprefix("gw")) * width
+    return first, first + width
 
 
 def _ephemeral_range() -> tuple[int, int]:

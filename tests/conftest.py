@@ -6,7 +6,9 @@ Tests that start servers or run the command-line tools are marked `e2e` (module-
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -107,12 +109,59 @@ def torchserve(tmp_path_factory, model_store):
     server.stop()
 
 
+# --- make test runs the modules on two workers (pytest-xdist): one of them has the session's server -----------
+
+SESSION_SERVER = "the session's server"  # the one scheduling unit of every module that asks for it
+END_TO_END = re.compile(r"^pytestmark\s*=.*\bpytest\.mark\.e2e\b", re.MULTILINE)
+
+
+def modules_of_the_suite() -> dict[str, tuple[bool, bool]]:
+    """Each test module (as node ids begin: tests/test_x.py): whether a test or fixture of it asks for the session's
+    server (`torchserve`), and whether it is end to end."""
+    found = {}
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        source = path.read_text()
+        functions = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)]
+        sharing = any(argument.arg == "torchserve" for function in functions for argument in function.args.args)
+        found[f"{path.parent.name}/{path.name}"] = (sharing, bool(END_TO_END.search(source)))
+    return found
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """A module to a worker, and every module of the session's server to the same one: a second session server
+    would train, archive and serve the 13 models again, and two did not fit in 24 GB beside the other servers."""
+    from xdist.scheduler import LoadFileScheduling
+
+    modules = modules_of_the_suite()
+
+    def unit(module: str) -> str:
+        return SESSION_SERVER if modules.get(module, (False, False))[0] else module
+
+    def rank(scope: str) -> tuple[bool, bool]:  # the longest first: the session's server, then end to end
+        return scope != SESSION_SERVER, not modules.get(scope, (False, False))[1]
+
+    class OneWorkerServesTheSession(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit(super()._split_scope(nodeid))
+
+        def _assign_work_unit(self, node) -> None:
+            # xdist queues the units with the most tests first; the in-process modules have the most tests and take
+            # seconds, the end-to-end ones few tests and minutes: those go first, the short ones fill the ends.
+            for scope in sorted(self.workqueue, key=rank):
+                self.workqueue.move_to_end(scope)
+            super()._assign_work_unit(node)
+
+    return OneWorkerServesTheSession(config, log)
+
+
 # --- What the session's servers logged while a failed test ran (printed last: CI shows a run's end) ----------
 
 LOG_SIZES = pytest.StashKey[dict]()
 STARTED = pytest.StashKey[str]()
 FAILED_TESTS_LOGS: list[tuple[str, str]] = []  # (the test and when it ran, digest of the servers' logs meanwhile)
 SHOWN_FAILURES = 3
+SERVERS_LOGS = "the servers' logs"  # the report property that carries a digest
 
 
 @pytest.hookimpl(wrapper=True)
@@ -130,8 +179,13 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and report.failed and LOG_SIZES in item.stash:
         digest = failure_logs.digest(item.funcargs["torchserve"].log_dir, item.stash[LOG_SIZES])
         ran = f"{item.nodeid} ran ({item.stash[STARTED]} to {time.strftime('%H:%M:%S')})"
-        FAILED_TESTS_LOGS.append((ran, digest))
+        report.user_properties.append((SERVERS_LOGS, (ran, digest)))  # travels with the report from a worker
     return report
+
+
+def pytest_runtest_logreport(report):
+    """Where the run's summary is printed (the one process, or pytest-xdist's controller), keep each digest."""
+    FAILED_TESTS_LOGS.extend(value for name, value in report.user_properties if name == SERVERS_LOGS)
 
 
 def pytest_terminal_summary(terminalreporter):
