@@ -15,6 +15,7 @@ sums them; in-process (tests) the default registry holds them.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import psutil
@@ -28,6 +29,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+READ_ATTEMPTS = 3  # a scrape reads the processes' files at most this often when one changed as it read them
+FILE_HEADER_BYTES = 8  # prometheus_client's file begins with how much of it is used: a shorter file is not whole yet
 
 REQUESTS = Counter(
     "fastai_serving_requests",
@@ -95,10 +99,36 @@ def exposition(torchserve_text: bytes | None) -> tuple[bytes, str]:
 def _shim_registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return REGISTRY
-    forget_dead_processes(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    forget_dead_processes(folder)
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    WholeFiles(registry, str(folder))
     return registry
+
+
+class WholeFiles(multiprocess.MultiProcessCollector):
+    """prometheus_client's sum of every process's files, read while the processes go on: a process creates its file
+    empty and then sizes it (its first metric of a kind: a model's first request), and a dead process's live gauges
+    are removed (here or by gunicorn), so a scrape at that moment found a file empty (struct.error) or gone and
+    answered 500. A file that is not whole yet is left to the next scrape, as is one removed meanwhile."""
+
+    def collect(self):
+        for _ in range(READ_ATTEMPTS - 1):
+            try:
+                return self.merge(self._whole_files(), accumulate=True)
+            except (OSError, struct.error):  # one changed between the look and the read: look again
+                continue
+        return self.merge(self._whole_files(), accumulate=True)
+
+    def _whole_files(self) -> list[str]:
+        whole = []
+        for path in Path(self._path).glob("*.db"):
+            try:
+                if path.stat().st_size >= FILE_HEADER_BYTES:
+                    whole.append(str(path))
+            except FileNotFoundError:
+                continue
+        return whole
 
 
 def forget_dead_processes(folder: Path) -> None:
@@ -107,4 +137,7 @@ def forget_dead_processes(folder: Path) -> None:
     for path in folder.glob("gauge_live*_*.db"):
         pid = path.stem.rpartition("_")[2]
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            multiprocess.mark_process_dead(int(pid), str(folder))
+            try:
+                multiprocess.mark_process_dead(int(pid), str(folder))
+            except FileNotFoundError:
+                continue  # another front process's scrape removed it first

@@ -9,7 +9,7 @@ import sys
 from prometheus_client import CollectorRegistry, Histogram
 
 from fastai_serving.stage_metrics import observe_each
-from fastai_serving_shim.metrics import forget_dead_processes
+from fastai_serving_shim.metrics import WholeFiles, forget_dead_processes
 
 
 def histogram_samples(observe) -> dict:
@@ -40,3 +40,14 @@ def test_the_live_gauges_of_an_ended_process_are_forgotten_and_a_living_ones_kep
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         [f"gauge_livesum_{live_pid}.db", f"histogram_{dead_pid}.db", f"histogram_{live_pid}.db"]
     )  # a dead process's counts stay: counters and histograms only grow
+
+
+def test_a_scrape_while_a_process_creates_its_file_sums_the_others_and_leaves_that_one_to_the_next(tmp_path):
+    """A process creates its file empty, then sizes it: a scrape in between answered 500 (struct.error)."""
+    counted = "from prometheus_client import Counter; Counter('answers', 'a', registry=None).inc(3)"
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", counted], env=environment, check=True, timeout=60)
+    (tmp_path / "counter_999999.db").write_bytes(b"")  # another process's, being created
+    registry = CollectorRegistry()
+    WholeFiles(registry, str(tmp_path))
+    assert registry.get_sample_value("answers_total") == 3
