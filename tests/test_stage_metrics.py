@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -51,3 +52,22 @@ def test_a_scrape_while_a_process_creates_its_file_sums_the_others_and_leaves_th
     registry = CollectorRegistry()
     WholeFiles(registry, str(tmp_path))
     assert registry.get_sample_value("answers_total") == 3
+
+
+def test_gunicorns_master_outlives_a_workers_gauges_that_a_scrape_removed_first(tmp_path, monkeypatch):
+    """A worker's end and a scrape that saw its pid gone both remove its live gauges: the master's removal finding
+    them gone must not raise (gunicorn's master ends on an error in its child_exit hook)."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    from prometheus_client import multiprocess
+
+    from fastai_serving_shim.rest import gunicorn_conf
+
+    asked = []
+
+    def removed_by_a_scrape_first(pid, path=None):
+        asked.append(pid)
+        raise FileNotFoundError(f"gauge_livesum_{pid}.db")
+
+    monkeypatch.setattr(multiprocess, "mark_process_dead", removed_by_a_scrape_first)
+    gunicorn_conf.child_exit(None, SimpleNamespace(pid=4242))
+    assert asked == [4242]

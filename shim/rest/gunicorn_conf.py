@@ -43,10 +43,14 @@ def on_starting(server) -> None:
 
 
 def child_exit(server, worker) -> None:
-    """A worker's live gauges (requests in flight) leave with it."""
+    """A worker's live gauges (requests in flight) leave with it. A scrape may have removed them first
+    (fastai_serving_shim.metrics.forget_dead_processes): an error here would end gunicorn's master."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    try:
+        multiprocess.mark_process_dead(worker.pid)
+    except FileNotFoundError:
+        pass
 
 
 def post_worker_init(worker) -> None:
