@@ -2,8 +2,8 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-# make test's workers (pytest-xdist, a module to each): the end-to-end tests mostly wait on their servers; each
-# worker runs its own session server (13 models, about 5 GB), so more than 2 needs more than 24 GB of memory.
+# make test's workers (pytest-xdist, a module to each): the end-to-end tests mostly wait on their servers. One worker
+# runs every module of the session's server (tests/conftest.py); with two, the suite peaked at 17.5 of 24 GB here.
 TEST_WORKERS ?= 2
 
 .PHONY: help install install-dev demo examples serve test test-fast bench bench-scene slow-clients soak overload stages image-check gpu-pack gpu-check lint format protos clean

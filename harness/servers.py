@@ -64,9 +64,8 @@ def ending_with_the_tests(command: list[str]) -> list[str]:
     An unprivileged command is already a setpriv: the same one sets the signal, after the change of user (the
     kernel clears the parent-death signal when a process's user changes).
     """
-    if command[0] == SETPRIV_PROGRAM:
-        return [SETPRIV_PROGRAM, *PARENT_DEATH, *command[1:]]
-    return [SETPRIV_PROGRAM, *PARENT_DEATH, *command]
+    runs = command[1:] if command[0] == SETPRIV_PROGRAM else command
+    return [SETPRIV_PROGRAM, *PARENT_DEATH, *runs]
 
 
 def free_port() -> int:
