@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,23 +70,39 @@ def ending_with_the_tests(command: list[str]) -> list[str]:
 
 
 def free_port() -> int:
-    """A loopback port free now, drawn below the kernel's ephemeral range: a port the kernel hands out (bind to 0)
-    may be taken again as the local end of an outgoing connection before the server binds it (CI: TorchServe's
-    management port, "Failed to bind"); the kernel never picks one below that range for a client."""
+    """A loopback port free now and not handed out before by this process, drawn below the kernel's ephemeral range:
+    a port the kernel hands out (bind to 0) may be taken again as the local end of an outgoing connection before the
+    server binds it (CI: TorchServe's management port, "Failed to bind"); the kernel never picks one below that range
+    for a client. Never twice: two draws before either is bound (a server's several ports, a test's "nothing there"
+    beside the shim it starts) would otherwise meet, one time in some ten thousand (CI: a shim told its upstream was
+    a free port was given that same port, and answered itself 404)."""
     first, end = _ports_of_this_process()
-    for _ in range(1000):
+    for _ in range(1000):  # a run draws some thousands of a slice's ten thousand or more: a free one is soon found
         port = _PORTS.randrange(first, end)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError(f"no free loopback port between {first} and {end}")
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs: a socket bound there that never
+    listens holds it, so no server can take it (a free port drawn and let go may be listened on by the next server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", free_port()))
+        yield sock.getsockname()[1]
 
 
 PORTS_FROM = 10000  # the lowest port a test server is given
 _PORTS = random.Random()  # its own generator: a test seeding random does not make two runs pick the same ports
+_HANDED_OUT: set[int] = set()  # the ports free_port gave in this process
 
 
 def _ports_of_this_process() -> tuple[int, int]:
@@ -121,6 +138,7 @@ class Servers:
     with_grpc: bool = True
     default_model: str = ""
     flags: list[str] = field(default_factory=list)  # more scripts/serve flags
+    drain_s: float = 0  # serve's --drain-s: a test server stops at once; the tests of the drain ask for one
     shim_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     inference_port: int = field(default_factory=free_port)
@@ -168,6 +186,7 @@ class Servers:
             "--grpc-port", str(self.grpc_port),
             "--shim-host", "127.0.0.1",
             "--run-dir", str(self.run_dir),
+            "--drain-s", f"{self.drain_s:g}",
         ]  # fmt: skip
         if self.default_model:
             command += ["--default-model", self.default_model]
@@ -269,15 +288,34 @@ class Servers:
                 text += f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) + "\n"
         return text
 
-    def stop(self) -> int | None:
+    def stop(self, wait: bool = True) -> int | None:
+        """SIGTERM to serve, and its exit status once it ended; with `wait=False` None at once, for a fixture's
+        teardown: serve's stop is mostly waiting (TorchServe's Java takes seconds to end after its workers), which
+        the next tests need not share; `stopped_servers_ended` collects them when the run ends."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        if not wait:
+            _STOPPING.append(self.process)
+            return None
+        return _ended(self.process)
+
+
+_STOPPING: list[subprocess.Popen] = []  # servers told to stop by Servers.stop(wait=False), not yet waited for
+
+
+def stopped_servers_ended() -> None:
+    """Wait for every server told to stop without waiting (killed after a minute, as `Servers.stop` does)."""
+    while _STOPPING:
+        _ended(_STOPPING.pop())
+
+
+def _ended(process: subprocess.Popen, timeout_s: float = 60) -> int:
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 def start_shim(log_dir: Path, **settings: str) -> tuple[subprocess.Popen, str]:

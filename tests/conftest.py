@@ -7,8 +7,10 @@ Tests that start servers or run the command-line tools are marked `e2e` (module-
 from __future__ import annotations
 
 import ast
+import fcntl
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -17,12 +19,13 @@ from typing import Any
 import pytest
 
 from harness import failure_logs, learners
-from harness.servers import Servers, archive_here
+from harness.servers import Servers, archive_here, refusing_port, stopped_servers_ended
 
 # Models the session's TorchServe serves: name -> (builder, make-archive flags).
 # A long batch delay on "classifier", "tabular" and "text" makes concurrent test requests reliably
 # share a batch (a batch of 4 requests goes at once); the fuzzing leaves these three out.
 SHARED_BATCH = ["--max-batch-delay", "400", "--batch-size", "4"]
+LEARNERS_SEED = 0  # the small Learners' (and their data's) random numbers
 MODELS = {
     "digits": (None, []),
     "classifier": (learners.make_classifier, ["--max-batch-delay", "400", "--batch-size", "16"]),
@@ -70,20 +73,41 @@ class Lazily(Mapping):
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory) -> Path:
-    """The README's demo: digits from scikit-learn, trained offline. Returns its folder."""
+    """The README's demo: digits from scikit-learn, trained offline once for the run (the workers share it): its
+    folder. Trained into a folder of its own and renamed when it passed, so a worker never sees half of it."""
     from fastai_serving_scripts.demo import train_digits
 
-    out = tmp_path_factory.mktemp("demo")
-    _, accuracy = train_digits(out)
-    assert accuracy > 0.9, f"demo model trained to only {accuracy:.3f} accuracy"
-    return out
+    run = shared_by_the_workers(tmp_path_factory)
+    demo = run / "demo"
+    with open(run / "demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker to ask trains it; another waits for it here
+        if not demo.exists():
+            training = Path(tempfile.mkdtemp(prefix="demo-training-", dir=run))
+            _, accuracy = train_digits(training)
+            assert accuracy > 0.9, f"demo model trained to only {accuracy:.3f} accuracy"
+            training.rename(demo)
+    return demo
+
+
+def shared_by_the_workers(tmp_path_factory) -> Path:
+    """The run's temp folder, shared by its pytest-xdist workers (each worker's own temp folder is one inside it)."""
+    own = tmp_path_factory.getbasetemp()
+    return own.parent if os.environ.get("PYTEST_XDIST_WORKER") else own
 
 
 @pytest.fixture(scope="session")
 def small_learners(tmp_path_factory) -> Mapping[str, Path]:
     """The small Learners of each task kind (seconds to train), by model name: their export.pkl, made on first use."""
+    from fastai.torch_core import set_seed
+
+    def trained(name: str) -> Path:
+        # The same Learner in every run and on every worker, whatever was made before it: a premise such as "the
+        # classifier decides some of its images clearly" holds or fails for good, not one run in many.
+        set_seed(LEARNERS_SEED)
+        return MODELS[name][0](tmp_path_factory.mktemp(name))
+
     names = [name for name, (builder, _) in MODELS.items() if builder is not None]
-    return Lazily(names, lambda name: MODELS[name][0](tmp_path_factory.mktemp(name)))
+    return Lazily(names, trained)
 
 
 @pytest.fixture(scope="session")
@@ -115,14 +139,18 @@ SESSION_SERVER = "the session's server"  # the one scheduling unit of every modu
 END_TO_END = re.compile(r"^pytestmark\s*=.*\bpytest\.mark\.e2e\b", re.MULTILINE)
 
 
+SESSION_FIXTURES = {"torchserve", "model_store"}  # the session's server, and the store of every test model it serves
+
+
 def modules_of_the_suite() -> dict[str, tuple[bool, bool]]:
     """Each test module (as node ids begin: tests/test_x.py): whether a test or fixture of it asks for the session's
-    server (`torchserve`), and whether it is end to end."""
+    server or its store (which trains and archives every test model), and whether it is end to end."""
     found = {}
     for path in sorted(Path(__file__).parent.glob("test_*.py")):
         source = path.read_text()
         functions = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)]
-        sharing = any(argument.arg == "torchserve" for function in functions for argument in function.args.args)
+        arguments = {argument.arg for function in functions for argument in function.args.args}
+        sharing = bool(arguments & SESSION_FIXTURES)
         found[f"{path.parent.name}/{path.name}"] = (sharing, bool(END_TO_END.search(source)))
     return found
 
@@ -153,6 +181,10 @@ def pytest_xdist_make_scheduler(config, log):
             super()._assign_work_unit(node)
 
     return OneWorkerServesTheSession(config, log)
+
+
+def pytest_sessionfinish(session):
+    stopped_servers_ended()  # the servers fixtures told to stop without waiting
 
 
 # --- What the session's servers logged while a failed test ran (printed last: CI shows a run's end) ----------
@@ -232,3 +264,10 @@ def digits_only_store(tmp_path_factory, exported_learners) -> Path:
     store = tmp_path_factory.mktemp("digits_store")
     archive_here("digits", exported_learners["digits"], store)
     return store
+
+
+@pytest.fixture
+def nothing_listens() -> Iterator[int]:
+    """A loopback port that refuses every connection for the test's length (held, so no server can take it)."""
+    with refusing_port() as port:
+        yield port

@@ -372,8 +372,8 @@ def start_front(tmp_path, **settings: str) -> tuple[subprocess.Popen, str]:
     return process, f"127.0.0.1:{port}"
 
 
-def test_torchserve_down_is_unavailable(tf_client, tmp_path, samples):
-    nothing_there = f"http://127.0.0.1:{free_port()}"
+def test_torchserve_down_is_unavailable(tf_client, tmp_path, samples, nothing_listens):
+    nothing_there = f"http://127.0.0.1:{nothing_listens}"
     process, address = start_front(tmp_path, upstream=nothing_there, management=nothing_there, default_model="digits")
     try:
         predict = tf_client.call("predict", images=samples["digits"][:1], model="digits", address=address)

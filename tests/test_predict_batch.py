@@ -24,7 +24,6 @@ from fastai_serving_client.sources import Shard, select
 from fastai_serving_client.tiles import parse_tile, tile_polygon
 from harness import PROJECT_ROOT
 from harness.postgres import PostgresCluster
-from harness.servers import free_port
 from harness.tile_server import TileServer
 from harness.waiting import wait_for
 
@@ -316,9 +315,11 @@ def test_a_bad_image_through_grpc_is_recorded_with_its_reason_and_the_others_are
     assert "failed 1" in result.stderr and "  broken.png  the server answered INVALID_ARGUMENT" in result.stderr
 
 
-def test_an_unreachable_grpc_server_is_tried_again_then_the_run_stops_saying_why(digit_files, tmp_path):
+def test_an_unreachable_grpc_server_is_tried_again_then_the_run_stops_saying_why(
+    digit_files, tmp_path, nothing_listens
+):
     image_folder(digit_files, tmp_path / "images", 4)
-    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    address = f"127.0.0.1:{nothing_listens}"
     out = tmp_path / "results.jsonl"
     result = predict_batch(
         tmp_path / "images", "--protocol", "grpc", "--server", address, "--out", out, "--tries", "3",

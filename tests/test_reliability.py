@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from harness.load import expected_probabilities, run_checked_load
-from harness.servers import Servers, free_port, start_shim
+from harness.servers import Servers, start_shim
 
 pytestmark = pytest.mark.e2e
 
@@ -154,8 +154,8 @@ def test_metrics_are_prometheus_text_on_loopback(torchserve):
     assert response.status_code == 200 and "# TYPE" in response.text
 
 
-def test_a_port_nobody_listens_on_is_a_clean_503_not_a_hang(tmp_path):
-    nothing = f"http://127.0.0.1:{free_port()}"
+def test_a_port_nobody_listens_on_is_a_clean_503_not_a_hang(tmp_path, nothing_listens):
+    nothing = f"http://127.0.0.1:{nothing_listens}"
     process, shim = start_shim(tmp_path, upstream=nothing, management=nothing)
     try:
         response = requests.get(f"{shim}/analyze", timeout=5)

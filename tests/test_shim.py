@@ -19,7 +19,7 @@ from fastai_serving_protos import tensorflow_serving_pb2 as serving
 from fastai_serving_protos import tensorflow_serving_pb2_grpc as serving_grpc
 from fastai_serving_protos.tensorflow_core_pb2 import DataType, TensorProto, TensorShapeProto
 from harness.load import concurrently
-from harness.servers import free_port, start_shim
+from harness.servers import start_shim
 from openapi_contract import assert_matches_spec
 
 pytestmark = pytest.mark.e2e
@@ -324,8 +324,8 @@ def test_an_upstream_timeout_is_a_504(torchserve, tmp_path, exported_learners):
         process.wait(timeout=30)
 
 
-def test_torchserve_down_is_503_on_analyze_and_predict(tmp_path, demo_model):
-    nothing_there = f"http://127.0.0.1:{free_port()}"
+def test_torchserve_down_is_503_on_analyze_and_predict(tmp_path, demo_model, nothing_listens):
+    nothing_there = f"http://127.0.0.1:{nothing_listens}"
     process, shim = start_shim(tmp_path, upstream=nothing_there, management=nothing_there, default_model="digits")
     try:
         status = checked(requests.get(f"{shim}/analyze", timeout=5), "/analyze", "GET")
@@ -352,8 +352,8 @@ def test_a_store_of_several_models_with_no_default_is_ready_and_analyze_says_how
         process.wait(timeout=30)
 
 
-def test_ready_is_503_while_torchserve_is_down(tmp_path):
-    nothing_there = f"http://127.0.0.1:{free_port()}"
+def test_ready_is_503_while_torchserve_is_down(tmp_path, nothing_listens):
+    nothing_there = f"http://127.0.0.1:{nothing_listens}"
     process, shim = start_shim(tmp_path, upstream=nothing_there, management=nothing_there)
     try:
         response = checked(requests.get(f"{shim}/ready", timeout=10), "/ready", "GET")
