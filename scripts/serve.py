@@ -555,12 +555,27 @@ def _wait_for_group(process: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         process.poll()
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
+        if not group_running(process.pid):
             return
         time.sleep(0.2)
     _signal_group(process, signal.SIGKILL)
+
+
+def group_running(group: int) -> bool:
+    """Whether a process of the group still runs. An ended one that nobody reaped yet does not: TorchServe's Java,
+    orphaned when its launcher ends first, waits as a zombie until init reaps it (a second or more in some
+    sandboxes), and kill(2) still reaches a zombie."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    for member in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(member.pid) == group and member.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, PermissionError):
+            continue
+    return False
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:

@@ -9,12 +9,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fastai_serving import defaults
 from fastai_serving_scripts import archives, make_archive, reload, serve
 from harness.load import rounds
 from harness.servers import ROOT
+from harness.waiting import wait_for
 
 
 def serve_args(*flags: str, log_dir: Path) -> object:
@@ -129,6 +131,23 @@ def test_torchserve_is_bound_to_loopback_but_for_its_inference_api_if_asked(tmp_
 
 def test_when_torchserve_ends_under_serve_it_says_it_was_stopped_from_outside():
     assert "torchserve --stop" in serve.why_it_ended("TorchServe", None)
+
+
+def test_a_process_group_whose_processes_all_ended_is_stopped_though_nobody_reaped_them_yet():
+    # TorchServe's Java, orphaned when its launcher ends first, is a zombie until init reaps it; serve's stop
+    # does not wait for that (kill(2) still reaches a zombie, so the group looks alive to it).
+    ended = subprocess.Popen(["true"], start_new_session=True)  # a group of one; not reaped until poll() below
+    wait_for(lambda: psutil.Process(ended.pid).status() == psutil.STATUS_ZOMBIE, "the process to end")
+    os.killpg(ended.pid, 0)  # the zombie is still signalled: the group looks alive to kill(2)
+    assert not serve.group_running(ended.pid)
+    ended.poll()
+    running = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert serve.group_running(running.pid)
+    finally:
+        running.kill()
+        running.wait()
+    assert not serve.group_running(running.pid)
 
 
 def test_serve_records_the_store_it_serves_for_reload(tmp_path):
