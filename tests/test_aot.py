@@ -10,8 +10,10 @@ another CPU.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,7 @@ from fastai_serving.compiled.aot import (
 from fastai_serving.engine.learner import BF16, load_learner
 from fastai_serving.engine.predict import decode_images, predict_images
 from harness.learners import make_regressor_in_the_tens
-from harness.servers import Servers, archive_here, make_archive
+from harness.servers import Servers, archive_here
 
 # Four AOT builds, a minute each on a quiet machine and several on a loaded one, share the first test.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
@@ -103,7 +105,7 @@ def aot_servers(tmp_path_factory, aot_store):
         servers.start([*KINDS, ELSEWHERE], timeout_s=600)
     servers.inductor_cache = cache
     yield servers
-    servers.stop()
+    servers.stop(wait=False)
 
 
 def described(servers: Servers, model: str) -> dict:
@@ -166,15 +168,28 @@ def served_in_bf16(export_path: Path):
     return served
 
 
+@pytest.fixture(scope="module")
+def bf16_package(tmp_path_factory, small_learners) -> Callable[[str], Path]:
+    """A kind's package built from its Learner served in bf16 (checked against eager bf16), built once: its folder."""
+
+    @functools.cache
+    def built(kind: str) -> Path:
+        folder = tmp_path_factory.mktemp(f"bf16-{kind}")
+        report = build_package(served_in_bf16(small_learners[kind]), MAX_BATCH, folder)
+        assert report.compiled, report.error
+        return folder
+
+    return built
+
+
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
-def test_a_bf16_package_runs_bf16_and_decodes_as_eager_bf16_does(tmp_path, small_learners, kind):
+def test_a_bf16_package_runs_bf16_and_decodes_as_eager_bf16_does(bf16_package, small_learners, kind):
+    package = bf16_package(kind)
+    assert json.loads((package / BUILT_FOR_FILE).read_text())["precision"] == BF16
     served = served_in_bf16(small_learners[kind])
-    built = build_package(served, MAX_BATCH, tmp_path)  # checked against eager bf16; the model is left eager
-    assert built.compiled, built.error
-    assert json.loads((tmp_path / BUILT_FOR_FILE).read_text())["precision"] == BF16
     images = decode_images(images_of(small_learners[kind]), [f"image {i}" for i in range(5)])
     eager = predict_images(served, images, MAX_BATCH)
-    loaded = load_package(served, tmp_path, MAX_BATCH)
+    loaded = load_package(served, package, MAX_BATCH)
     assert loaded.compiled and loaded.mode == "aot", loaded.error
     answered = predict_images(served, images, MAX_BATCH)
     if kind == "regressor":  # values: within bf16's rounding of eager bf16's
@@ -200,27 +215,28 @@ def test_a_regression_of_values_in_the_tens_is_packaged_and_answers_as_eager_rel
     assert ((answered - eager).abs() / eager.abs()).max() <= FP32_TOLERANCE
 
 
-def test_a_bf16_package_on_a_worker_serving_fp32_is_served_eager(tmp_path, small_learners):
+def test_a_bf16_package_on_a_worker_serving_fp32_is_served_eager(bf16_package, small_learners):
     """A bf16 archive on a CPU without fast bfloat16 serves fp32: its bf16 package is not run there."""
-    assert build_package(served_in_bf16(small_learners["classifier"]), MAX_BATCH, tmp_path).compiled
     served = load_learner(small_learners["classifier"])  # fp32: load_learner's default precision
-    report = load_package(served, tmp_path, MAX_BATCH)
+    report = load_package(served, bf16_package("classifier"), MAX_BATCH)
     assert report.compiled is False and report.mode == "eager"
     assert "precision 'bf16' (here 'fp32')" in report.error
     assert not hasattr(served.learn.model, "package")  # the eager model is left in place
 
 
-def test_make_archive_refuses_a_model_that_does_not_export_unless_told_to_fall_back(tmp_path, small_learners):
+def test_make_archive_refuses_a_model_that_does_not_export_unless_told_to_fall_back(tmp_path, small_learners, capsys):
     flags = ["--compile", "aot"]
-    refused = make_archive("tabular", small_learners["tabular"], tmp_path, *flags)
-    assert refused.returncode != 0 and "does not compile" in refused.stderr and "--compile-fallback" in refused.stderr
-    assert "runs eager" in refused.stderr  # the reason: a tabular forward takes fastai's own batch
+    with pytest.raises(SystemExit) as refused:
+        archive_here("tabular", small_learners["tabular"], tmp_path, *flags)
+    assert "does not compile" in str(refused.value) and "--compile-fallback" in str(refused.value)
+    assert "runs eager" in str(refused.value)  # the reason: a tabular forward takes fastai's own batch
     assert not (tmp_path / "tabular.mar").exists()
-    eager = make_archive("tabular", small_learners["tabular"], tmp_path, *flags, "--compile-fallback")
-    assert eager.returncode == 0 and "archiving it eager" in eager.stdout
-    with zipfile.ZipFile(tmp_path / "tabular.mar") as archive:
+    with zipfile.ZipFile(
+        archive_here("tabular", small_learners["tabular"], tmp_path, *flags, "--compile-fallback")
+    ) as archive:
         settings = yaml.safe_load(archive.read("model-config.yaml"))["handler"]
         assert settings["aot_dir"] == "" and not any(name.startswith("aot/") for name in archive.namelist())
+    assert "archiving it eager" in capsys.readouterr().out
 
 
 def test_compile_alone_means_aot(tmp_path):

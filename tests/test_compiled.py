@@ -7,9 +7,11 @@ compile of the session shares one inductor cache (conftest.py), as a machine's w
 from __future__ import annotations
 
 import base64
+import io
 import os
 import signal
 import zipfile
+from contextlib import redirect_stdout
 
 import pytest
 import requests
@@ -20,7 +22,7 @@ from fastai_serving.compiled.worker import batch_sizes, compile_learner, compile
 from fastai_serving.engine.learner import load_learner
 from fastai_serving.engine.predict import decode_images, predict_images
 from harness import learners
-from harness.servers import Servers, make_archive
+from harness.servers import Servers, archive_here
 from harness.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -89,27 +91,28 @@ def test_a_model_that_does_not_compile_stays_eager_and_says_why(uncompilable):
     assert torch.equal(outputs(served, images_of(uncompilable)), eager)
 
 
-def test_make_archive_refuses_a_model_that_does_not_compile_unless_told_to_fall_back(uncompilable, tmp_path):
+def test_make_archive_refuses_a_model_that_does_not_compile_unless_told_to_fall_back(uncompilable, tmp_path, capsys):
     flags = ["--utils", str(learners.UTILS_DIR), "--compile", "worker", "--max-batch", str(MAX_BATCH)]
-    refused = make_archive("uncompilable", uncompilable, tmp_path, *flags)
-    assert refused.returncode != 0 and "does not compile" in refused.stderr and "--compile-fallback" in refused.stderr
+    with pytest.raises(SystemExit) as refused:
+        archive_here("uncompilable", uncompilable, tmp_path, *flags)
+    assert "does not compile" in str(refused.value) and "--compile-fallback" in str(refused.value)
     assert not (tmp_path / "uncompilable.mar").exists()
-    eager = make_archive("uncompilable", uncompilable, tmp_path, *flags, "--compile-fallback")
-    assert eager.returncode == 0 and "archiving it eager" in eager.stdout
-    with zipfile.ZipFile(tmp_path / "uncompilable.mar") as archive:
+    with zipfile.ZipFile(archive_here("uncompilable", uncompilable, tmp_path, *flags, "--compile-fallback")) as archive:
         assert yaml.safe_load(archive.read("model-config.yaml"))["handler"]["compile"] is False
+    assert "archiving it eager" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
 def compiled_servers(tmp_path_factory, small_learners):
-    store = tmp_path_factory.mktemp("compiled-store")
-    made = make_archive(
-        "compiled", small_learners["classifier"], store, "--compile", "worker", "--max-batch", str(MAX_BATCH)
-    )
-    assert made.returncode == 0 and "it compiles" in made.stdout, made.stderr
+    store, said = tmp_path_factory.mktemp("compiled-store"), io.StringIO()
+    with redirect_stdout(said):
+        archive_here(
+            "compiled", small_learners["classifier"], store, "--compile", "worker", "--max-batch", str(MAX_BATCH)
+        )
+    assert "it compiles" in said.getvalue()
     servers = Servers(model_store=store, log_dir=tmp_path_factory.mktemp("compiled-logs")).start(["compiled"])
     yield servers
-    servers.stop()
+    servers.stop(wait=False)
 
 
 def described(servers: Servers) -> dict:

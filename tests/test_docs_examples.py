@@ -94,7 +94,7 @@ def examples_servers(tmp_path_factory, demo_model):
     examples.main(["--store", str(store), "--work", str(tmp_path_factory.mktemp("examples-work"))])
     servers = Servers(model_store=store, log_dir=tmp_path_factory.mktemp("examples-logs"), default_model="digits")
     yield servers.start(["digits", *examples.EXAMPLES])
-    servers.stop()
+    servers.stop(wait=False)
 
 
 def class_labels(servers: Servers) -> set[str]:

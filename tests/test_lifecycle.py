@@ -53,7 +53,7 @@ def lifecycle_servers(tmp_path_factory, exported_learners):
         archive_here(model, exported_learners["digits"], store)
     servers = Servers(model_store=store, log_dir=tmp_path_factory.mktemp("lifecycle-logs")).start(list(MODELS))
     yield servers
-    servers.stop()
+    servers.stop(wait=False)
 
 
 def test_reload_under_load_fails_no_request_and_ends_on_the_new_version(

@@ -1,4 +1,8 @@
-"""scripts/make-archive: a .mar from an export.pkl, and clear errors for what cannot be served."""
+"""scripts/make-archive: a .mar from an export.pkl, and clear errors for what cannot be served.
+
+The command itself runs where what it prints and its exit status are the point, or where this process could
+hide a refusal (a module the worker imported already); elsewhere its own code runs here (`archive_here`: fastai is
+imported once, not per archive), a refusal being the SystemExit whose message the command prints."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import yaml
 from fastai_serving.engine.fastai_v1 import fastai_v1_names
 from harness.fastai_v1_export import make_fastai_v1_export
 from harness.learners import UTILS_DIR, make_language_model, make_tensor_learner
-from harness.servers import make_archive
+from harness.servers import archive_here, make_archive
 
 pytestmark = pytest.mark.e2e
 
@@ -52,8 +56,7 @@ def test_archive_holds_the_learner_the_handler_and_its_settings(tmp_path, export
 def test_the_learners_file_name_is_kept(tmp_path, exported_learners):
     renamed = tmp_path / "my-model-v2.pkl"
     renamed.write_bytes(exported_learners["regressor"].read_bytes())
-    assert make_archive("renamed", renamed, tmp_path / "store").returncode == 0
-    with zipfile.ZipFile(tmp_path / "store" / "renamed.mar") as archive:
+    with zipfile.ZipFile(archive_here("renamed", renamed, tmp_path / "store")) as archive:
         assert json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "my-model-v2.pkl"
 
 
@@ -65,13 +68,14 @@ def test_a_folder_named_as_the_model_in_the_temp_folder_is_left_alone(tmp_path, 
     users_folder.mkdir()
     try:
         (users_folder / "notes.txt").write_text("mine")
-        assert make_archive(name, exported_learners["regressor"], tmp_path / "store").returncode == 0
+        assert archive_here(name, exported_learners["regressor"], tmp_path / "store").exists()
         assert (users_folder / "notes.txt").read_text() == "mine"
     finally:
         shutil.rmtree(users_folder)
 
 
 def test_a_missing_utils_module_is_named(tmp_path, exported_learners):
+    # The command: this process may have imported tile_utils already, loading the Learner with its --utils.
     result = make_archive("with_utils", exported_learners["with_utils"], tmp_path)
     assert result.returncode != 0
     assert "tile_utils" in result.stderr and "--utils" in result.stderr
@@ -79,10 +83,11 @@ def test_a_missing_utils_module_is_named(tmp_path, exported_learners):
 
 
 def test_a_fastai_1x_export_is_refused_saying_what_it_is_and_what_to_do(tmp_path):
-    result = make_archive("old", make_fastai_v1_export(tmp_path / "v1"), tmp_path)
-    assert result.returncode != 0
-    assert "make-archive: export.pkl was exported by fastai 1.x (it holds fastai.layers.FlattenedLoss" in result.stderr
-    assert "re-create the Learner in fastai 2" in result.stderr and "--utils" not in result.stderr
+    with pytest.raises(SystemExit) as refused:
+        archive_here("old", make_fastai_v1_export(tmp_path / "v1"), tmp_path)
+    said = str(refused.value)
+    assert said.startswith("make-archive: export.pkl was exported by fastai 1.x (it holds fastai.layers.FlattenedLoss")
+    assert "re-create the Learner in fastai 2" in said and "--utils" not in said
     assert not (tmp_path / "old.mar").exists()
 
 
@@ -94,28 +99,29 @@ def test_no_fastai_2_export_is_taken_for_a_fastai_1x_one(exported_learners):
 
 def test_a_missing_learner_file_is_refused(tmp_path):
     result = make_archive("nothing", tmp_path / "export.pkl", tmp_path)
-    assert result.returncode != 0
-    assert "no such file" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr == f"make-archive: --learner {tmp_path / 'export.pkl'}: no such file\n"
 
 
 def test_a_file_that_is_not_a_learner_is_refused(tmp_path):
     not_a_learner = tmp_path / "export.pkl"
     not_a_learner.write_bytes(b"just some bytes")
-    result = make_archive("bogus", not_a_learner, tmp_path)
-    assert result.returncode != 0
-    assert "not an exported fastai Learner" in result.stderr
+    with pytest.raises(SystemExit, match="not an exported fastai Learner"):
+        archive_here("bogus", not_a_learner, tmp_path)
 
 
 def test_an_existing_archive_is_kept_unless_forced(tmp_path, exported_learners):
-    assert make_archive("regressor", exported_learners["regressor"], tmp_path).returncode == 0
-    again = make_archive("regressor", exported_learners["regressor"], tmp_path)
-    assert again.returncode != 0 and "--force" in again.stderr
-    assert make_archive("regressor", exported_learners["regressor"], tmp_path, "--force").returncode == 0
+    written = archive_here("regressor", exported_learners["regressor"], tmp_path)
+    first = written.stat().st_mtime_ns
+    with pytest.raises(SystemExit, match="exists; pass --force to overwrite it"):
+        archive_here("regressor", exported_learners["regressor"], tmp_path)
+    assert written.stat().st_mtime_ns == first
+    assert archive_here("regressor", exported_learners["regressor"], tmp_path, "--force").stat().st_mtime_ns != first
 
 
 def test_a_model_name_unsafe_in_urls_is_refused(tmp_path, exported_learners):
-    result = make_archive("../escape", exported_learners["regressor"], tmp_path)
-    assert result.returncode != 0 and "--name" in result.stderr
+    with pytest.raises(SystemExit, match="--name '../escape': use letters"):
+        archive_here("../escape", exported_learners["regressor"], tmp_path)
 
 
 KINDS = {
@@ -133,10 +139,9 @@ def test_every_archive_records_its_learners_kind(model_store, name):
     assert config["handler"]["max_text_chars"] == 10_000 and config["handler"]["max_row_batch"] == 1024
 
 
-def test_make_archive_says_the_kind_and_task_it_found(tmp_path, exported_learners):
-    result = make_archive("prices", exported_learners["tabular_multi_regressor"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "export.pkl: tabular regression, target(s) price, volume" in result.stdout
+def test_make_archive_says_the_kind_and_task_it_found(tmp_path, exported_learners, capsys):
+    archive_here("prices", exported_learners["tabular_multi_regressor"], tmp_path)
+    assert "make-archive: export.pkl: tabular regression, target(s) price, volume\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -148,7 +153,7 @@ def test_make_archive_says_the_kind_and_task_it_found(tmp_path, exported_learner
     ],
 )  # fmt: skip
 def test_a_learner_of_another_kind_is_refused_naming_what_was_found(tmp_path, build, found):
-    result = make_archive("other", build(tmp_path / "learner"), tmp_path)
-    assert result.returncode != 0 and not (tmp_path / "other.mar").exists()
-    assert found in result.stderr
-    assert "fastai-serving serves" in result.stderr
+    with pytest.raises(SystemExit) as refused:
+        archive_here("other", build(tmp_path / "learner"), tmp_path)
+    assert found in str(refused.value) and "fastai-serving serves" in str(refused.value)
+    assert not (tmp_path / "other.mar").exists()

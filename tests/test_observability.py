@@ -39,7 +39,7 @@ def servers(tmp_path_factory, exported_learners):
     limit = {"FASTAI_SERVING_MAX_BODY_BYTES": str(BODY_LIMIT)}  # a body over it is refused by nginx itself
     running = Servers(model_store=folder / "store", log_dir=folder / "logs", environment=limit)
     yield running.start(["digits"])
-    running.stop()
+    running.stop(wait=False)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def traced(tmp_path_factory, exported_learners):
     }
     running = Servers(model_store=folder / "store", log_dir=folder / "logs", environment=environment)
     yield running.start(["digits"]), receiver
-    running.stop()
+    running.stop(wait=False)
     receiver.stop()
 
 

@@ -46,7 +46,7 @@ def busy(tmp_path_factory, exported_learners):
         },
     )
     yield servers.start(["slow"])
-    servers.stop()
+    servers.stop(wait=False)
 
 
 @pytest.fixture(scope="module")

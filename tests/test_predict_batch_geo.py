@@ -90,7 +90,7 @@ def torchserve(tmp_path_factory, small_learners):
     servers = Servers(model_store=store, log_dir=tmp_path_factory.mktemp("geo-servers-logs"))
     servers.start(["classifier", SEGMENTER])
     yield servers
-    servers.stop()
+    servers.stop(wait=False)
 
 
 @pytest.fixture(scope="module")

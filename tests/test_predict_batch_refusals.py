@@ -49,7 +49,7 @@ def refusing(tmp_path_factory, demo_model):
     )
     servers.start(["digits"])
     yield servers
-    servers.stop()
+    servers.stop(wait=False)
 
 
 def test_predict_batch_backs_off_from_a_refusing_server_recovers_and_ends_with_every_image_answered_once(

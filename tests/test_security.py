@@ -128,8 +128,8 @@ class Secured:
         )
         return grpc.secure_channel(self.grpc_address, credentials)
 
-    def stop(self) -> None:
-        self.servers.stop()
+    def stop(self, wait: bool = True) -> None:
+        self.servers.stop(wait)
 
 
 def _quietly(check) -> bool:
@@ -159,7 +159,7 @@ def digits_store(tmp_path_factory, exported_learners) -> Path:
 def secured(tmp_path_factory, digits_store):
     server = Secured(tmp_path_factory.mktemp("secured"), digits_store).start()
     yield server
-    server.stop()
+    server.stop(wait=False)
 
 
 def tf_body(image: bytes) -> dict:
@@ -524,7 +524,7 @@ def mutual(tmp_path_factory, digits_store, secured):
     secured.stop()  # one TorchServe at a time on this machine's two cores
     server = Secured(tmp_path_factory.mktemp("mutual"), digits_store, client_ca=True).start()
     yield server
-    server.stop()
+    server.stop(wait=False)
 
 
 def test_with_a_client_ca_a_client_without_a_certificate_is_refused_at_the_handshake(mutual, image):

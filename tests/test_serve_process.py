@@ -32,9 +32,9 @@ ANSWERED, REFUSED, RESET = "answered", "refused", "reset"
 def servers(tmp_path, exported_learners):
     store = tmp_path / "store"
     archive_here("digits", exported_learners["classifier"], store)  # a small Learner, served as "digits"
-    running = Servers(model_store=store, log_dir=tmp_path / "logs", flags=["--drain-s", "1"])
+    running = Servers(model_store=store, log_dir=tmp_path / "logs", drain_s=1)
     yield running.start(["digits"])
-    running.stop()
+    running.stop(wait=False)
 
 
 def family_of(pid: int) -> list[psutil.Process]:

@@ -44,7 +44,7 @@ def draining_servers(request, exported_learners):
     servers = Servers(
         model_store=store,
         log_dir=folder / "logs",
-        flags=["--drain-s", str(DRAIN_S)],
+        drain_s=DRAIN_S,
         unprivileged=request.param != "as-the-suite-runs",
     )
     try:

@@ -55,7 +55,7 @@ def servers(tmp_path_factory, digits_only_store) -> Iterator[Servers]:
         running = Servers(model_store=digits_only_store, log_dir=tmp_path_factory.mktemp("slow-clients") / "logs")
         running.start(["digits"])
     yield running
-    running.stop()
+    running.stop(wait=False)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def unready(tmp_path_factory, exported_learners):
     servers.start(["digits", "regressor"])
     servers.management_client().scale("regressor", 0)
     yield servers
-    servers.stop()
+    servers.stop(wait=False)
 
 
 @pytest.fixture(scope="module")
