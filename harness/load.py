@@ -88,14 +88,18 @@ def run_checked_load(
     timeout_s: float = 120,
     also_expected: list[list[float]] | None = None,
     until: threading.Event | None = None,
+    saturating: threading.Event | None = None,
 ) -> LoadResult:
     """`clients` threads send requests of 1..max_instances random images until their count, the duration, or `until` is set.
+
+    `saturating` is set once every client has had an answer: from then on each keeps a request in flight.
 
     With `also_expected` (another model version's predictions), an answer may match either
     set, as a whole; `answered_by` records which.
     """
     encoded = [base64.b64encode(image).decode() for image in images]
     result, lock = LoadResult(), threading.Lock()
+    answered_clients: set[int] = set()
     deadline = time.monotonic() + duration_s if duration_s else None
 
     def going_on(sent: int) -> bool:
@@ -138,6 +142,9 @@ def run_checked_load(
                     result.answered_by.append(source)
                 result.mismatches += [f"client {index} request {sent}: {p}" for p in problems]
                 result.failures += [failure] if failure else []
+                answered_clients.add(index)
+                if saturating is not None and len(answered_clients) == clients:
+                    saturating.set()
             sent += 1
 
     start = time.perf_counter()

@@ -54,16 +54,19 @@ def test_health_checks_are_answered_while_a_prediction_waits_behind_saturating_l
     images = digit_images(demo_model, 20)
     expected = expected_probabilities(loaded_learners["digits"], images)
     probe = {"instances": [{"image_bytes": {"b64": base64.b64encode(image).decode()}} for image in images] * 2}
-    outcome, stop = {}, threading.Event()
+    outcome, stop, saturating = {}, threading.Event(), threading.Event()
     url = f"{torchserve.shim}/analyze:predict"
     load = threading.Thread(
         target=lambda: outcome.setdefault(
-            "result", run_checked_load(url, images, expected, clients=12, max_instances=32, until=stop)
+            "result",
+            run_checked_load(url, images, expected, clients=12, max_instances=32, until=stop, saturating=saturating),
         )
     )
     load.start()
     answered_during_each_probe = []
     try:
+        # Probe once every client keeps a request in flight (CI: a probe sent as the load began was answered at once).
+        assert saturating.wait(timeout=300), "the load never got an answer for each client"
         with ThreadPoolExecutor(max_workers=1) as prober:
             for _ in range(3):
                 probing = prober.submit(requests.post, url, json=probe, timeout=300)
@@ -77,7 +80,9 @@ def test_health_checks_are_answered_while_a_prediction_waits_behind_saturating_l
     finally:
         stop.set()
         load.join()
-    assert all(len(checks) >= 4 and set(checks) == {200} for checks in answered_during_each_probe)
+    assert all(len(checks) >= 4 and set(checks) == {200} for checks in answered_during_each_probe), (
+        answered_during_each_probe
+    )
     assert outcome["result"].mismatches == [] and outcome["result"].errors == {}
 
 
