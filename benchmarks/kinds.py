@@ -6,7 +6,8 @@
   T2, X2 predict    learn.predict per row (text)
   T3 TorchServe     /predictions/tabular directly, the same load as T4
   T4, X3 shim       the full path: CLIENTS clients, each sending requests of ROWS rows (TEXTS texts)
-plus, for tabular, the cost of one `test_dl` + `get_preds` call against the rows it carries.
+plus, for tabular, the cost of one `test_dl` + `get_preds` call against the rows it carries, and for each
+served row the CPU per row (text) of every server process, measured after the same warm-up as the pipeline's.
 Run by `python -m benchmarks.bench --only kinds` (or the whole `make bench`).
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.loads import PeakRss, Row, predict_loop_row, run_bodies, timed
+from benchmarks.pipeline import WARM_UP_S, measured, warm_up
 from harness.servers import Servers, make_archive
 from harness.workload import make_tabular_workload, make_text_workload, make_texts
 
@@ -92,7 +94,7 @@ def rows_tabular_and_text(tmp: Path, device: str, clients: int, quick: bool, thr
     default_threads = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
-    rows_per_request, texts_per_request, per_client = 256, 32, 2 if quick else 6
+    rows_per_request, texts_per_request, per_client = 256, 32, 8 if quick else 24
     tabular_export, text_export = make_tabular_workload(tmp / "tabular"), make_text_workload(tmp / "text")
     rows, texts = json_rows(clients * rows_per_request), make_texts(clients * texts_per_request)
     table, profile = rows_tabular_in_process(tabular_export, device, rows, batch=1024)
@@ -106,19 +108,33 @@ def rows_tabular_and_text(tmp: Path, device: str, clients: int, quick: bool, thr
     servers = Servers(model_store=store, log_dir=tmp / "logs-kinds").start(["tabular", "text"])
     json_header = {"Content-Type": "application/json"}
     try:
+        loads = {}
         for code, url, items, size, unit, headers in (
             ("T3 TorchServe direct", f"{servers.inference}/predictions/tabular", rows, rows_per_request, "rows", json_header),
             ("T4 shim -> TorchServe", f"{servers.shim}/v1/models/tabular:predict", rows, rows_per_request, "rows", {}),
             ("X3 shim -> TorchServe", f"{servers.shim}/v1/models/text:predict", texts, texts_per_request, "texts", {}),
         ):  # fmt: skip
             bodies = [json.dumps({"instances": items[i * size : (i + 1) * size]}).encode() for i in range(clients)]
+            loads[code] = (lambda url=url, bodies=bodies, headers=headers: run_bodies(url, bodies, per_client, headers),
+                           f"{clients} clients x {size} {unit} per request", unit[:-1])  # fmt: skip
+        warm_up([load for load, _, _ in loads.values()], WARM_UP_S[quick])
+        for code, (load, note, unit) in loads.items():
             with PeakRss([servers.process.pid]) as rss:
-                seconds, latencies, answered = run_bodies(url, bodies, per_client, headers)
-            note = f"{clients} clients x {size} {unit} per request"
-            table.append(Row(code, answered, seconds, latencies, rss.peak_mb, note))
+                row, cpu_us = measured(servers, load)
+            row.name, row.peak_rss_mb, row.note = code, rss.peak_mb, f"{note}; {cpu_per(cpu_us, unit)}"
+            table.append(row)
     finally:
         servers.stop()
     return table, profile
+
+
+def cpu_per(cpu_us: dict[str, float], unit: str) -> str:
+    """Each process kind's CPU µs per row (text) that used any, and all the servers' together."""
+    from benchmarks.pipeline import CLIENTS
+
+    serving = {kind: us for kind, us in cpu_us.items() if kind != CLIENTS and us >= 0.05}
+    parts = ", ".join(f"{kind} {us:.1f}" for kind, us in serving.items())
+    return f"CPU µs per {unit}: {parts}; serving in all {sum(serving.values()):.1f}; the clients {cpu_us[CLIENTS]:.1f}"
 
 
 def print_kinds_table(rows: list[Row], profile: str) -> None:

@@ -1,8 +1,8 @@
 """TorchServe's inference, management and metrics APIs: the one module that knows them.
 
 The service (under every front), `serve`, `reload` and the test harness talk to TorchServe through
-these classes, over urllib3 connection pools (thread-safe, unlike a shared `requests.Session`), and
-get typed values back: a model version with its number and whether it is ready, the handler's answer,
+these classes (inference over upstream_http.py's kept-alive connections, the rest over urllib3's pools;
+both thread-safe, unlike a shared `requests.Session`), and get typed values back: a model version with its number and whether it is ready, the handler's answer,
 the handler's description. What TorchServe's answers mean (its statuses, "Worker died", a worker that
 is READY, its JSON) is decided here and nowhere else; its failures come out as `ServingError`s.
 """
@@ -14,10 +14,10 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 from fastai_serving import defaults, tracing
 from fastai_serving.contract.errors import Failure, NotFound, ServingError
@@ -35,6 +35,7 @@ from fastai_serving.contract.upstream import (
     VERSION_HEADER,
     failure_of,
 )
+from fastai_serving_shim.upstream_http import ConnectionPool, Reply, UpstreamTimeout, UpstreamUnreachable
 
 JSON = "application/json"
 READY = "READY"  # a worker that can take requests (TorchServe's /ping says Healthy before any is)
@@ -213,12 +214,23 @@ class Management:
 
 
 class TorchServe:
-    """TorchServe as the service needs it: inference (one retry after a worker death), the model table, metrics."""
+    """TorchServe as the service needs it: inference (one retry after a worker death), the model table, metrics.
+
+    Inference goes over the lean client of upstream_http.py (the hot path: every prediction); the
+    management and metrics calls over urllib3.
+    """
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
-        self.pool = connection_pool(max(16, settings.threads * 2, settings.grpc_threads))
-        self.inference_url = settings.upstream.rstrip("/")
+        connections = max(16, settings.threads * 2, settings.grpc_threads)
+        self.pool = connection_pool(connections)
+        inference = urlsplit(settings.upstream)
+        if inference.scheme != "http" or not inference.hostname:
+            raise ValueError(f"TorchServe's inference API must be an http:// URL (loopback), not {settings.upstream!r}")
+        self.inference = ConnectionPool(
+            inference.hostname, inference.port or 80, connections, defaults.CONNECT_TIMEOUT_S
+        )
+        self.inference_path = inference.path.rstrip("/")
         self.management = Management(settings.management, settings.status_timeout_s, self.pool)
 
     def models(self) -> list[str]:
@@ -288,23 +300,16 @@ class TorchServe:
 
     def _post(
         self, model: str, version: str | None, body: bytes, content_type: str, hop: dict[str, str], timeout_s: float
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> Reply:
         """One POST, with the hop's headers and the moment it was sent (the queue's wait counts from it)."""
         headers = {"Content-Type": content_type, **hop, SENT_AT_HEADER: f"{time.time():.3f}"}
+        path = f"{self.inference_path}/predictions{model_path(model, version)}"
         try:
-            return self.pool.request(
-                "POST",
-                f"{self.inference_url}/predictions{model_path(model, version)}",
-                body=body,
-                headers=headers,
-                timeout=urllib3.Timeout(connect=min(defaults.CONNECT_TIMEOUT_S, timeout_s), read=timeout_s),
-            )
-        except NewConnectionError:  # before TimeoutError: urllib3 makes it a kind of connect timeout
+            return self.inference.post(path, body, headers, timeout_s)
+        except UpstreamUnreachable:
             raise ServingError("TorchServe is unreachable; retry later", Failure.UNAVAILABLE) from None
-        except TimeoutError:
+        except UpstreamTimeout:
             raise ServingError(f"model {model!r} did not answer within {timeout_s:g} s", Failure.TIMEOUT) from None
-        except (ProtocolError, HTTPError):
-            raise ServingError("TorchServe is unreachable; retry later", Failure.UNAVAILABLE) from None
 
     def _wait_for_ready_worker(self, model: str, version: str | None, deadline: float) -> bool:
         give_up = min(deadline, time.monotonic() + self.settings.retry_s)
@@ -318,12 +323,12 @@ class TorchServe:
         return False
 
 
-def _worker_died(response: urllib3.BaseHTTPResponse) -> bool:
+def _worker_died(response: Reply) -> bool:
     """TorchServe answers the requests of a batch whose worker died with 503/507 'Worker died.'"""
     return response.status in (503, 507) and b"Worker died" in response.data
 
 
-def _failure(response: urllib3.BaseHTTPResponse, model: str, answered_by: str) -> ServingError:
+def _failure(response: Reply, model: str, answered_by: str) -> ServingError:
     """A failed answer as a `ServingError`: the handler's own (naming the instance), or TorchServe's.
 
     Of TorchServe's own statuses, a 4xx is the client's and keeps its message; a 5xx other than a

