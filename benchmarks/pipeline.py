@@ -16,7 +16,9 @@ fed the bench's 256×256 JPEG tiles resized to 224² and normalized, so every ro
 Then the floor (benchmarks/floor.py: the cheapest decode + resize + normalize per image on one thread), the
 CPU each stage of the served path costs per image in-process, and each server process's own CPU time per
 image while serving (psutil, after a warm-up load so that the JVM's JIT compiling is not counted), each
-divided by the floor. Run as part of bench.py (`make bench`, or `--only pipeline`).
+divided by the floor; last, one image's latency alone through each front, and the CPU of the fronts' POST to
+TorchServe through shim/upstream_http.py beside urllib3's pool, which it replaced (alternated call by call).
+Run as part of bench.py (`make bench`, or `--only pipeline`).
 """
 
 from __future__ import annotations
@@ -204,10 +206,10 @@ def served_rows(
     store: Path, logs: Path, tiles: list[bytes], clients: int, instances: int, per_client: int, kind: str, quick: bool
 ) -> tuple[list[Row], dict, dict[str, float]]:
     """The rows of one archive's server (`kind`: "fast", "fastai" or "tensors"), each process's CPU per image,
-    and, for the default archive, one image's p50 alone (ms)."""
+    and, for the default archive, one image's p50 alone (ms) and the fronts' POST to TorchServe's CPU (µs)."""
     servers = Servers(model_store=store, log_dir=logs).start(["bench"], timeout_s=600)
     json_header = {"Content-Type": "application/json"}
-    rows, costs, alone = [], {}, {}
+    rows, costs, alone, hop = [], {}, {}, {}
     try:
         loads = {
             "P4 TorchServe direct": lambda: run_load(
@@ -232,9 +234,10 @@ def served_rows(
             costs[name] = cost
         if kind == "fast":
             alone = one_image_p50(servers, tiles[0], 10 if quick else 30)
+            hop = hop_cpu(servers, request_body(tiles[:instances]), 40 if quick else 120)
     finally:
         servers.stop()
-    return rows, costs, alone
+    return rows, costs, alone, hop
 
 
 def warm_up(loads, seconds: float) -> None:
@@ -243,6 +246,35 @@ def warm_up(loads, seconds: float) -> None:
     while time.monotonic() - began < seconds:
         for load in loads:
             load()
+
+
+def hop_cpu(servers: Servers, body: bytes, count: int) -> dict[str, float]:
+    """CPU µs in the calling thread of one POST of `body` to TorchServe, as the fronts send it (shim/upstream_http.py)
+    and as they did through urllib3's pool, the two alternated call by call against the same server (median)."""
+    import urllib3
+
+    from fastai_serving_shim.upstream_http import ConnectionPool
+
+    headers = {"Content-Type": "application/json"}
+    through_urllib3 = urllib3.PoolManager(maxsize=1, block=True, retries=False)
+    lean = ConnectionPool("127.0.0.1", servers.inference_port, 1, connect_timeout_s=2.0)
+    calls = {
+        "urllib3's pool (before)": lambda: (
+            through_urllib3.request(
+                "POST", f"{servers.inference}/predictions/bench", body=body, headers=headers, timeout=60
+            ).status
+        ),
+        "upstream_http (now)": lambda: lean.post("/predictions/bench", body, headers, 60).status,
+    }
+    spent: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(count):
+        for name, call in calls.items():
+            began = time.thread_time()
+            if call() != 200:
+                raise SystemExit(f"bench: TorchServe refused the hop's request ({name})")
+            spent[name].append((time.thread_time() - began) * 1e6)
+    lean.close()
+    return {name: statistics.median(micros) for name, micros in spent.items()}
 
 
 def one_image_p50(servers: Servers, tile: bytes, count: int) -> dict[str, float]:
@@ -307,20 +339,21 @@ def pipeline_rows(tmp: Path, device: str, clients: int, instances: int, quick: b
         )
     floor = floor_rows(tiles[: 2 * batch], MODEL_SIZE, batch, repeat=repeat)
     stages = stage_costs(served, tiles, instances, batch)
-    served_costs, alone = {}, {}
+    served_costs, alone, hop = {}, {}, {}
     for kind, flags in (("fast", []), ("tensors", ["--tensor-images", "on"]), ("fastai", ["--no-fast-images"])):
         store = tmp / f"store-nearfree-{kind}"
         made = make_archive("bench", export, store, "--torch-threads", "0", *flags)
         if made.returncode != 0:
             raise SystemExit(f"bench: make-archive nearfree {' '.join(flags)} failed:\n{made.stderr}")
-        served_table, costs, times = served_rows(
+        served_table, costs, times, hop_micros = served_rows(
             store, tmp / f"logs-nearfree-{kind}", tiles, clients, instances, per_client, kind, quick
         )
         rows += served_table
         served_costs |= costs
         alone |= times
+        hop |= hop_micros
     rows.sort(key=lambda row: row.name)
-    print_pipeline(rows, floor, stages, served_costs, alone, torch.get_num_threads())
+    print_pipeline(rows, floor, stages, served_costs, alone, hop, torch.get_num_threads())
 
 
 def print_pipeline(
@@ -329,6 +362,7 @@ def print_pipeline(
     stages: list[tuple[str, float]],
     served_costs: dict[str, dict[str, float]],
     alone: dict[str, float],
+    hop: dict[str, float],
     threads: int,
 ) -> None:
     from fastai_serving.defaults import MAX_BATCH_DELAY_MS
@@ -377,3 +411,6 @@ def print_pipeline(
             f"  one image alone, {path}: p50 {p50:.1f} ms, {p50 - MAX_BATCH_DELAY_MS:.1f} ms beyond the "
             f"{MAX_BATCH_DELAY_MS} ms batch delay (wanted <= 5 through the shim)"
         )
+    if hop:
+        each = ", ".join(f"{name} {micros:.0f}" for name, micros in hop.items())
+        print(f"  the fronts' POST of one request to TorchServe, CPU µs in the calling thread (alternated): {each}")
