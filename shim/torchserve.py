@@ -1,9 +1,9 @@
 """TorchServe's inference, management and metrics APIs: the one module that knows them.
 
 The service (under every front), `serve`, `reload` and the test harness talk to TorchServe through
-these classes (inference over upstream_http.py's kept-alive connections, the rest over urllib3's pools;
-both thread-safe, unlike a shared `requests.Session`), and get typed values back: a model version with its number and whether it is ready, the handler's answer,
-the handler's description. What TorchServe's answers mean (its statuses, "Worker died", a worker that
+these classes (inference over upstream_http.py's kept-alive connections, the rest over urllib3's
+pools; both thread-safe, unlike a shared `requests.Session`), and get typed values back: a model
+version with its number and whether it is ready, the handler's answer, the handler's description. What TorchServe's answers mean (its statuses, "Worker died", a worker that
 is READY, its JSON) is decided here and nowhere else; its failures come out as `ServingError`s.
 """
 

@@ -93,13 +93,13 @@ class ConnectionPool:
         try:
             request = self._request(path, body, headers)
             left = max(0.001, timeout_s - (time.monotonic() - began))
-            connection, reused = self._connection()
+            connection, reused = self._connection(left)
             try:
                 return self._exchange(connection, request, left)
             except _StaleConnection:
                 if reused:  # the server closed it while it sat idle: once more, on a new connection
                     try:
-                        return self._exchange(self._new_connection(), request, left)
+                        return self._exchange(self._new_connection(left), request, left)
                     except _StaleConnection:
                         pass
                 raise UpstreamUnreachable("the connection closed before any answer came") from None
@@ -119,19 +119,20 @@ class ConnectionPool:
         lines.append(b"Content-Length: " + str(len(body)).encode("ascii"))
         return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
-    def _connection(self) -> tuple[_Connection, bool]:
+    def _connection(self, timeout_s: float) -> tuple[_Connection, bool]:
         """An idle connection the server still holds open (reused: True), else a new one."""
         while True:
             with self._lock:
                 connection = self._idle.pop() if self._idle else None
             if connection is None:
-                return self._new_connection(), False
+                return self._new_connection(timeout_s), False
             if not connection.closed_by_peer():
                 return connection, True
             connection.close()
 
-    def _new_connection(self) -> _Connection:
-        return _Connection(self.host, self.port, self.connect_timeout_s)
+    def _new_connection(self, timeout_s: float) -> _Connection:
+        """A new connection, its handshake given the pool's connect time or what is left of the call's, the shorter."""
+        return _Connection(self.host, self.port, min(self.connect_timeout_s, timeout_s))
 
     def _exchange(self, connection: _Connection, request: bytes, timeout_s: float) -> Reply:
         """Send `request` and read its answer; the connection goes back to the idle ones if it may be reused."""
