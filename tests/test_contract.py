@@ -386,3 +386,13 @@ def test_nan_and_infinity_are_not_json(literal):
 def test_an_integer_too_long_for_python_is_bad_json_not_a_crash():
     with pytest.raises(BadInput, match="not valid JSON: Exceeds the limit"):
         read_body(b'{"instances": [{"size": ' + b"9" * 5000 + b"}]}")
+
+
+def test_numbers_read_as_json_says_with_one_exception_beyond_64_bits():
+    """Bodies are parsed with orjson; a body it refuses gets the standard library's verdict (above), and 1e400 is read
+    as Python's json reads it (infinity). In a body orjson reads, an integer beyond 64 bits is the nearest float: no
+    pandas column (64-bit integers) holds a category it could have matched."""
+    numbers = read_body(b'{"instances": [[18446744073709551615, -9223372036854775808, 0.1, 36893488147419103232]]}')
+    assert numbers.instances == [[18446744073709551615, -9223372036854775808, 0.1, 36893488147419103232.0]]
+    assert isinstance(numbers.instances[0][-1], float)
+    assert read_body(b'{"instances": [[1e400]]}').instances == [[float("inf")]]
