@@ -92,14 +92,17 @@ class ConnectionPool:
             raise UpstreamTimeout(f"no connection to {self.host}:{self.port} came free in {timeout_s:g} s")
         try:
             request = self._request(path, body, headers)
-            left = max(0.001, timeout_s - (time.monotonic() - began))
-            connection, reused = self._connection(left)
+
+            def left() -> float:  # what is left of the call's time, the retry's included
+                return max(0.001, timeout_s - (time.monotonic() - began))
+
+            connection, reused = self._connection(left())
             try:
-                return self._exchange(connection, request, left)
+                return self._exchange(connection, request, left())
             except _StaleConnection:
                 if reused:  # the server closed it while it sat idle: once more, on a new connection
                     try:
-                        return self._exchange(self._new_connection(left), request, left)
+                        return self._exchange(self._new_connection(left()), request, left())
                     except _StaleConnection:
                         pass
                 raise UpstreamUnreachable("the connection closed before any answer came") from None
