@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.loads import PeakRss, Row, predict_loop_row, run_bodies, timed
-from benchmarks.pipeline import WARM_UP_S, measured, warm_up
+from benchmarks.pipeline import CLIENTS, WARM_UP_S, measured, warm_up
 from harness.servers import Servers, make_archive
 from harness.workload import make_tabular_workload, make_text_workload, make_texts
 
@@ -130,8 +130,6 @@ def rows_tabular_and_text(tmp: Path, device: str, clients: int, quick: bool, thr
 
 def cpu_per(cpu_us: dict[str, float], unit: str) -> str:
     """Each process kind's CPU µs per row (text) that used any, and all the servers' together."""
-    from benchmarks.pipeline import CLIENTS
-
     serving = {kind: us for kind, us in cpu_us.items() if kind != CLIENTS and us >= 0.05}
     parts = ", ".join(f"{kind} {us:.1f}" for kind, us in serving.items())
     return f"CPU µs per {unit}: {parts}; serving in all {sum(serving.values()):.1f}; the clients {cpu_us[CLIENTS]:.1f}"

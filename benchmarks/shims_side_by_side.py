@@ -88,11 +88,12 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"shims_side_by_side: make-archive failed:\n{made.stderr}")
         earlier = packages_at(args.before, tmp / "before")
         servers = Servers(model_store=tmp / "store", log_dir=tmp / "logs", with_shim=False).start(["bench"])
-        started = []
+        started, own_path = [], os.environ.get("PYTHONPATH")
         try:
             shims = {}
-            for name, path in ((f"before ({args.before})", str(earlier)), ("now (the checkout)", "")):
-                os.environ["PYTHONPATH"] = path
+            for name, path in ((f"before ({args.before})", str(earlier)), ("now (the checkout)", own_path)):
+                os.environ.pop("PYTHONPATH", None)
+                os.environ.update({"PYTHONPATH": path} if path else {})
                 process, url = start_shim(
                     tmp / f"shim-{len(started)}",
                     upstream=servers.inference,
@@ -102,7 +103,6 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 started.append(process)
                 shims[name] = (process.pid, url)
-            os.environ.pop("PYTHONPATH")
             print(f"\ntwo REST shims in front of one TorchServe, requests alternated ({args.requests} each)\n")
             print(f"| {'tiles a request':>15} | {'shim':<28} | {'p50 ms':>7} | {'shim CPU ms a request':>21} |")
             print(f"|{'-' * 17}|{'-' * 30}|{'-' * 9}|{'-' * 23}|")
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
                 for name, (p50, cpu_ms) in results.items():
                     print(f"| {size:>15} | {name:<28} | {p50:7.2f} | {cpu_ms:21.2f} |")
         finally:
+            os.environ.pop("PYTHONPATH", None)
+            os.environ.update({"PYTHONPATH": own_path} if own_path else {})
             for process in started:
                 process.terminate()
                 process.wait(30)
